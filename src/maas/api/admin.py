@@ -1,0 +1,292 @@
+"""``/admin/v1``: the management API over the registry."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import anyio.to_thread
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import StreamingResponse
+
+from maas.api.deps import KeyDep, RegistryDep, SettingsDep, actor, require_key
+from maas.api.schemas.admin import (
+    AliasInfo,
+    CreateModelRequest,
+    DeletedResponse,
+    SetAliasRequest,
+    UpdateModelRequest,
+    UpdateVersionRequest,
+)
+from maas.errors import InvalidRequestError, PayloadTooLargeError
+from maas.registry.refs import ModelRef, validate_model_name
+from maas.registry.schemas import AliasEvent, GcResult, ModelInfo, VersionInfo
+
+router = APIRouter(prefix="/admin/v1", tags=["admin"], dependencies=[Depends(require_key)])
+
+T = TypeVar("T")
+
+
+async def run_sync(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Registry calls touch the database and disk: keep them off the event loop."""
+    return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
+
+
+def version_ref(name: str, version: str) -> str:
+    """``3`` means version 3; anything else is an alias name."""
+    return f"{name}:{version}" if version.isdigit() else f"{name}@{version}"
+
+
+def _json_param(raw: str | None, param: str) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise InvalidRequestError(f"{param} must be a JSON object: {exc}", param=param) from exc
+    if not isinstance(value, dict):
+        raise InvalidRequestError(f"{param} must be a JSON object", param=param)
+    return value
+
+
+# ------------------------------------------------------------------- models
+
+
+@router.get("/models", response_model=list[ModelInfo])
+async def list_models(registry: RegistryDep, task: str | None = None) -> list[ModelInfo]:
+    return await run_sync(registry.list_models, task=task)
+
+
+@router.post("/models", response_model=ModelInfo, status_code=201)
+async def create_model(body: CreateModelRequest, registry: RegistryDep) -> ModelInfo:
+    return await run_sync(
+        registry.create_model,
+        body.name,
+        body.task,
+        owner=body.owner,
+        description=body.description,
+        tags=body.tags,
+    )
+
+
+@router.get("/models/{name}", response_model=ModelInfo)
+async def get_model(name: str, registry: RegistryDep) -> ModelInfo:
+    return await run_sync(registry.get_model, name)
+
+
+@router.patch("/models/{name}", response_model=ModelInfo)
+async def update_model(name: str, body: UpdateModelRequest, registry: RegistryDep) -> ModelInfo:
+    return await run_sync(
+        registry.update_model,
+        name,
+        description=body.description,
+        owner=body.owner,
+        tags=body.tags,
+    )
+
+
+@router.delete("/models/{name}", response_model=DeletedResponse)
+async def delete_model(name: str, registry: RegistryDep, force: bool = False) -> DeletedResponse:
+    await run_sync(registry.delete_model, name, force=force)
+    return DeletedResponse(deleted=name)
+
+
+# ----------------------------------------------------------------- versions
+
+
+@router.get("/models/{name}/versions", response_model=list[VersionInfo])
+async def list_versions(name: str, registry: RegistryDep) -> list[VersionInfo]:
+    return await run_sync(registry.list_versions, name)
+
+
+@router.post(
+    "/models/{name}/versions",
+    response_model=VersionInfo,
+    status_code=201,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "description": "The model directory as tar / tar.gz / zip, or one file "
+            "(with ?filename=model.onnx). Streamed to disk, never held in memory.",
+            "content": {
+                "application/x-tar": {"schema": {"type": "string", "format": "binary"}},
+                "application/gzip": {"schema": {"type": "string", "format": "binary"}},
+                "application/zip": {"schema": {"type": "string", "format": "binary"}},
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            },
+        }
+    },
+)
+async def upload_version(
+    name: str,
+    request: Request,
+    registry: RegistryDep,
+    settings: SettingsDep,
+    key: KeyDep,
+    task: str | None = None,
+    description: str = "",
+    parent: str | None = None,
+    filename: Annotated[str | None, Query(description="store the body as this one file")] = None,
+    params: Annotated[str | None, Query(description="JSON object")] = None,
+    metrics: Annotated[str | None, Query(description="JSON object")] = None,
+    tags: Annotated[str | None, Query(description="JSON object")] = None,
+) -> VersionInfo:
+    """Upload a new version; the body is streamed to a temp file under a size limit."""
+    validate_model_name(name)
+    limit = settings.max_upload_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLargeError(
+            f"upload of {declared} bytes exceeds the {limit} byte limit (MAAS_MAX_UPLOAD_BYTES)"
+        )
+    extra = {
+        "params": _json_param(params, "params"),
+        "metrics": _json_param(metrics, "metrics"),
+        "tags": _json_param(tags, "tags"),
+    }
+    fd, tmp_name = await run_sync(tempfile.mkstemp, dir=settings.tmp_dir, prefix="recv-")
+    tmp = Path(tmp_name)
+    try:
+        received = 0
+        # Page-cache writes of <=64 KiB chunks are cheap enough to stay on the loop.
+        with os.fdopen(fd, "wb") as out:
+            async for chunk in request.stream():
+                received += len(chunk)
+                if received > limit:
+                    raise PayloadTooLargeError(
+                        f"upload exceeds the {limit} byte limit (MAAS_MAX_UPLOAD_BYTES)"
+                    )
+                out.write(chunk)
+        if received == 0:
+            raise InvalidRequestError("empty request body: send a tar or zip archive", param="body")
+        return await run_sync(
+            registry.push_archive,
+            tmp,
+            name,
+            filename=filename,
+            task=task,
+            description=description,
+            parent=parent,
+            created_by=actor(key),
+            **extra,
+        )
+    finally:
+        await run_sync(tmp.unlink, missing_ok=True)
+
+
+@router.get("/models/{name}/versions/{version}", response_model=VersionInfo)
+async def get_version(
+    name: str, version: str, registry: RegistryDep, files: bool = False
+) -> VersionInfo:
+    return await run_sync(registry.get_version, version_ref(name, version), with_files=files)
+
+
+@router.patch("/models/{name}/versions/{version}", response_model=VersionInfo)
+async def update_version(
+    name: str, version: str, body: UpdateVersionRequest, registry: RegistryDep
+) -> VersionInfo:
+    return await run_sync(
+        registry.update_version,
+        version_ref(name, version),
+        metrics=body.metrics,
+        tags=body.tags,
+        description=body.description,
+    )
+
+
+@router.get(
+    "/models/{name}/versions/{version}/download",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/x-tar": {}}}},
+)
+async def download_version(name: str, version: str, registry: RegistryDep) -> StreamingResponse:
+    """The version's files as a tar stream, digests verified while streaming."""
+    info = await run_sync(registry.get_version, version_ref(name, version))
+    chunks = await run_sync(registry.iter_version_tar, info.ref)
+    return StreamingResponse(
+        chunks,
+        media_type="application/x-tar",
+        headers={
+            "Content-Disposition": f'attachment; filename="{info.model}-{info.version}.tar"',
+            "X-Maas-Digest": info.digest,
+        },
+    )
+
+
+@router.post("/models/{name}/versions/{version}/archive", response_model=VersionInfo)
+async def archive_version(name: str, version: str, registry: RegistryDep) -> VersionInfo:
+    return await run_sync(registry.archive_version, version_ref(name, version))
+
+
+@router.post("/models/{name}/versions/{version}/restore", response_model=VersionInfo)
+async def restore_version(name: str, version: str, registry: RegistryDep) -> VersionInfo:
+    return await run_sync(registry.restore_version, version_ref(name, version))
+
+
+@router.delete("/models/{name}/versions/{version}", response_model=DeletedResponse)
+async def delete_version(name: str, version: str, registry: RegistryDep) -> DeletedResponse:
+    info = await run_sync(registry.delete_version, version_ref(name, version))
+    return DeletedResponse(deleted=info.ref)
+
+
+# ------------------------------------------------------------------ aliases
+
+
+@router.get("/models/{name}/aliases", response_model=list[AliasInfo])
+async def list_aliases(name: str, registry: RegistryDep) -> list[AliasInfo]:
+    aliases = await run_sync(registry.list_aliases, name)
+    return [AliasInfo(model=name, alias=a, version=v) for a, v in aliases.items()]
+
+
+@router.put("/models/{name}/aliases/{alias}", response_model=VersionInfo)
+async def set_alias(
+    name: str, alias: str, body: SetAliasRequest, registry: RegistryDep, key: KeyDep
+) -> VersionInfo:
+    return await run_sync(
+        registry.set_alias, name, alias, body.version, actor=actor(key), reason=body.reason
+    )
+
+
+@router.delete("/models/{name}/aliases/{alias}", response_model=DeletedResponse)
+async def delete_alias(
+    name: str, alias: str, registry: RegistryDep, key: KeyDep
+) -> DeletedResponse:
+    await run_sync(registry.delete_alias, name, alias, actor=actor(key))
+    return DeletedResponse(deleted=f"{name}@{alias}")
+
+
+@router.get("/models/{name}/aliases/{alias}/history", response_model=list[AliasEvent])
+async def alias_history(name: str, alias: str, registry: RegistryDep) -> list[AliasEvent]:
+    return await run_sync(registry.alias_history, name, alias)
+
+
+@router.get("/models/{name}/history", response_model=list[AliasEvent])
+async def model_alias_history(name: str, registry: RegistryDep) -> list[AliasEvent]:
+    return await run_sync(registry.alias_history, name)
+
+
+@router.post("/models/{name}/aliases/{alias}/rollback", response_model=VersionInfo)
+async def rollback_alias(name: str, alias: str, registry: RegistryDep, key: KeyDep) -> VersionInfo:
+    return await run_sync(registry.rollback, name, alias, actor=actor(key))
+
+
+# -------------------------------------------------------------- maintenance
+
+
+@router.get("/resolve", response_model=VersionInfo)
+async def resolve(ref: str, registry: RegistryDep, files: bool = False) -> VersionInfo:
+    """Resolve ``name``, ``name:3`` or ``name@alias`` the way inference requests do."""
+    return await run_sync(registry.resolve, ModelRef.parse(ref), with_files=files)
+
+
+@router.post("/gc", response_model=GcResult)
+async def gc(
+    registry: RegistryDep,
+    grace_seconds: Annotated[int | None, Query(ge=0)] = None,
+) -> GcResult:
+    return await run_sync(registry.gc, grace_seconds=grace_seconds)

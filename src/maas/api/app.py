@@ -1,0 +1,50 @@
+"""``create_app``: builds the FastAPI application around one Settings object."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio.to_thread
+from fastapi import FastAPI
+
+from maas import __version__
+from maas.api import admin, health
+from maas.api.errors import install_error_handlers
+from maas.config import Settings
+from maas.registry.store import Registry
+from maas.security.keys import KeyStore
+
+log = logging.getLogger("maas")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Migrations and the first key touch disk: do them off the loop.
+        registry = await anyio.to_thread.run_sync(Registry, settings)
+        keys = KeyStore(registry.db)
+        created = await anyio.to_thread.run_sync(keys.bootstrap_admin, settings.admin_key_file)
+        if created is not None:
+            log.warning("created the bootstrap admin key; it is in %s (mode 0600)", created)
+        app.state.settings = settings
+        app.state.registry = registry
+        app.state.keys = keys
+        try:
+            yield
+        finally:
+            registry.close()
+
+    app = FastAPI(
+        title="maas",
+        version=__version__,
+        description="Model-as-a-Service: versioned registry and model serving.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(admin.router)
+    return app

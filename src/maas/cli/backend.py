@@ -1,0 +1,133 @@
+"""One interface for the CLI over two transports: the local registry or a server."""
+
+from __future__ import annotations
+
+import getpass
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+from maas.client.sync import MaasClient
+from maas.config import Settings
+from maas.registry.refs import ModelRef
+from maas.registry.schemas import AliasEvent, GcResult, ModelInfo, VersionInfo
+from maas.registry.store import Registry
+
+
+class Backend(Protocol):
+    def list_models(self, *, task: str | None = None) -> list[ModelInfo]: ...
+    def get_model(self, name: str) -> ModelInfo: ...
+    def delete_model(self, name: str, *, force: bool = False) -> None: ...
+    def list_versions(self, name: str) -> list[VersionInfo]: ...
+    def get_version(self, ref: str, *, with_files: bool = False) -> VersionInfo: ...
+    def push(
+        self,
+        source: Path,
+        name: str,
+        *,
+        task: str | None = None,
+        description: str = "",
+        parent: str | None = None,
+        on_bytes: Callable[[int], None] | None = None,
+    ) -> VersionInfo: ...
+    def upload_size(self, source: Path) -> int: ...
+    def download(self, ref: str, dest: Path) -> VersionInfo: ...
+    def archive(self, ref: str) -> VersionInfo: ...
+    def restore(self, ref: str) -> VersionInfo: ...
+    def delete_version(self, ref: str) -> None: ...
+    def set_alias(
+        self, name: str, alias: str, version: int, *, reason: str = ""
+    ) -> VersionInfo: ...
+    def delete_alias(self, name: str, alias: str) -> None: ...
+    def alias_history(self, name: str, alias: str | None = None) -> list[AliasEvent]: ...
+    def rollback(self, name: str, alias: str) -> VersionInfo: ...
+    def gc(self, *, grace_seconds: int | None = None) -> GcResult: ...
+    def close(self) -> None: ...
+
+
+class LocalBackend:
+    """Works on ``MAAS_HOME`` directly: no server needed."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.registry = Registry(settings)
+        self.actor = f"local:{getpass.getuser()}"
+
+    def close(self) -> None:
+        self.registry.close()
+
+    def list_models(self, *, task: str | None = None) -> list[ModelInfo]:
+        return self.registry.list_models(task=task)
+
+    def get_model(self, name: str) -> ModelInfo:
+        return self.registry.get_model(name)
+
+    def delete_model(self, name: str, *, force: bool = False) -> None:
+        self.registry.delete_model(name, force=force)
+
+    def list_versions(self, name: str) -> list[VersionInfo]:
+        return self.registry.list_versions(name)
+
+    def get_version(self, ref: str, *, with_files: bool = False) -> VersionInfo:
+        return self.registry.get_version(ref, with_files=with_files)
+
+    def push(
+        self,
+        source: Path,
+        name: str,
+        *,
+        task: str | None = None,
+        description: str = "",
+        parent: str | None = None,
+        on_bytes: Callable[[int], None] | None = None,
+    ) -> VersionInfo:
+        return self.registry.push(
+            source,
+            name,
+            task=task,
+            description=description,
+            parent=parent,
+            created_by=self.actor,
+            on_bytes=on_bytes,
+        )
+
+    def upload_size(self, source: Path) -> int:
+        if source.is_file():
+            return source.stat().st_size
+        return sum(p.stat().st_size for p in source.rglob("*") if p.is_file())
+
+    def download(self, ref: str, dest: Path) -> VersionInfo:
+        info = self.registry.get_version(ref)
+        cached = self.registry.materialize(ModelRef.parse(info.ref))
+        shutil.copytree(cached, dest, dirs_exist_ok=True)
+        return info
+
+    def archive(self, ref: str) -> VersionInfo:
+        return self.registry.archive_version(ref)
+
+    def restore(self, ref: str) -> VersionInfo:
+        return self.registry.restore_version(ref)
+
+    def delete_version(self, ref: str) -> None:
+        self.registry.delete_version(ref)
+
+    def set_alias(self, name: str, alias: str, version: int, *, reason: str = "") -> VersionInfo:
+        return self.registry.set_alias(name, alias, version, actor=self.actor, reason=reason)
+
+    def delete_alias(self, name: str, alias: str) -> None:
+        self.registry.delete_alias(name, alias, actor=self.actor)
+
+    def alias_history(self, name: str, alias: str | None = None) -> list[AliasEvent]:
+        return self.registry.alias_history(name, alias)
+
+    def rollback(self, name: str, alias: str) -> VersionInfo:
+        return self.registry.rollback(name, alias, actor=self.actor)
+
+    def gc(self, *, grace_seconds: int | None = None) -> GcResult:
+        return self.registry.gc(grace_seconds=grace_seconds)
+
+
+def open_backend(settings: Settings) -> Backend:
+    if settings.url:
+        return MaasClient(settings.url, settings.api_key)
+    return LocalBackend(settings)

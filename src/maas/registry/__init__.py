@@ -1,0 +1,1 @@
+"""Versioned model registry: models, immutable versions, aliases, and the blob store."""

@@ -1,0 +1,212 @@
+"""Recognise what kind of model a directory holds and read its basic metadata.
+
+Three layouts are understood:
+
+* ``hf``: a Hugging Face directory, ``config.json`` plus ``*.safetensors``.
+* ``onnx``: one ``*.onnx`` graph (optionally with external-data files).
+* ``safetensors``: the maas-native layout, ``maas.json`` plus ``*.safetensors``.
+
+Only headers are read (safetensors' JSON header, ONNX graph without external
+data), so detection stays cheap for multi-GB weights.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from maas.errors import InvalidRequestError
+
+TASKS = ("embeddings", "text-classification", "text-generation", "image-classification", "tensor")
+FORMATS = ("hf", "onnx", "safetensors")
+
+# ONNX TensorProto element types -> Open Inference Protocol V2 datatypes.
+_ONNX_TO_V2 = {
+    1: "FP32",
+    2: "UINT8",
+    3: "INT8",
+    4: "UINT16",
+    5: "INT16",
+    6: "INT32",
+    7: "INT64",
+    8: "BYTES",
+    9: "BOOL",
+    10: "FP16",
+    11: "FP64",
+    12: "UINT32",
+    13: "UINT64",
+    16: "BF16",
+}
+_MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
+
+
+@dataclass(slots=True)
+class DetectedFormat:
+    format: str
+    task_hint: str | None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def validate_task(task: str) -> str:
+    if task not in TASKS:
+        raise InvalidRequestError(
+            f"unknown task {task!r}; expected one of: {', '.join(TASKS)}", param="task"
+        )
+    return task
+
+
+def safetensors_parameter_count(path: Path) -> int:
+    """Count parameters from a safetensors header without reading the tensors."""
+    with path.open("rb") as f:
+        raw_len = f.read(8)
+        if len(raw_len) != 8:
+            raise InvalidRequestError(f"{path.name} is not a safetensors file (too short)")
+        (header_len,) = struct.unpack("<Q", raw_len)
+        if header_len > _MAX_SAFETENSORS_HEADER:
+            raise InvalidRequestError(f"{path.name} is not a safetensors file (bad header)")
+        try:
+            header = json.loads(f.read(header_len))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InvalidRequestError(f"{path.name} has a corrupt safetensors header") from exc
+    if not isinstance(header, dict):
+        raise InvalidRequestError(f"{path.name} has a corrupt safetensors header")
+    total = 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        total += math.prod(info.get("shape", []))
+    return total
+
+
+def _task_from_hf_config(root: Path, config: dict[str, Any]) -> str | None:
+    if (root / "modules.json").is_file() or (root / "sentence_bert_config.json").is_file():
+        return "embeddings"
+    for arch in config.get("architectures") or []:
+        if arch.endswith("ForSequenceClassification"):
+            return "text-classification"
+        if arch.endswith(("ForCausalLM", "LMHeadModel")):
+            return "text-generation"
+        if arch.endswith("ForImageClassification"):
+            return "image-classification"
+    return None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidRequestError(f"{path.name} is not valid JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise InvalidRequestError(f"{path.name} must hold a JSON object")
+    return doc
+
+
+def _onnx_signature(path: Path) -> dict[str, Any]:
+    import onnx  # heavy import, only when an ONNX file is pushed
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError and friends
+        raise InvalidRequestError(f"{path.name} is not a valid ONNX model: {exc}") from exc
+
+    def describe(values: Any) -> list[dict[str, Any]]:
+        out = []
+        for v in values:
+            tensor = v.type.tensor_type
+            shape = [d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim]
+            out.append(
+                {
+                    "name": v.name,
+                    "datatype": _ONNX_TO_V2.get(tensor.elem_type, "UNKNOWN"),
+                    "shape": shape,
+                }
+            )
+        return out
+
+    initializer_names = {init.name for init in model.graph.initializer}
+    params = sum(math.prod(init.dims) for init in model.graph.initializer)
+    return {
+        "inputs": [i for i in describe(model.graph.input) if i["name"] not in initializer_names],
+        "outputs": describe(model.graph.output),
+        "opset": max(
+            (o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=None
+        ),
+        "parameter_count": params,
+        "producer": model.producer_name,
+    }
+
+
+def detect_format(root: Path) -> DetectedFormat:
+    """Detect the layout of a model directory (or a single ``.onnx`` file)."""
+    if root.is_file():
+        if root.suffix.lower() != ".onnx":
+            raise InvalidRequestError(
+                f"cannot tell the format of {root.name}: a single file must be an .onnx graph; "
+                "for other models push their directory",
+                param="path",
+            )
+        meta = _onnx_signature(root)
+        return DetectedFormat("onnx", "tensor", meta)
+
+    files = [p for p in root.rglob("*") if p.is_file()]
+    safetensors = sorted(p for p in files if p.suffix == ".safetensors")
+    onnx_files = sorted(p for p in files if p.suffix.lower() == ".onnx")
+    size = sum(p.stat().st_size for p in files)
+
+    if (root / "maas.json").is_file():
+        spec = _read_json(root / "maas.json")
+        if not safetensors and not onnx_files:
+            raise InvalidRequestError("maas.json found but no .safetensors weights beside it")
+        task = spec.get("task")
+        if task is not None:
+            validate_task(str(task))
+        params = sum(safetensors_parameter_count(p) for p in safetensors)
+        return DetectedFormat(
+            "safetensors",
+            task,
+            {"spec": spec, "parameter_count": params, "size_bytes": size},
+        )
+
+    if (root / "config.json").is_file() and safetensors:
+        config = _read_json(root / "config.json")
+        params = sum(safetensors_parameter_count(p) for p in safetensors)
+        return DetectedFormat(
+            "hf",
+            _task_from_hf_config(root, config),
+            {
+                "architectures": config.get("architectures") or [],
+                "model_type": config.get("model_type"),
+                "parameter_count": params,
+                "size_bytes": size,
+            },
+        )
+
+    if len(onnx_files) == 1:
+        meta = _onnx_signature(onnx_files[0])
+        meta["size_bytes"] = size
+        meta["graph"] = onnx_files[0].relative_to(root).as_posix()
+        return DetectedFormat("onnx", "tensor", meta)
+
+    if (root / "config.json").is_file() and any(
+        p.suffix in (".bin", ".pt", ".pth", ".ckpt") for p in files
+    ):
+        config = _read_json(root / "config.json")
+        return DetectedFormat(
+            "hf",
+            _task_from_hf_config(root, config),
+            {
+                "architectures": config.get("architectures") or [],
+                "size_bytes": size,
+                "unsafe_weights": True,
+            },
+        )
+
+    raise InvalidRequestError(
+        "could not detect the model format: expected a Hugging Face directory "
+        "(config.json + *.safetensors), one .onnx file, or maas.json + *.safetensors",
+        param="path",
+    )

@@ -1,0 +1,64 @@
+"""Model references: ``name``, ``name:3`` and ``name@alias``."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from maas.errors import InvalidRequestError
+
+MODEL_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+ALIAS_RE = re.compile(r"^[a-z][a-z0-9-]{0,63}$")
+DEFAULT_ALIAS = "production"
+
+
+def validate_model_name(name: str) -> str:
+    if not MODEL_NAME_RE.fullmatch(name):
+        raise InvalidRequestError(
+            f"invalid model name {name!r}: use 1-64 characters of a-z, 0-9, '.', '_' or '-', "
+            "starting with a letter or digit",
+            param="name",
+        )
+    return name
+
+
+def validate_alias(alias: str) -> str:
+    if not ALIAS_RE.fullmatch(alias):
+        raise InvalidRequestError(
+            f"invalid alias {alias!r}: use 1-64 characters of a-z, 0-9 or '-', "
+            "starting with a letter",
+            param="alias",
+        )
+    return alias
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRef:
+    """A parsed reference. At most one of ``version`` and ``alias`` is set."""
+
+    name: str
+    version: int | None = None
+    alias: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> ModelRef:
+        text = text.strip()
+        if "@" in text:
+            name, _, alias = text.partition("@")
+            return cls(validate_model_name(name), alias=validate_alias(alias))
+        if ":" in text:
+            name, _, number = text.partition(":")
+            if not number.isdigit() or int(number) < 1:
+                raise InvalidRequestError(
+                    f"invalid version in reference {text!r}: expected a positive integer",
+                    param="model",
+                )
+            return cls(validate_model_name(name), version=int(number))
+        return cls(validate_model_name(text))
+
+    def __str__(self) -> str:
+        if self.version is not None:
+            return f"{self.name}:{self.version}"
+        if self.alias is not None:
+            return f"{self.name}@{self.alias}"
+        return self.name

@@ -1,0 +1,1 @@
+"""Authentication and the rest of the trust layer."""
