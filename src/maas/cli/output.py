@@ -13,7 +13,7 @@ from rich.table import Table
 
 # Piped output is read by scripts and people alike: don't squeeze tables to 80 columns.
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def human_bytes(n: int) -> str:

@@ -123,9 +123,7 @@ class MaasClient:
 
     def get_version(self, ref: str, *, with_files: bool = False) -> VersionInfo:
         """Resolve ``name``, ``name:3`` or ``name@alias`` exactly as the server does."""
-        data = self._request(
-            "GET", "/admin/v1/resolve", params={"ref": ref, "files": with_files}
-        )
+        data = self._request("GET", "/admin/v1/resolve", params={"ref": ref, "files": with_files})
         return VersionInfo.model_validate(data)
 
     resolve = get_version

@@ -215,6 +215,50 @@ class Registry:
         job_id: str | None,
         created_by: str | None,
     ) -> VersionInfo:
+        # Two first pushes of a new model can race to insert its row (Postgres
+        # runs them concurrently; SQLite serialises them). The loser retries
+        # and finds the winner's row.
+        for attempt in range(3):
+            try:
+                return self._insert_version(
+                    name,
+                    manifest,
+                    fmt=fmt,
+                    task=task,
+                    task_hint=task_hint,
+                    metadata=metadata,
+                    description=description,
+                    params=params,
+                    metrics=metrics,
+                    tags=tags,
+                    parent=parent,
+                    job_id=job_id,
+                    created_by=created_by,
+                )
+            except SAIntegrityError as exc:
+                if attempt == 2:
+                    raise ConflictError(
+                        f"could not create a version of {name!r}: {exc.orig}"
+                    ) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _insert_version(
+        self,
+        name: str,
+        manifest: Manifest,
+        *,
+        fmt: str,
+        task: str | None,
+        task_hint: str | None,
+        metadata: dict[str, Any],
+        description: str,
+        params: dict[str, Any],
+        metrics: dict[str, Any],
+        tags: dict[str, Any],
+        parent: str | None,
+        job_id: str | None,
+        created_by: str | None,
+    ) -> VersionInfo:
         with self.db.write() as s:
             model = s.scalar(select(ModelRow).where(ModelRow.name == name))
             if model is None:

@@ -1,0 +1,5 @@
+"""``python -m maas``."""
+
+from maas.cli.main import app
+
+app()

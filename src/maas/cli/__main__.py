@@ -1,0 +1,5 @@
+"""``python -m maas.cli``."""
+
+from maas.cli.main import app
+
+app()

