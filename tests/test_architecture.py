@@ -13,8 +13,15 @@ SRC = Path(maas.__file__).parent
 
 # package -> prefixes it must never import
 FORBIDDEN = {
-    "config": ["maas.registry", "maas.serving", "maas.api", "maas.cli", "maas.jobs", "fastapi",
-               "typer"],
+    "config": [
+        "maas.registry",
+        "maas.serving",
+        "maas.api",
+        "maas.cli",
+        "maas.jobs",
+        "fastapi",
+        "typer",
+    ],
     "errors": ["maas.registry", "maas.serving", "maas.api", "maas.cli", "fastapi", "typer"],
     "registry": ["maas.serving", "maas.api", "maas.cli", "maas.jobs", "fastapi", "typer"],
     "runtimes": ["maas.serving", "maas.api", "maas.cli", "fastapi", "typer"],
@@ -57,8 +64,8 @@ def test_only_config_reads_the_environment() -> None:
     offenders = [
         str(path.relative_to(SRC))
         for path in SRC.rglob("*.py")
-        if path.name != "config.py" and ("os.environ" in path.read_text()
-                                         or "os.getenv" in path.read_text())
+        if path.name != "config.py"
+        and ("os.environ" in path.read_text() or "os.getenv" in path.read_text())
     ]
     assert offenders == []
 
