@@ -51,6 +51,28 @@ class Settings(BaseSettings):
         default=None, description="CLI only: the key sent to the server given by MAAS_URL."
     )
     log_level: str = Field(default="info", description="Server log level.")
+    memory_budget_bytes: int = Field(
+        default=8 * GIB,
+        gt=0,
+        description="Loaded models share this budget; the least recently used idle model "
+        "is unloaded to make room.",
+    )
+    compute_threads: int = Field(
+        default=2,
+        ge=1,
+        description="Threads that run model compute off the event loop (batches in parallel).",
+    )
+    torch_threads: int = Field(
+        default=0,
+        ge=0,
+        description="torch intra-op threads per forward pass; 0 means one per CPU core.",
+    )
+    max_batch_size: int = Field(default=32, ge=1, description="Default adaptive batch size cap.")
+    max_wait_ms: float = Field(
+        default=2.0,
+        ge=0,
+        description="Default longest wait for a batch to fill once its first item arrived.",
+    )
 
     @field_validator("home", mode="after")
     @classmethod
