@@ -2,62 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from typer.testing import CliRunner
 
 from maas.cli.main import app
 from maas.client import MaasClient
 from maas.errors import NotFoundError, UnauthorizedError, UnsafeFormatError
+from tests.e2e.conftest import free_port
 from tests.helpers import make_hf_dir, make_onnx_file
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-    home = tmp_path_factory.mktemp("server-home")
-    port = _free_port()
-    env = {**os.environ, "MAAS_HOME": str(home), "MAAS_LOG_LEVEL": "warning"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "maas", "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"server did not start: {proc.stderr.read() if proc.stderr else ''}"
-                )
-            time.sleep(0.2)
-        yield url, (home / "admin.key").read_text().strip()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        if proc.stderr:
-            proc.stderr.close()
 
 
 def test_cli_remote_mode_pushes_and_resolves(server: tuple[str, str], tmp_path: Path) -> None:
@@ -99,6 +53,6 @@ def test_sdk_round_trips_onnx_and_maps_errors(server: tuple[str, str], tmp_path:
 
 
 def test_cli_reports_unreachable_server_in_one_line() -> None:
-    r = CliRunner().invoke(app, ["--url", f"http://127.0.0.1:{_free_port()}", "models", "list"])
+    r = CliRunner().invoke(app, ["--url", f"http://127.0.0.1:{free_port()}", "models", "list"])
     assert r.exit_code == 1
     assert "cannot reach the server" in r.stderr

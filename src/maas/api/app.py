@@ -10,11 +10,14 @@ import anyio.to_thread
 from fastapi import FastAPI
 
 from maas import __version__
-from maas.api import admin, health
+from maas.api import admin, health, metrics, openai
 from maas.api.errors import install_error_handlers
 from maas.config import Settings
 from maas.registry.store import Registry
 from maas.security.keys import KeyStore
+from maas.serving.dataplane import DataPlane
+from maas.serving.manager import ModelManager
+from maas.serving.metrics import ServingMetrics
 
 log = logging.getLogger("maas")
 
@@ -30,12 +33,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         created = await anyio.to_thread.run_sync(keys.bootstrap_admin, settings.admin_key_file)
         if created is not None:
             log.warning("created the bootstrap admin key; it is in %s (mode 0600)", created)
+        serving_metrics = ServingMetrics()
+        manager = ModelManager(registry, settings, serving_metrics)
         app.state.settings = settings
         app.state.registry = registry
         app.state.keys = keys
+        app.state.metrics = serving_metrics
+        app.state.manager = manager
+        app.state.dataplane = DataPlane(registry, manager, serving_metrics)
         try:
             yield
         finally:
+            await manager.close()
             registry.close()
 
     app = FastAPI(
@@ -47,4 +56,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(admin.router)
+    app.include_router(openai.router)
+    app.include_router(metrics.router)
     return app

@@ -1,0 +1,97 @@
+"""``/v1``: the OpenAI-compatible API (models, embeddings)."""
+
+from __future__ import annotations
+
+import base64
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, Depends, Request
+
+from maas.api.deps import RegistryDep, require_key
+from maas.api.schemas.openai import MAX_EMBEDDING_INPUTS, EmbeddingsRequest
+from maas.errors import InvalidRequestError, NotFoundError
+from maas.registry.schemas import ModelInfo
+from maas.serving.dataplane import DataPlane
+
+router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Depends(require_key)])
+
+
+def get_dataplane(request: Request) -> DataPlane:
+    dataplane: DataPlane = request.app.state.dataplane
+    return dataplane
+
+
+def _model_object(model: ModelInfo) -> dict[str, Any]:
+    return {
+        "id": model.name,
+        "object": "model",
+        "created": int(model.created_at.timestamp()),
+        "owned_by": model.owner or "maas",
+        "task": model.task,
+        "versions": model.version_count,
+        "aliases": model.aliases,
+    }
+
+
+@router.get("/models")
+async def list_models(request: Request, registry: RegistryDep) -> dict[str, Any]:
+    from maas.api.admin import run_sync
+
+    models = await run_sync(registry.list_models)
+    return {"object": "list", "data": [_model_object(m) for m in models if m.version_count]}
+
+
+@router.get("/models/{model_id}")
+async def get_model(model_id: str, registry: RegistryDep) -> dict[str, Any]:
+    from maas.api.admin import run_sync
+
+    ref = model_id.split("@")[0].split(":")[0]
+    model = await run_sync(registry.get_model, ref)
+    if not model.version_count:
+        raise NotFoundError(f"model {model_id!r} has no versions", param="model")
+    return _model_object(model)
+
+
+def _normalise_input(raw: EmbeddingsRequest) -> list[str | list[int]]:
+    value = raw.input
+    items: list[str | list[int]]
+    if isinstance(value, str):
+        items = [value]
+    elif value and all(isinstance(v, int) for v in value):
+        items = [list(value)]  # type: ignore[arg-type]
+    else:
+        items = list(value)  # type: ignore[arg-type]
+    if not items:
+        raise InvalidRequestError("input must not be empty", param="input")
+    if len(items) > MAX_EMBEDDING_INPUTS:
+        raise InvalidRequestError(
+            f"input holds {len(items)} items; at most {MAX_EMBEDDING_INPUTS} per request",
+            param="input",
+        )
+    for i, item in enumerate(items):
+        if len(item) == 0:
+            raise InvalidRequestError(f"input[{i}] is empty", param="input")
+    return items
+
+
+@router.post("/embeddings")
+async def create_embeddings(
+    body: EmbeddingsRequest, dataplane: Annotated[DataPlane, Depends(get_dataplane)]
+) -> dict[str, Any]:
+    items = _normalise_input(body)
+    result = await dataplane.embed(body.model, items, dimensions=body.dimensions)
+    data = []
+    for index, vector in enumerate(result.vectors):
+        embedding: Any
+        if body.encoding_format == "base64":
+            embedding = base64.b64encode(vector.astype("<f4", copy=False).tobytes()).decode()
+        else:
+            embedding = np.asarray(vector, dtype=np.float32).tolist()
+        data.append({"object": "embedding", "index": index, "embedding": embedding})
+    return {
+        "object": "list",
+        "data": data,
+        "model": body.model,
+        "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
+    }

@@ -1,0 +1,1 @@
+"""Runtimes: one small base class, one subclass per task and format."""

@@ -1,0 +1,46 @@
+"""Which Runtime class serves a (task, format) pair.
+
+Built-ins are imported lazily (torch and onnxruntime are heavy). Third-party
+packages register more under the ``maas.runtimes`` entry-point group with the
+name ``<task>:<format>``; those take precedence over built-ins.
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import entry_points
+
+from maas.errors import InvalidRequestError
+from maas.runtimes.base import Runtime
+
+ENTRY_POINT_GROUP = "maas.runtimes"
+
+BUILTIN: dict[tuple[str, str], str] = {
+    ("embeddings", "hf"): "maas.runtimes.embeddings:HFEmbeddingRuntime",
+    ("text-classification", "hf"): "maas.runtimes.text_classification:HFTextClassificationRuntime",
+    ("tensor", "onnx"): "maas.runtimes.onnx:OnnxTensorRuntime",
+}
+
+
+def _import(target: str) -> type[Runtime]:
+    module, _, attr = target.partition(":")
+    cls = getattr(importlib.import_module(module), attr)
+    if not (isinstance(cls, type) and issubclass(cls, Runtime)):
+        raise TypeError(f"{target} is not a maas Runtime subclass")
+    return cls
+
+
+def runtime_class(task: str, fmt: str) -> type[Runtime]:
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name == f"{task}:{fmt}":
+            cls = ep.load()
+            if isinstance(cls, type) and issubclass(cls, Runtime):
+                return cls
+    target = BUILTIN.get((task, fmt))
+    if target is None:
+        served = ", ".join(f"{t}/{f}" for t, f in sorted(BUILTIN))
+        raise InvalidRequestError(
+            f"no runtime serves task {task!r} in format {fmt!r} (built in: {served})",
+            param="model",
+        )
+    return _import(target)

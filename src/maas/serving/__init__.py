@@ -1,0 +1,1 @@
+"""Serving core: data plane, model manager, batching, metrics (no HTTP here)."""

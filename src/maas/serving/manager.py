@@ -1,0 +1,218 @@
+"""ModelManager: loads versions on demand under a memory budget, LRU eviction.
+
+* One load per model however many requests arrive first (single flight): the
+  load runs as its own task and every waiter awaits it through ``shield`` so a
+  cancelled request does not cancel the shared load.
+* A failed load raises ``UnavailableError`` with the cause and is forgotten, so
+  the next request retries.
+* Memory: each load reserves an estimate (the artifact size) before it starts
+  and is re-accounted with the runtime's own figure afterwards; the least
+  recently used model that is idle and not pinned is unloaded to make room.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from concurrent.futures import Executor, ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio.to_thread
+
+from maas.config import Settings
+from maas.errors import MaasError, UnavailableError
+from maas.registry.schemas import VersionInfo
+from maas.registry.store import Registry
+from maas.runtimes.base import Runtime, RuntimeContext
+from maas.runtimes.registry import runtime_class
+from maas.serving.batching import AdaptiveBatcher, BatchStats
+from maas.serving.metrics import ServingMetrics
+
+log = logging.getLogger("maas.serving")
+
+
+@dataclass(eq=False)
+class LoadedModel:
+    key: str
+    version: VersionInfo
+    runtime: Runtime
+    batcher: AdaptiveBatcher[Any, Any]
+    memory: int
+    pinned: bool = False
+    active: int = 0
+    loaded_at: float = field(default_factory=time.time)
+    last_used: float = field(default_factory=time.monotonic)
+
+
+class ModelManager:
+    def __init__(
+        self,
+        registry: Registry,
+        settings: Settings,
+        metrics: ServingMetrics,
+        executor: Executor | None = None,
+    ) -> None:
+        self._registry = registry
+        self._settings = settings
+        self._metrics = metrics
+        self._executor = executor or ThreadPoolExecutor(
+            settings.compute_threads, thread_name_prefix="maas-compute"
+        )
+        self._models: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._loading: dict[str, asyncio.Future[LoadedModel]] = {}
+        self._reserved: dict[str, int] = {}
+        self._lock = asyncio.Lock()
+
+    @property
+    def budget(self) -> int:
+        return self._settings.memory_budget_bytes
+
+    def loaded(self) -> list[LoadedModel]:
+        return list(self._models.values())
+
+    def get_loaded(self, key: str) -> LoadedModel | None:
+        return self._models.get(key)
+
+    def used_bytes(self) -> int:
+        return sum(m.memory for m in self._models.values()) + sum(self._reserved.values())
+
+    @asynccontextmanager
+    async def use(self, version: VersionInfo) -> AsyncIterator[LoadedModel]:
+        """Borrow a loaded model for one request; it cannot be evicted meanwhile."""
+        model = await self.get(version)
+        model.active += 1
+        model.last_used = time.monotonic()
+        self._models.move_to_end(model.key)
+        try:
+            yield model
+        finally:
+            model.active -= 1
+
+    async def get(self, version: VersionInfo, *, pinned: bool = False) -> LoadedModel:
+        key = version.ref
+        model = self._models.get(key)
+        if model is not None and model.version.digest == version.digest:
+            model.pinned = model.pinned or pinned
+            return model
+        future = self._loading.get(key)
+        if future is None:
+            future = asyncio.ensure_future(self._load(version, pinned))
+            self._loading[key] = future
+            future.add_done_callback(functools.partial(self._load_done, key))
+        return await asyncio.shield(future)
+
+    def _load_done(self, key: str, future: asyncio.Future[LoadedModel]) -> None:
+        self._loading.pop(key, None)
+        if not future.cancelled():
+            future.exception()  # mark retrieved: waiters may all have gone away
+
+    async def _load(self, version: VersionInfo, pinned: bool) -> LoadedModel:
+        key = version.ref
+        started = time.perf_counter()
+        estimate = version.size_bytes
+        async with self._lock:
+            await self._make_room(estimate, key)
+            self._reserved[key] = estimate
+        try:
+            path = await anyio.to_thread.run_sync(self._registry.materialize, key)
+            cls = runtime_class(version.task, version.format)
+            runtime = cls(
+                RuntimeContext(
+                    model_dir=path,
+                    version=version,
+                    executor=self._executor,
+                    torch_threads=self._settings.torch_threads,
+                )
+            )
+            await runtime.load()
+        except Exception as exc:
+            self._reserved.pop(key, None)
+            self._metrics.loads.labels(version.model, "failure").inc()
+            log.warning("loading %s failed: %s", key, exc)
+            if isinstance(exc, MaasError) and not isinstance(exc, UnavailableError):
+                detail = exc.message
+            else:
+                detail = f"{type(exc).__name__}: {exc}"
+            raise UnavailableError(f"model {key} failed to load: {detail}") from exc
+        memory = runtime.memory_bytes() or estimate
+        async with self._lock:
+            self._reserved.pop(key, None)
+            try:
+                await self._make_room(memory, key)
+            except UnavailableError:
+                await runtime.unload()
+                raise
+            model = LoadedModel(
+                key=key,
+                version=version,
+                runtime=runtime,
+                batcher=AdaptiveBatcher(
+                    runtime.predict,
+                    max_batch_size=self._settings.max_batch_size,
+                    max_wait_ms=self._settings.max_wait_ms,
+                    on_batch=functools.partial(self._record, version.model),
+                    name=key,
+                ),
+                memory=memory,
+                pinned=pinned,
+            )
+            self._models[key] = model
+        elapsed = time.perf_counter() - started
+        self._metrics.loads.labels(version.model, "success").inc()
+        self._metrics.load_seconds.labels(version.model).observe(elapsed)
+        self._metrics.loaded.set(len(self._models))
+        self._metrics.model_memory.labels(key).set(memory)
+        log.info("loaded %s in %.2fs (%d bytes)", key, elapsed, memory)
+        return model
+
+    def _record(self, model: str, stats: BatchStats) -> None:
+        self._metrics.batch_size.labels(model).observe(stats.size)
+        self._metrics.queue_seconds.labels(model).observe(stats.queue_wait_seconds)
+        self._metrics.compute_seconds.labels(model).observe(stats.compute_seconds)
+
+    async def _make_room(self, needed: int, key: str) -> None:
+        """Evict idle, unpinned models, least recently used first. Caller holds the lock."""
+        if needed > self.budget:
+            raise UnavailableError(
+                f"model {key} needs {needed} bytes, more than the whole memory budget "
+                f"({self.budget} bytes, MAAS_MEMORY_BUDGET_BYTES)"
+            )
+        while self.used_bytes() + needed > self.budget:
+            victim = next(
+                (m for m in self._models.values() if m.active == 0 and not m.pinned), None
+            )
+            if victim is None:
+                raise UnavailableError(
+                    f"no memory to load {key}: {self.used_bytes()} of {self.budget} bytes are "
+                    "held by pinned or busy models; retry later or raise MAAS_MEMORY_BUDGET_BYTES"
+                )
+            await self._unload(victim, reason="evicted")
+
+    async def unload(self, key: str) -> bool:
+        async with self._lock:
+            model = self._models.get(key)
+            if model is None:
+                return False
+            await self._unload(model, reason="request")
+            return True
+
+    async def _unload(self, model: LoadedModel, *, reason: str) -> None:
+        self._models.pop(model.key, None)
+        await model.batcher.close()
+        await model.runtime.unload()
+        self._metrics.unloads.labels(model.version.model, reason).inc()
+        self._metrics.loaded.set(len(self._models))
+        self._metrics.model_memory.remove(model.key)
+        log.info("unloaded %s (%s)", model.key, reason)
+
+    async def close(self) -> None:
+        for model in list(self._models.values()):
+            await self._unload(model, reason="shutdown")
+        if isinstance(self._executor, ThreadPoolExecutor):
+            self._executor.shutdown(wait=False, cancel_futures=True)

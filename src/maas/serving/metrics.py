@@ -1,0 +1,92 @@
+"""Prometheus metrics for serving, on a registry owned by one app instance.
+
+A private ``CollectorRegistry`` (not the process-global default) lets several
+apps live in one process, as tests do, without duplicate-metric errors.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+class ServingMetrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "maas_requests",
+            "Requests handled",
+            ["model", "version", "route", "status"],
+            registry=r,
+        )
+        self.request_seconds = Histogram(
+            "maas_request_seconds",
+            "End-to-end request latency",
+            ["model", "route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_seconds = Histogram(
+            "maas_queue_seconds",
+            "Time items waited for their batch",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.compute_seconds = Histogram(
+            "maas_compute_seconds",
+            "Model compute time per batch",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "maas_batch_size",
+            "Items per executed batch",
+            ["model"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.loaded = Gauge("maas_models_loaded", "Models currently loaded", registry=r)
+        self.model_memory = Gauge(
+            "maas_model_memory_bytes",
+            "Memory attributed to each loaded model",
+            ["model"],
+            registry=r,
+        )
+        self.loads = Counter("maas_model_loads", "Model loads", ["model", "outcome"], registry=r)
+        self.load_seconds = Histogram(
+            "maas_model_load_seconds",
+            "Model load duration",
+            ["model"],
+            buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+            registry=r,
+        )
+        self.unloads = Counter(
+            "maas_model_unloads", "Model unloads", ["model", "reason"], registry=r
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
