@@ -1,19 +1,36 @@
-"""AdaptiveBatcher: turns many concurrent single-item calls into batched calls.
+"""AdaptiveBatcher: turns many concurrent per-item calls into a few batched calls.
 
-Policy: a worker takes the first queued item, then keeps collecting until the
-batch is full or ``max_wait_ms`` has passed since that first item arrived.
-Under load the queue already holds a full batch and nothing waits; when one
-request is alone it waits at most ``max_wait_ms``. Results return to each
-caller's own future, so responses never cross. An item the handler marks as
-failed (by returning an exception in its slot) fails only its own caller.
+Each loaded model owns one batcher; the data plane awaits ``submit`` (one item)
+or ``submit_many`` (the items of one request) and a single background worker
+feeds the model's batch handler.
+
+Batching policy, per batch:
+
+1. Wait for the first item, then take everything already queued, up to
+   ``max_batch_size``. A full batch goes out at once: under load the queue
+   holds enough work, and waiting would only add latency.
+2. Otherwise yield to the event loop once, so that callers that are already
+   runnable (a burst of requests parsed in the same loop turn) get in too.
+3. Still not full: wait for stragglers only if traffic looks concurrent, that
+   is if the batch so far, or the previous batch, held items from more than one
+   request. A lone request with nobody else around is dispatched now, since
+   nobody is coming to share its batch. Waiting stops when the batch is full or
+   ``max_wait_ms`` after the *first* item arrived; because that deadline is
+   anchored on arrival, items that already queued while the model was busy
+   never wait again.
+
+Results go back through each caller's own future, so responses never cross.
+Backpressure: past ``max_queue`` waiting items a submit fails at once with
+``UnavailableError`` (HTTP 503) instead of growing latency without bound.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -22,24 +39,33 @@ from maas.errors import UnavailableError
 
 T = TypeVar("T")
 R = TypeVar("R")
-log = logging.getLogger("maas.serving.batching")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
 class BatchStats:
+    """What one batch cost, for metrics."""
+
     size: int
-    queue_wait_seconds: float
-    compute_seconds: float
+    queue_wait_seconds: float  # longest time an item of the batch sat in the queue
+    compute_seconds: float  # time spent inside the handler
 
 
-@dataclass(slots=True)
-class _Pending(Generic[T, R]):
-    item: T
+@dataclass(eq=False, slots=True)
+class _Item(Generic[T, R]):
+    value: T
     future: asyncio.Future[R]
-    enqueued: float
+    request: int  # which submit call the item came from; drives the wait policy
+    enqueued: float  # time.monotonic() at submit
 
 
 class AdaptiveBatcher(Generic[T, R]):
+    """Batch concurrent calls to ``handler`` (see the module docstring for the policy).
+
+    ``handler`` receives a list of items and returns one result per item, in
+    order; a result that is an exception fails only that item's caller.
+    """
+
     def __init__(
         self,
         handler: Callable[[list[T]], Awaitable[Sequence[R | BaseException]]],
@@ -50,125 +76,170 @@ class AdaptiveBatcher(Generic[T, R]):
         on_batch: Callable[[BatchStats], None] | None = None,
         name: str = "",
     ) -> None:
-        self._handler = handler
-        self.max_batch_size = max_batch_size
-        self.max_wait = max_wait_ms / 1000
-        self.max_queue = max_queue
-        self._on_batch = on_batch
+        if max_batch_size < 1 or max_queue < 1 or max_wait_ms < 0:
+            raise ValueError("need max_batch_size >= 1, max_queue >= 1 and max_wait_ms >= 0")
         self.name = name
-        self._queue: asyncio.Queue[_Pending[T, R]] | None = None
-        self._worker: asyncio.Task[None] | None = None
+        self.max_batch_size = max_batch_size
+        self.max_wait_seconds = max_wait_ms / 1000
+        self.max_queue = max_queue
+        self._handler = handler
+        self._on_batch = on_batch
+        self._who = f"model {name}" if name else "batcher"
+        # Keyed by a sequence number: O(1) removal when a queued caller cancels,
+        # O(1) pop of the oldest item for the worker.
+        self._queue: OrderedDict[int, _Item[T, R]] = OrderedDict()
+        self._next_key = 0
+        self._next_request = 0
+        self._previous_requests = 1  # requests in the last batch; 1 = assume quiet traffic
         self._closed = False
-        self._busy = False
+        self._worker: asyncio.Task[None] | None = None
+        self._arrived = asyncio.Event()
 
     @property
     def queue_depth(self) -> int:
-        return self._queue.qsize() if self._queue is not None else 0
-
-    def _ensure_worker(self) -> asyncio.Queue[_Pending[T, R]]:
-        if self._queue is None:
-            self._queue = asyncio.Queue()
-        if self._worker is None or self._worker.done():
-            self._worker = asyncio.get_running_loop().create_task(self._run())
-        return self._queue
-
-    def _enqueue(self, item: T) -> asyncio.Future[R]:
-        if self._closed:
-            raise UnavailableError(f"model {self.name} is shutting down")
-        queue = self._ensure_worker()
-        if queue.qsize() >= self.max_queue:
-            raise UnavailableError(
-                f"model {self.name} queue full ({self.max_queue} items waiting); retry later"
-            )
-        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        queue.put_nowait(_Pending(item, future, time.monotonic()))
-        return future
+        """Items waiting for a batch (not counting the batch being formed or computed)."""
+        return len(self._queue)
 
     async def submit(self, item: T) -> R:
-        return await self._enqueue(item)
+        """Run one item through the handler and return its result."""
+        (future,) = self._enqueue([item])
+        return await future
 
     async def submit_many(self, items: Sequence[T]) -> list[R]:
-        futures = [self._enqueue(item) for item in items]
+        """Run the items of one request, possibly over several batches; results in order."""
+        futures = self._enqueue(items)
         try:
-            return list(await asyncio.gather(*futures))
+            return [await future for future in futures]
+        finally:
+            # After a failure or cancellation the request is over: its items that
+            # are still queued must not cost model time (no-op on settled ones).
+            for future in futures:
+                future.cancel()
+
+    async def close(self) -> None:
+        """Refuse new items, finish the queued ones, then stop the worker."""
+        self._closed = True
+        worker = self._worker
+        if worker is None or worker.done():
+            return
+        self._arrived.set()  # an idle worker must wake up to notice
+        # Shielded: a caller giving up on close() must not kill a draining worker.
+        await asyncio.shield(worker)
+
+    def _enqueue(self, values: Sequence[T]) -> list[asyncio.Future[R]]:
+        if self._closed:
+            raise UnavailableError(f"{self._who} is shutting down; retry later")
+        if len(self._queue) + len(values) > self.max_queue:
+            # All or nothing, so a request is never half-queued.
+            raise UnavailableError(
+                f"{self._who} queue full ({len(self._queue)} of {self.max_queue} items "
+                "waiting); retry later"
+            )
+        loop = asyncio.get_running_loop()
+        if self._worker is None or self._worker.done():
+            self._arrived = asyncio.Event()  # an Event binds to one loop; start fresh
+            self._worker = loop.create_task(self._run(), name=f"batcher {self.name}")
+        request, self._next_request = self._next_request, self._next_request + 1
+        now = time.monotonic()
+        futures: list[asyncio.Future[R]] = []
+        for value in values:
+            key, self._next_key = self._next_key, self._next_key + 1
+            future: asyncio.Future[R] = loop.create_future()
+            future.add_done_callback(functools.partial(self._settled, key))
+            self._queue[key] = _Item(value, future, request, now)
+            futures.append(future)
+        if futures:
+            self._arrived.set()
+        return futures
+
+    def _settled(self, key: int, future: asyncio.Future[R]) -> None:
+        # A caller cancelled while queued: drop the item so it never reaches the
+        # handler and stops counting against max_queue.
+        self._queue.pop(key, None)
+        # Backstop: whoever awaited this future may be gone by the time it fails;
+        # mark the exception read so asyncio never logs "Future exception was never
+        # retrieved". Callers still awaiting it receive it as usual.
+        if not future.cancelled():
+            future.exception()
+
+    def _take(self, limit: int) -> list[_Item[T, R]]:
+        taken: list[_Item[T, R]] = []
+        while self._queue and len(taken) < limit:
+            taken.append(self._queue.popitem(last=False)[1])
+        return taken
+
+    async def _run(self) -> None:
+        batch: list[_Item[T, R]] = []
+        try:
+            while True:
+                if not self._queue:
+                    if self._closed:
+                        return
+                    self._arrived.clear()
+                    await self._arrived.wait()
+                    continue
+                batch = await self._collect()
+                await self._dispatch(batch)
+                batch = []
         except BaseException:
-            for f in futures:
-                if f.done() and not f.cancelled():
-                    f.exception()  # mark retrieved: one failure already reached the caller
-                else:
-                    f.cancel()  # queued siblings are skipped by the worker
+            # Cancelled (loop shutdown, unload) or a bug: nobody may wait forever.
+            stranded = [*batch, *self._queue.values()]
+            self._queue.clear()
+            for item in stranded:
+                if not item.future.done():
+                    item.future.set_exception(UnavailableError(f"{self._who} stopped serving"))
             raise
 
-    async def _collect(self, queue: asyncio.Queue[_Pending[T, R]]) -> list[_Pending[T, R]]:
-        first = await queue.get()
-        batch = [first]
-        deadline = first.enqueued + self.max_wait
-        while len(batch) < self.max_batch_size:
-            if not queue.empty():
-                batch.append(queue.get_nowait())
-                continue
+    async def _collect(self) -> list[_Item[T, R]]:
+        deadline = next(iter(self._queue.values())).enqueued + self.max_wait_seconds
+        batch = self._take(self.max_batch_size)
+        if len(batch) < self.max_batch_size:
+            await asyncio.sleep(0)
+            batch += self._take(self.max_batch_size - len(batch))
+        concurrent = self._previous_requests > 1 or len({i.request for i in batch}) > 1
+        while concurrent and len(batch) < self.max_batch_size and not self._closed:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
+            self._arrived.clear()  # the queue is empty here: _take got all of it
             try:
-                batch.append(await asyncio.wait_for(queue.get(), remaining))
+                async with asyncio.timeout(remaining):
+                    await self._arrived.wait()
             except TimeoutError:
                 break
-            except asyncio.CancelledError:
-                for p in batch:  # shutting down mid-collection: never leave a caller hanging
-                    if not p.future.done():
-                        p.future.set_exception(UnavailableError(f"model {self.name} unloaded"))
-                raise
-        return batch
+            batch += self._take(self.max_batch_size - len(batch))
+        # Callers that cancelled while their item was being collected.
+        return [item for item in batch if not item.future.done()]
 
-    async def _run(self) -> None:
-        assert self._queue is not None
-        queue = self._queue
-        while True:
-            batch = [p for p in await self._collect(queue) if not p.future.done()]
-            if not batch:
-                if self._closed and queue.empty():
-                    return
-                continue
-            started = time.monotonic()
-            wait = max(started - p.enqueued for p in batch)
-            self._busy = True
-            try:
-                results = await self._handler([p.item for p in batch])
-                if len(results) != len(batch):
-                    raise RuntimeError(
-                        f"batch handler returned {len(results)} results for {len(batch)} items"
-                    )
-            except Exception as exc:
-                for p in batch:
-                    if not p.future.done():
-                        p.future.set_exception(exc)
-            else:
-                for p, result in zip(batch, results, strict=True):
-                    if p.future.done():
-                        continue  # the caller went away; drop its result
-                    if isinstance(result, BaseException):
-                        p.future.set_exception(result)
-                    else:
-                        p.future.set_result(result)
-            finally:
-                self._busy = False
-            if self._on_batch is not None:
-                try:
-                    self._on_batch(BatchStats(len(batch), wait, time.monotonic() - started))
-                except Exception:
-                    log.exception("batch metrics callback failed")
-            if self._closed and queue.empty():
-                return
-
-    async def close(self) -> None:
-        """Refuse new items, let queued ones finish, stop the worker."""
-        self._closed = True
-        if self._worker is None:
+    async def _dispatch(self, batch: list[_Item[T, R]]) -> None:
+        if not batch:
             return
-        # Idle on an empty queue the worker would wait forever; busy, it returns
-        # by itself once the queue is drained.
-        if not self._busy and (self._queue is None or self._queue.empty()):
-            self._worker.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._worker
+        started = time.monotonic()
+        queue_wait = started - min(item.enqueued for item in batch)
+        self._previous_requests = len({item.request for item in batch})
+        outcomes: Sequence[R | BaseException]
+        try:
+            outcomes = await self._handler([item.value for item in batch])
+        except Exception as exc:
+            outcomes = [exc] * len(batch)
+        else:
+            if len(outcomes) != len(batch):
+                mismatch = RuntimeError(
+                    f"{self._who} batch handler returned {len(outcomes)} results "
+                    f"for {len(batch)} items"
+                )
+                outcomes = [mismatch] * len(batch)
+        compute = time.monotonic() - started
+        for item, outcome in zip(batch, outcomes, strict=True):
+            if item.future.done():
+                continue  # the caller went away while we computed; drop its result
+            if isinstance(outcome, BaseException):
+                item.future.set_exception(outcome)
+            else:
+                item.future.set_result(outcome)
+        if self._on_batch is not None:
+            try:
+                self._on_batch(BatchStats(len(batch), queue_wait, compute))
+            except Exception:
+                # Metrics must never break serving.
+                log.exception("%s: on_batch callback failed", self._who)
