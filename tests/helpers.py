@@ -111,3 +111,43 @@ def leftover_temp_files(home: Path) -> list[Path]:
         if sub.exists():
             found.extend(p for p in sub.rglob("*") if not p.name.startswith("ready-"))
     return found
+
+
+def make_tiny_image_classifier(root: Path) -> Path:
+    """A tiny random ViT image classifier saved the Hugging Face way, 32x32 RGB, 10 labels.
+
+    config.json + model.safetensors + preprocessor_config.json (ViT recipe:
+    bilinear resize to 32x32, rescale by 1/255, normalise with mean = std = 0.5).
+    """
+    import torch
+    from transformers import ViTConfig, ViTForImageClassification
+
+    root.mkdir(parents=True, exist_ok=True)
+    config = ViTConfig(
+        image_size=32,
+        patch_size=8,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=10,
+        id2label={i: f"digit-{i}" for i in range(10)},
+        label2id={f"digit-{i}": i for i in range(10)},
+    )
+    with torch.random.fork_rng():  # seeded weights without touching the global RNG
+        torch.manual_seed(0)
+        model = ViTForImageClassification(config)
+    model.save_pretrained(str(root), safe_serialization=True)
+    preprocessor = {
+        "image_processor_type": "ViTImageProcessor",
+        "do_resize": True,
+        "size": {"height": 32, "width": 32},
+        "resample": 2,
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": [0.5, 0.5, 0.5],
+        "image_std": [0.5, 0.5, 0.5],
+    }
+    (root / "preprocessor_config.json").write_text(json.dumps(preprocessor))
+    return root

@@ -67,6 +67,11 @@ class Settings(BaseSettings):
         ge=0,
         description="torch intra-op threads per forward pass; 0 means one per CPU core.",
     )
+    max_request_bytes: int = Field(
+        default=64 * 1024**2,
+        gt=0,
+        description="Largest inference request body (V2 tensors, JSON bodies).",
+    )
     max_batch_size: int = Field(default=32, ge=1, description="Default adaptive batch size cap.")
     max_wait_ms: float = Field(
         default=2.0,

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from maas.errors import UnavailableError
+from maas.errors import InvalidRequestError, UnavailableError
 from maas.serving.batching import AdaptiveBatcher, BatchStats
 
 
@@ -352,3 +352,28 @@ def test_on_batch_failure_is_logged_not_raised(caplog: pytest.LogCaptureFixture)
 def test_invalid_settings_are_refused(bad: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         AdaptiveBatcher(Doubler(), **bad)
+
+
+def test_a_failed_item_is_named_by_its_position_in_its_own_request() -> None:
+    async def handler(items: list[int]) -> list[int | BaseException]:
+        return [InvalidRequestError("negative") if i < 0 else i * 2 for i in items]
+
+    async def scenario() -> tuple[list[int], str]:
+        batcher: AdaptiveBatcher[int, int] = AdaptiveBatcher(handler, max_wait_ms=20)
+        try:
+            # Both requests share one batch: the bad item sits at batch position 4
+            # but at position 1 of its own request.
+            good, bad = await asyncio.gather(
+                batcher.submit_many([1, 2, 3]),
+                batcher.submit_many([4, -5, 6]),
+                return_exceptions=True,
+            )
+            assert isinstance(good, list)
+            assert isinstance(bad, InvalidRequestError)
+            return good, bad.message
+        finally:
+            await batcher.close()
+
+    good, message = asyncio.run(scenario())
+    assert good == [2, 4, 6]
+    assert message == "input[1]: negative"

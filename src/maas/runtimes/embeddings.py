@@ -84,7 +84,7 @@ class HFEmbeddingRuntime(Runtime):
             ):
                 results.append(
                     InvalidRequestError(
-                        f"input[{i}]: token ids must be integers in [0, {self._vocab_size})",
+                        f"token ids must be integers in [0, {self._vocab_size})",
                         param="input",
                     )
                 )

@@ -14,6 +14,7 @@ import numpy as np
 
 from maas.errors import InvalidRequestError
 from maas.runtimes.base import Runtime, TensorSpec
+from maas.runtimes.dtypes import v2_name
 
 _ORT_TO_V2 = {
     "tensor(float)": "FP32",
@@ -111,19 +112,22 @@ class OnnxTensorRuntime(Runtime):
     def validate(self, item: TensorDict) -> TensorDict:
         """Check names, datatypes and shapes against the graph; 400s name the tensor."""
         expected = {spec.name: spec for spec in self._inputs}
+        takes = ", ".join(repr(name) for name in expected)
         unknown = sorted(set(item) - set(expected))
         if unknown:
-            raise InvalidRequestError(f"unknown input tensor(s): {', '.join(unknown)}")
+            raise InvalidRequestError(
+                f"unknown input tensor(s) {', '.join(map(repr, unknown))}; the model takes {takes}"
+            )
         missing = sorted(set(expected) - set(item))
         if missing:
-            raise InvalidRequestError(f"missing input tensor(s): {', '.join(missing)}")
+            raise InvalidRequestError(
+                f"missing input tensor(s) {', '.join(map(repr, missing))}; the model takes {takes}"
+            )
         out: TensorDict = {}
         for name, array in item.items():
             spec = expected[name]
             want = _V2_TO_NUMPY[spec.datatype]
             if array.dtype != np.dtype(want):
-                from maas.runtimes.dtypes import v2_name
-
                 raise InvalidRequestError(
                     f"input '{name}': expected datatype {spec.datatype}, got {v2_name(array.dtype)}"
                 )

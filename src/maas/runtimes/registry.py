@@ -18,6 +18,10 @@ ENTRY_POINT_GROUP = "maas.runtimes"
 BUILTIN: dict[tuple[str, str], str] = {
     ("embeddings", "hf"): "maas.runtimes.embeddings:HFEmbeddingRuntime",
     ("text-classification", "hf"): "maas.runtimes.text_classification:HFTextClassificationRuntime",
+    (
+        "image-classification",
+        "hf",
+    ): "maas.runtimes.image_classification:HFImageClassificationRuntime",
     ("tensor", "onnx"): "maas.runtimes.onnx:OnnxTensorRuntime",
 }
 

@@ -35,7 +35,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from maas.errors import UnavailableError
+from maas.errors import InvalidRequestError, UnavailableError
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -108,8 +108,15 @@ class AdaptiveBatcher(Generic[T, R]):
     async def submit_many(self, items: Sequence[T]) -> list[R]:
         """Run the items of one request, possibly over several batches; results in order."""
         futures = self._enqueue(items)
+        results: list[R] = []
         try:
-            return [await future for future in futures]
+            for index, future in enumerate(futures):
+                try:
+                    results.append(await future)
+                except InvalidRequestError as exc:
+                    # The runtime saw a batch position; the caller knows its own items.
+                    raise type(exc)(f"input[{index}]: {exc.message}", param=exc.param) from exc
+            return results
         finally:
             # After a failure or cancellation the request is over: its items that
             # are still queued must not cost model time (no-op on settled ones).

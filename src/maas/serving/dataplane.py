@@ -3,19 +3,26 @@
 HTTP layers decode a request, call one method here, and encode the answer.
 Resolution (``model``, ``model:3``, ``model@alias``), loading, batching and
 metrics live here so the OpenAI and V2 routes stay thin.
+
+Tensor inference (``infer``) speaks in named numpy arrays, the shape of the
+Open Inference Protocol. ONNX graphs take them as they are; the task runtimes
+(embeddings, text and image classification) are adapted here: one BYTES input
+of N elements becomes N batcher items, and their results are stacked back into
+named output tensors.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import anyio.to_thread
 import numpy as np
 
-from maas.errors import InvalidRequestError, NotFoundError
+from maas.errors import InvalidRequestError, MaasError, NotFoundError
 from maas.registry.refs import ModelRef
 from maas.registry.schemas import VersionInfo
 from maas.registry.store import Registry
@@ -23,6 +30,10 @@ from maas.runtimes.base import TensorSpec
 from maas.runtimes.embeddings import Embedding
 from maas.serving.manager import LoadedModel, ModelManager
 from maas.serving.metrics import ServingMetrics
+
+# Task -> the name of its single input tensor on the V2 surface.
+_TEXT_INPUT = {"embeddings": "text", "text-classification": "text"}
+_IMAGE_INPUT = {"image-classification": "image"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,11 +49,42 @@ class InferResult:
     outputs: dict[str, np.ndarray]
 
 
+@dataclass(slots=True)
+class _Tracking:
+    """Labels of one request, filled in as the request learns them."""
+
+    model: str
+    version: str = ""
+
+
 class DataPlane:
     def __init__(self, registry: Registry, manager: ModelManager, metrics: ServingMetrics) -> None:
         self.registry = registry
         self.manager = manager
         self.metrics = metrics
+
+    # ----------------------------------------------------------------- plumbing
+
+    @contextmanager
+    def track(self, route: str, ref: str) -> Iterator[_Tracking]:
+        """Count one request by model, version, route and outcome, and time it."""
+        labels = _Tracking(model=ref.split("@")[0].split(":")[0])
+        started = time.perf_counter()
+        status = "ok"
+        try:
+            yield labels
+        except MaasError as exc:
+            status = exc.code
+            raise
+        except BaseException:
+            status = "internal_error"
+            raise
+        finally:
+            self.metrics.requests.labels(labels.model, labels.version, route, status).inc()
+            if status == "ok":
+                self.metrics.request_seconds.labels(labels.model, route).observe(
+                    time.perf_counter() - started
+                )
 
     async def resolve(self, ref: str | ModelRef) -> VersionInfo:
         parsed = ModelRef.parse(ref) if isinstance(ref, str) else ref
@@ -60,21 +102,21 @@ class DataPlane:
                 f"model {version.model} is a {version.task} model, not {task}", param="model"
             )
 
+    # --------------------------------------------------------------- embeddings
+
     async def embed(
         self, ref: str, items: Sequence[str | list[int]], *, dimensions: int | None = None
     ) -> EmbedResult:
-        version = await self.resolve(ref)
-        self._expect_task(version, "embeddings")
-        started = time.perf_counter()
-        async with self.manager.use(version) as model:
-            results: list[Embedding] = await model.batcher.submit_many(list(items))
-        vectors = [r.vector for r in results]
-        if dimensions is not None:
-            vectors = self._shorten(model, vectors, dimensions)
-        self.metrics.request_seconds.labels(version.model, "embeddings").observe(
-            time.perf_counter() - started
-        )
-        return EmbedResult(version, vectors, sum(r.tokens for r in results))
+        with self.track("embeddings", ref) as tracking:
+            version = await self.resolve(ref)
+            tracking.version = str(version.version)
+            self._expect_task(version, "embeddings")
+            async with self.manager.use(version) as model:
+                results: list[Embedding] = await model.batcher.submit_many(list(items))
+            vectors = [r.vector for r in results]
+            if dimensions is not None:
+                vectors = self._shorten(model, vectors, dimensions)
+            return EmbedResult(version, vectors, sum(r.tokens for r in results))
 
     @staticmethod
     def _shorten(
@@ -99,17 +141,51 @@ class DataPlane:
             out.append((cut / max(float(np.linalg.norm(cut)), 1e-12)).astype(np.float32))
         return out
 
-    async def infer(self, ref: str, inputs: dict[str, np.ndarray]) -> InferResult:
-        """Run one V2 tensor request (ONNX graphs: task ``tensor``)."""
-        version = await self.resolve(ref)
-        self._expect_task(version, "tensor")
-        started = time.perf_counter()
-        async with self.manager.use(version) as model:
-            outputs: dict[str, np.ndarray] = await model.batcher.submit(inputs)
-        self.metrics.request_seconds.labels(version.model, "infer").observe(
-            time.perf_counter() - started
-        )
-        return InferResult(version, outputs)
+    # ------------------------------------------------------------------ tensors
+
+    async def infer(
+        self, ref: str, inputs: dict[str, np.ndarray], *, route: str = "infer"
+    ) -> InferResult:
+        """Run one request of named tensors through any servable model."""
+        with self.track(route, ref) as tracking:
+            version = await self.resolve(ref)
+            tracking.version = str(version.version)
+            async with self.manager.use(version) as model:
+                if version.task == "tensor":
+                    outputs: dict[str, np.ndarray] = await model.batcher.submit(inputs)
+                elif version.task in _TEXT_INPUT:
+                    texts = [
+                        _utf8(item, _TEXT_INPUT[version.task], i)
+                        for i, item in enumerate(_bytes_items(inputs, _TEXT_INPUT[version.task]))
+                    ]
+                    outputs = await self._run_items(model, texts)
+                elif version.task in _IMAGE_INPUT:
+                    images = _bytes_items(inputs, _IMAGE_INPUT[version.task])
+                    outputs = await self._run_items(model, images)
+                else:
+                    raise InvalidRequestError(
+                        f"model {version.model} ({version.task}) has no tensor interface",
+                        param="model",
+                    )
+            return InferResult(version, outputs)
+
+    async def _run_items(self, model: LoadedModel, items: list[Any]) -> dict[str, np.ndarray]:
+        results = await model.batcher.submit_many(items)
+        task = model.version.task
+        if task == "embeddings":
+            return {"embedding": np.stack([r.vector for r in results]).astype(np.float32)}
+        # Classification: the top label, and every label's probability in label order.
+        order: list[str] = list(getattr(model.runtime, "labels", None) or [])
+        if not order and results:
+            order = sorted(label for label, _ in results[0].labels)
+        rows = []
+        for result in results:
+            scores = dict(result.labels)
+            rows.append([scores.get(label, 0.0) for label in order])
+        return {
+            "label": np.array([r.labels[0][0].encode() for r in results], dtype=np.object_),
+            "probabilities": np.array(rows, dtype=np.float32).reshape(len(results), len(order)),
+        }
 
     async def signature(self, ref: str) -> tuple[VersionInfo, list[TensorSpec], list[TensorSpec]]:
         """Inputs and outputs of a version, loading it when the registry does not know them."""
@@ -124,6 +200,33 @@ class DataPlane:
         model = await self.manager.get(version)
         return version, model.runtime.inputs(), model.runtime.outputs()
 
-    async def is_ready(self, ref: str) -> bool:
+    async def is_loaded(self, ref: str) -> bool:
         version = await self.resolve(ref)
         return self.manager.get_loaded(version.ref) is not None
+
+
+def _bytes_items(inputs: dict[str, np.ndarray], name: str) -> list[bytes]:
+    """The elements of the one BYTES input a task model takes, as a flat list."""
+    if set(inputs) != {name}:
+        given = ", ".join(repr(n) for n in inputs) or "none"
+        raise InvalidRequestError(f"expected exactly one input tensor {name!r}, got {given}")
+    array = inputs[name]
+    if array.dtype != np.object_:
+        raise InvalidRequestError(f"input {name!r}: expected datatype BYTES")
+    if array.ndim == 2 and array.shape[1] == 1:
+        array = array[:, 0]  # Triton-style [batch, 1] strings
+    if array.ndim != 1 or array.shape[0] == 0:
+        raise InvalidRequestError(
+            f"input {name!r}: expected shape [N] or [N, 1] with N >= 1, got {list(array.shape)}"
+        )
+    return [bytes(item) for item in array.tolist()]
+
+
+def _utf8(raw: bytes, name: str, index: int) -> str:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidRequestError(f"input {name!r}: element {index} is not UTF-8 text") from exc
+    if not text:
+        raise InvalidRequestError(f"input {name!r}: element {index} is empty")
+    return text

@@ -1,0 +1,165 @@
+"""``/v2``: the Open Inference Protocol (KServe V2 / Triton HTTP), with binary tensors.
+
+The routes are thin: read the body, let ``maas.serving.v2codec`` decode it, run it
+through the DataPlane, encode the answer. Errors come out as ``{"error": "..."}``
+(``api/errors.py`` picks that shape for every ``/v2`` path).
+
+Health routes are public, like ``/healthz``: orchestrators probe them without a key.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import anyio.to_thread
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import JSONResponse
+
+from maas import __version__
+from maas.api.admin import version_ref
+from maas.api.deps import RegistryDep, SettingsDep, require_key
+from maas.config import Settings
+from maas.errors import InvalidRequestError, MaasError, PayloadTooLargeError
+from maas.serving.dataplane import DataPlane
+from maas.serving.v2codec import decode_request, encode_response, select_outputs
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+EXTENSIONS = ["binary_tensor_data"]
+# V2 "platform" names; Triton uses the same spelling for ONNX Runtime.
+_PLATFORMS = {"onnx": "onnxruntime_onnx", "hf": "pytorch_huggingface"}
+
+public = APIRouter(prefix="/v2", tags=["v2"])
+router = APIRouter(prefix="/v2", tags=["v2"], dependencies=[Depends(require_key)])
+
+
+def get_dataplane(request: Request) -> DataPlane:
+    dataplane: DataPlane = request.app.state.dataplane
+    return dataplane
+
+
+DataPlaneDep = Annotated[DataPlane, Depends(get_dataplane)]
+
+
+@public.get("/health/live")
+async def live() -> dict[str, bool]:
+    return {"live": True}
+
+
+@public.get("/health/ready")
+async def ready(registry: RegistryDep) -> JSONResponse:
+    try:
+        await anyio.to_thread.run_sync(registry.db.ping)
+    except Exception:
+        return JSONResponse({"ready": False}, status_code=503)
+    return JSONResponse({"ready": True})
+
+
+@router.get("")
+async def server_metadata() -> dict[str, Any]:
+    return {"name": "maas", "version": __version__, "extensions": EXTENSIONS}
+
+
+async def _metadata(dataplane: DataPlane, ref: str) -> dict[str, Any]:
+    version, inputs, outputs = await dataplane.signature(ref)
+    versions = await anyio.to_thread.run_sync(dataplane.registry.list_versions, version.model)
+    return {
+        "name": version.model,
+        "versions": [str(v.version) for v in versions if v.status == "ready"],
+        "platform": _PLATFORMS.get(version.format, version.format),
+        "inputs": [spec.as_dict() for spec in inputs],
+        "outputs": [spec.as_dict() for spec in outputs],
+    }
+
+
+@router.get("/models/{model}")
+async def model_metadata(model: str, dataplane: DataPlaneDep) -> dict[str, Any]:
+    return await _metadata(dataplane, model)
+
+
+@router.get("/models/{model}/versions/{version}")
+async def version_metadata(model: str, version: str, dataplane: DataPlaneDep) -> dict[str, Any]:
+    return await _metadata(dataplane, version_ref(model, version))
+
+
+async def _ready(dataplane: DataPlane, ref: str) -> JSONResponse:
+    # V2: 200 means ready, a 4xx means not. "Ready" is "loaded": a model that is
+    # servable but not loaded yet would load on its first request (cold start).
+    if await dataplane.is_loaded(ref):
+        return JSONResponse({"name": ref, "ready": True})
+    return JSONResponse(
+        {"error": f"model {ref} is not loaded; it loads on its first request"}, status_code=400
+    )
+
+
+@router.get("/models/{model}/ready")
+async def model_ready(model: str, dataplane: DataPlaneDep) -> JSONResponse:
+    return await _ready(dataplane, model)
+
+
+@router.get("/models/{model}/versions/{version}/ready")
+async def version_ready(model: str, version: str, dataplane: DataPlaneDep) -> JSONResponse:
+    return await _ready(dataplane, version_ref(model, version))
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLargeError(f"request body of {declared} bytes exceeds {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLargeError(f"request body exceeds {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _header_length(request: Request) -> int | None:
+    raw = request.headers.get(HEADER_LENGTH)
+    if raw is None:
+        return None
+    if not raw.strip().isdigit():
+        raise InvalidRequestError(f"{HEADER_LENGTH} must be a non-negative integer, got {raw!r}")
+    return int(raw)
+
+
+async def _infer(
+    request: Request, dataplane: DataPlane, settings: Settings, model: str, ref: str
+) -> Response:
+    body = await _read_body(request, settings.max_request_bytes)
+    decoded = decode_request(body, _header_length(request))
+    tensors = {tensor.name: tensor.data for tensor in decoded.inputs}
+    result = await dataplane.infer(ref, tensors)
+    names, binary = select_outputs(decoded, list(result.outputs))
+    try:
+        payload, json_length = encode_response(
+            model_name=result.version.model,
+            model_version=str(result.version.version),
+            request_id=decoded.id,
+            outputs=[(name, result.outputs[name]) for name in names],
+            binary=binary,
+        )
+    except ValueError as exc:  # the model produced an output the protocol cannot carry
+        raise MaasError(f"model {model}: {exc}") from exc
+    if json_length is None:
+        return Response(payload, media_type="application/json")
+    return Response(
+        payload,
+        media_type="application/octet-stream",
+        headers={HEADER_LENGTH: str(json_length)},
+    )
+
+
+@router.post("/models/{model}/infer")
+async def model_infer(
+    model: str, request: Request, dataplane: DataPlaneDep, settings: SettingsDep
+) -> Response:
+    return await _infer(request, dataplane, settings, model, model)
+
+
+@router.post("/models/{model}/versions/{version}/infer")
+async def version_infer(
+    model: str, version: str, request: Request, dataplane: DataPlaneDep, settings: SettingsDep
+) -> Response:
+    return await _infer(request, dataplane, settings, model, version_ref(model, version))
