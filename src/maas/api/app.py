@@ -10,7 +10,7 @@ import anyio.to_thread
 from fastapi import FastAPI
 
 from maas import __version__
-from maas.api import admin, health, loading, metrics, openai, v2
+from maas.api import admin, explain, health, loading, metrics, openai, v2
 from maas.api.errors import install_error_handlers
 from maas.config import Settings
 from maas.registry.store import Registry
@@ -58,6 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(admin.router)
     app.include_router(loading.router)
     app.include_router(openai.router)
+    app.include_router(explain.router)
     app.include_router(v2.public)
     app.include_router(v2.router)
     app.include_router(metrics.router)

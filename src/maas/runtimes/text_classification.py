@@ -6,7 +6,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from maas.errors import UnavailableError
 from maas.runtimes.base import Runtime, TensorSpec
+from maas.runtimes.explain import Explanation, explain_classification
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +68,17 @@ class HFTextClassificationRuntime(Runtime):
             ranked = sorted(zip(self._labels, row.tolist(), strict=True), key=lambda p: -p[1])
             out.append(Classification(labels=ranked, tokens=int(n)))
         return out
+
+    async def explain(self, text: str, *, target: str | int | None, steps: int) -> Explanation:
+        """Integrated Gradients token attributions for one text (see ``maas.runtimes.explain``)."""
+        model, tokenizer = self._model, self._tokenizer
+        if model is None or tokenizer is None:
+            raise UnavailableError(f"model {self.version.ref} is not loaded")
+        return await self.run(
+            lambda: explain_classification(
+                model, tokenizer, text, target=target, steps=steps, max_length=self._max_length
+            )
+        )
 
     def inputs(self) -> list[TensorSpec]:
         return [TensorSpec("text", "BYTES", [-1])]

@@ -1,0 +1,40 @@
+"""Explanations of single predictions, transport-agnostic like the DataPlane they use.
+
+Explanations bypass the batcher: one Integrated Gradients run is already a
+batch of ``steps`` forwards and backwards, and it must not be merged with
+ordinary inference requests.
+"""
+
+from __future__ import annotations
+
+from maas.errors import InvalidRequestError
+from maas.registry.schemas import VersionInfo
+from maas.runtimes.explain import ExplainableRuntime, Explanation
+from maas.serving.dataplane import DataPlane
+
+EXPLAINABLE_TASK = "text-classification"
+
+
+async def explain_text(
+    dataplane: DataPlane, ref: str, text: str, *, target: str | int | None, steps: int
+) -> tuple[VersionInfo, Explanation]:
+    """Token attributions for ``ref``'s prediction (or ``target``) on ``text``."""
+    with dataplane.track("explain", ref) as tracking:
+        version = await dataplane.resolve(ref)
+        tracking.version = str(version.version)
+        if version.task != EXPLAINABLE_TASK:
+            raise InvalidRequestError(
+                f"model {version.model} is a {version.task} model; explanations are available "
+                f"for {EXPLAINABLE_TASK} models only",
+                param="model",
+            )
+        async with dataplane.manager.use(version) as model:
+            runtime = model.runtime
+            if not isinstance(runtime, ExplainableRuntime):
+                raise InvalidRequestError(
+                    f"model {version.ref} (format {version.format}) is served by "
+                    f"{type(runtime).__name__}, which cannot explain predictions",
+                    param="model",
+                )
+            explanation = await runtime.explain(text, target=target, steps=steps)
+        return version, explanation
