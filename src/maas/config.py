@@ -6,9 +6,12 @@ down; nothing else in the package touches ``os.environ``.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import string
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 GIB = 1024**3
@@ -17,7 +20,10 @@ GIB = 1024**3
 class Settings(BaseSettings):
     """Every knob of maas, read from ``MAAS_*`` environment variables."""
 
-    model_config = SettingsConfigDict(env_prefix="MAAS_", extra="ignore", frozen=True)
+    # hide_input_in_errors: a mistyped MAAS_MASTER_KEY must not be echoed in error messages.
+    model_config = SettingsConfigDict(
+        env_prefix="MAAS_", extra="ignore", frozen=True, hide_input_in_errors=True
+    )
 
     home: Path = Field(
         default=Path("~/.maas"),
@@ -72,17 +78,79 @@ class Settings(BaseSettings):
         gt=0,
         description="Largest inference request body (V2 tensors, JSON bodies).",
     )
+    request_timeout_seconds: float = Field(
+        default=300.0,
+        ge=0,
+        description="Longest wait for the first byte of a response (504 after); 0 = none. "
+        "Uploads and downloads are exempt; streams are limited only until they start.",
+    )
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis for rate limits shared by several server processes "
+        "(redis://host:6379/0); default: limits kept in process memory.",
+    )
+    energy_watts: float = Field(
+        default=35.0,
+        ge=0,
+        description="Watts attributed to one busy compute slot; usage energy estimates are "
+        "compute seconds x this figure (an estimate, not a measurement).",
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="Origins allowed to call the API from a browser (JSON list); "
+        "empty = CORS off. Example: MAAS_CORS_ORIGINS='[\"https://console.example\"]'.",
+    )
     max_batch_size: int = Field(default=32, ge=1, description="Default adaptive batch size cap.")
     max_wait_ms: float = Field(
         default=2.0,
         ge=0,
         description="Default longest wait for a batch to fill once its first item arrived.",
     )
+    master_key: SecretStr | None = Field(
+        default=None,
+        description="Master key for encryption at rest: 32 bytes, base64 or hex. When set "
+        "(or MAAS_MASTER_KEY_FILE), new blobs are stored encrypted.",
+    )
+    master_key_file: Path | None = Field(
+        default=None,
+        description="File holding the master key (base64 or hex of 32 bytes); "
+        "an alternative to MAAS_MASTER_KEY.",
+    )
 
     @field_validator("home", mode="after")
     @classmethod
     def _expand_home(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @field_validator("master_key", mode="after")
+    @classmethod
+    def _check_master_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            decode_master_key(value.get_secret_value(), source="MAAS_MASTER_KEY")
+        return value
+
+    @field_validator("master_key_file", mode="after")
+    @classmethod
+    def _check_master_key_file(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            value = value.expanduser().resolve()
+            _read_master_key_file(value)
+        return value
+
+    @model_validator(mode="after")
+    def _one_master_key_source(self) -> Settings:
+        if self.master_key is not None and self.master_key_file is not None:
+            raise ValueError("set MAAS_MASTER_KEY or MAAS_MASTER_KEY_FILE, not both")
+        return self
+
+    @property
+    def master_key_bytes(self) -> bytes | None:
+        """The 32-byte master key for encryption at rest, or None: blobs stay plaintext."""
+        if self.master_key is not None:
+            return decode_master_key(self.master_key.get_secret_value(), source="MAAS_MASTER_KEY")
+        if self.master_key_file is not None:
+            return _read_master_key_file(self.master_key_file)
+        return None
 
     @property
     def resolved_database_url(self) -> str:
@@ -105,3 +173,37 @@ class Settings(BaseSettings):
     @property
     def admin_key_file(self) -> Path:
         return self.home / "admin.key"
+
+
+MASTER_KEY_BYTES = 32
+
+
+def decode_master_key(text: str, *, source: str = "master key") -> bytes:
+    """Decode a master key written as hex (64 digits) or base64 (standard or URL-safe).
+
+    Raises ValueError naming ``source``, never echoing the text.
+    """
+    text = text.strip()
+    if len(text) == 2 * MASTER_KEY_BYTES and all(c in string.hexdigits for c in text):
+        return bytes.fromhex(text)
+    try:
+        key = base64.b64decode(text.replace("-", "+").replace("_", "/"), validate=True)
+    except binascii.Error:
+        key = b""
+    if len(key) != MASTER_KEY_BYTES:
+        raise ValueError(
+            f"{source} must be {MASTER_KEY_BYTES} random bytes written as 64 hex digits or "
+            f"base64 (e.g. the output of `openssl rand -base64 {MASTER_KEY_BYTES}`)"
+        )
+    return key
+
+
+def _read_master_key_file(path: Path) -> bytes:
+    try:
+        text = path.read_text(encoding="ascii")
+    except OSError as exc:
+        raise ValueError(f"cannot read MAAS_MASTER_KEY_FILE {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError:
+        # Not echoing exc: its message quotes a byte of the file.
+        raise ValueError(f"MAAS_MASTER_KEY_FILE {path} is not ASCII text") from None
+    return decode_master_key(text, source=f"MAAS_MASTER_KEY_FILE {path}")

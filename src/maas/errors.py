@@ -75,6 +75,26 @@ class RateLimitedError(MaasError):
     code = "rate_limited"
     type = "rate_limit_error"
 
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        retry_after: float | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, param=param)
+        self.headers = dict(headers or {})
+        if retry_after is not None:
+            # Whole seconds, rounded up: a client retrying early would be refused again.
+            self.headers["Retry-After"] = str(max(1, int(-(-retry_after // 1))))
+
+
+class QuotaExceededError(RateLimitedError):
+    """A monthly token or request quota is used up (OpenAI: ``insufficient_quota``)."""
+
+    code = "insufficient_quota"
+
 
 class UnavailableError(MaasError):
     status = HTTPStatus.SERVICE_UNAVAILABLE

@@ -117,3 +117,50 @@ def test_default_model_registration_is_idempotent(home: Path, minilm_dir: Path) 
         assert reg.resolve("minilm@production").task == "embeddings"
     finally:
         reg.close()
+
+
+def test_keys_create_with_a_policy_update_rotate_and_usage(settings: Settings) -> None:
+    from maas.security.keys import KeyStore
+
+    env = {"MAAS_HOME": str(settings.home)}
+    r = runner.invoke(
+        app,
+        [
+            "keys",
+            "create",
+            "-n",
+            "team-a",
+            "-s",
+            "infer",
+            "-m",
+            "team-a-*",
+            "--rpm",
+            "60",
+            "--monthly-tokens",
+            "1000",
+            "--expires",
+            "2099-01-01T00:00:00",
+        ],
+        env=env,
+    )
+    assert r.exit_code == 0, r.output
+    registry = Registry(settings)
+    try:
+        (info,) = [k for k in KeyStore(registry.db).list() if k.name == "team-a"]
+    finally:
+        registry.close()
+    assert info.models == ["team-a-*"]
+    assert info.rpm_limit == 60
+    assert info.monthly_token_quota == 1000
+    assert info.expires_at is not None and info.expires_at.year == 2099
+    r = runner.invoke(app, ["keys", "update", str(info.id), "--rpm", "120"], env=env)
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["keys", "rotate", str(info.id)], env=env)
+    assert r.exit_code == 0, r.output
+    assert r.stdout.strip().startswith("maas-sk-")
+    r = runner.invoke(app, ["keys", "create", "-n", "bad", "-s", "root"], env=env)
+    assert r.exit_code != 0
+    assert "unknown scope" in r.output
+    r = runner.invoke(app, ["usage", "--group-by", "model", "--json"], env=env)
+    assert r.exit_code == 0, r.output
+    assert '"group_by": "model"' in r.stdout

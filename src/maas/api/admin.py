@@ -58,8 +58,12 @@ def _json_param(raw: str | None, param: str) -> dict[str, Any]:
 
 
 @router.get("/models", response_model=list[ModelInfo])
-async def list_models(registry: RegistryDep, task: str | None = None) -> list[ModelInfo]:
-    return await run_sync(registry.list_models, task=task)
+async def list_models(
+    registry: RegistryDep, key: KeyDep, task: str | None = None
+) -> list[ModelInfo]:
+    """Models this key may see (its allowlist applies)."""
+    models = await run_sync(registry.list_models, task=task)
+    return [m for m in models if key.allows_model(m.name)]
 
 
 @router.post("/models", response_model=ModelInfo, status_code=201)

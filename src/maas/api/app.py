@@ -8,13 +8,17 @@ from contextlib import asynccontextmanager
 
 import anyio.to_thread
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from maas import __version__
-from maas.api import admin, explain, health, loading, metrics, openai, v2
+from maas.api import admin, explain, health, keys, loading, metrics, openai, redact, v2
 from maas.api.errors import install_error_handlers
+from maas.api.middleware import TrustMiddleware
 from maas.config import Settings
 from maas.registry.store import Registry
 from maas.security.keys import KeyStore
+from maas.security.limits import RATE_WORDS, RateLimiter
+from maas.security.usage import UsageRecorder
 from maas.serving.dataplane import DataPlane
 from maas.serving.manager import ModelManager
 from maas.serving.metrics import ServingMetrics
@@ -41,10 +45,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.metrics = serving_metrics
         app.state.manager = manager
         app.state.dataplane = DataPlane(registry, manager, serving_metrics)
+        app.state.limiter = RateLimiter(settings.redis_url)
+        app.state.usage = UsageRecorder(registry.db, watts=settings.energy_watts)
         try:
             yield
         finally:
             await manager.close()
+            await app.state.usage.close()
+            await app.state.limiter.close()
             registry.close()
 
     app = FastAPI(
@@ -54,11 +62,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Inference-Header-Content-Length"],
+            expose_headers=[
+                "Retry-After",
+                "Inference-Header-Content-Length",
+                *(f"x-ratelimit-{w}-{k}" for w in RATE_WORDS for k in ("requests", "tokens")),
+            ],
+        )
+    app.add_middleware(TrustMiddleware, settings=settings)
     app.include_router(health.router)
     app.include_router(admin.router)
     app.include_router(loading.router)
+    app.include_router(keys.router)
     app.include_router(openai.router)
     app.include_router(explain.router)
+    app.include_router(redact.router)
     app.include_router(v2.public)
     app.include_router(v2.router)
     app.include_router(metrics.router)

@@ -74,7 +74,7 @@ async def _maas_error(request: Request, exc: Exception) -> JSONResponse:
         code=exc.code,
         type_=exc.type,
         param=exc.param,
-        headers=_auth_headers(exc.status),
+        headers=_auth_headers(exc.status) or getattr(exc, "headers", None),
     )
 
 

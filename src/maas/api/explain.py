@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
 
-from maas.api.deps import require_key
+from maas.api.deps import ensure_model_access, require_key
 from maas.api.openai import get_dataplane
 from maas.runtimes.explain import DEFAULT_STEPS, MAX_STEPS, METHOD
 from maas.serving.dataplane import DataPlane
@@ -71,8 +71,11 @@ class ExplanationResponse(BaseModel):
 
 @router.post("/explain")
 async def create_explanation(
-    body: ExplainRequest, dataplane: Annotated[DataPlane, Depends(get_dataplane)]
+    request: Request,
+    body: ExplainRequest,
+    dataplane: Annotated[DataPlane, Depends(get_dataplane)],
 ) -> ExplanationResponse:
+    ensure_model_access(request, body.model)
     version, explanation = await explain_text(
         dataplane, body.model, body.input, target=body.target, steps=body.steps
     )

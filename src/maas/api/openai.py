@@ -8,7 +8,8 @@ from typing import Annotated, Any
 import numpy as np
 from fastapi import APIRouter, Depends, Request
 
-from maas.api.deps import RegistryDep, require_key
+from maas.api.admin import run_sync
+from maas.api.deps import KeyDep, RegistryDep, ensure_model_access, require_key
 from maas.api.schemas.openai import MAX_EMBEDDING_INPUTS, EmbeddingsRequest
 from maas.errors import InvalidRequestError, NotFoundError
 from maas.registry.schemas import ModelInfo
@@ -35,17 +36,15 @@ def _model_object(model: ModelInfo) -> dict[str, Any]:
 
 
 @router.get("/models")
-async def list_models(request: Request, registry: RegistryDep) -> dict[str, Any]:
-    from maas.api.admin import run_sync
-
+async def list_models(request: Request, registry: RegistryDep, key: KeyDep) -> dict[str, Any]:
+    """Models with at least one version that this key may use (others are not shown)."""
     models = await run_sync(registry.list_models)
-    return {"object": "list", "data": [_model_object(m) for m in models if m.version_count]}
+    visible = [m for m in models if m.version_count and key.allows_model(m.name)]
+    return {"object": "list", "data": [_model_object(m) for m in visible]}
 
 
 @router.get("/models/{model_id}")
 async def get_model(model_id: str, registry: RegistryDep) -> dict[str, Any]:
-    from maas.api.admin import run_sync
-
     ref = model_id.split("@")[0].split(":")[0]
     model = await run_sync(registry.get_model, ref)
     if not model.version_count:
@@ -77,8 +76,11 @@ def _normalise_input(raw: EmbeddingsRequest) -> list[str | list[int]]:
 
 @router.post("/embeddings")
 async def create_embeddings(
-    body: EmbeddingsRequest, dataplane: Annotated[DataPlane, Depends(get_dataplane)]
+    request: Request,
+    body: EmbeddingsRequest,
+    dataplane: Annotated[DataPlane, Depends(get_dataplane)],
 ) -> dict[str, Any]:
+    ensure_model_access(request, body.model)
     items = _normalise_input(body)
     result = await dataplane.embed(body.model, items, dimensions=body.dimensions)
     data = []

@@ -2,16 +2,61 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
-from maas.cli.common import cli_errors, settings_from
+from maas.cli.common import cli_errors, fail, settings_from
 from maas.cli.output import out, print_json, table
+from maas.config import decode_master_key
+from maas.registry.artifacts import ArtifactStore
 from maas.registry.store import Registry
-from maas.security.keys import KeyStore
+from maas.security import crypto
+from maas.security.keys import KeyPolicy, KeyStore
 
 app = typer.Typer(help="Manage API keys (local registry).", no_args_is_help=True)
+
+
+def _policy_options(
+    scope: list[str] | None,
+    model: list[str] | None,
+    owner: str | None,
+    expires: datetime | None,
+    rpm: int | None,
+    tpm: int | None,
+    monthly_tokens: int | None,
+    monthly_requests: int | None,
+    pii: str | None,
+) -> dict[str, Any]:
+    given = {
+        "scopes": scope or None,
+        "models": model or None,
+        "owner": owner,
+        "expires_at": expires.replace(tzinfo=expires.tzinfo or UTC) if expires else None,
+        "rpm_limit": rpm,
+        "tpm_limit": tpm,
+        "monthly_token_quota": monthly_tokens,
+        "monthly_request_quota": monthly_requests,
+        "pii_policy": pii,
+    }
+    return {k: v for k, v in given.items() if v is not None}
+
+
+ScopeOpt = Annotated[
+    list[str] | None, typer.Option("--scope", "-s", help="admin, deploy, read, infer; repeatable.")
+]
+ModelOpt = Annotated[
+    list[str] | None, typer.Option("--model", "-m", help="Allowed model name or glob; repeatable.")
+]
+OwnerOpt = Annotated[str | None, typer.Option(help="Person or team the key is for.")]
+ExpiresOpt = Annotated[datetime | None, typer.Option(help="Expiry (UTC unless a zone is given).")]
+RpmOpt = Annotated[int | None, typer.Option("--rpm", help="Requests per minute.")]
+TpmOpt = Annotated[int | None, typer.Option("--tpm", help="Tokens per minute.")]
+MonthlyTokensOpt = Annotated[int | None, typer.Option(help="Monthly token quota.")]
+MonthlyRequestsOpt = Annotated[int | None, typer.Option(help="Monthly request quota.")]
+PiiOpt = Annotated[str | None, typer.Option(help="off, redact, redact:input, redact:output, block")]
 
 
 @app.command()
@@ -19,12 +64,23 @@ app = typer.Typer(help="Manage API keys (local registry).", no_args_is_help=True
 def create(
     ctx: typer.Context,
     name: Annotated[str, typer.Option("--name", "-n")],
-    scope: Annotated[list[str] | None, typer.Option("--scope", "-s", help="Repeatable.")] = None,
+    scope: ScopeOpt = None,
+    model: ModelOpt = None,
+    owner: OwnerOpt = None,
+    expires: ExpiresOpt = None,
+    rpm: RpmOpt = None,
+    tpm: TpmOpt = None,
+    monthly_tokens: MonthlyTokensOpt = None,
+    monthly_requests: MonthlyRequestsOpt = None,
+    pii: PiiOpt = None,
 ) -> None:
     """Create a key and print it once; only its hash is stored."""
+    options = _policy_options(
+        scope, model, owner, expires, rpm, tpm, monthly_tokens, monthly_requests, pii
+    )
     registry = Registry(settings_from(ctx))
     try:
-        info, plaintext = KeyStore(registry.db).create(name, scope or ["infer"])
+        info, plaintext = KeyStore(registry.db).create(name, None, KeyPolicy(**options))
     finally:
         registry.close()
     out.print(plaintext)
@@ -33,6 +89,46 @@ def create(
         "it will not be shown again",
         err=True,
     )
+
+
+@app.command()
+@cli_errors
+def update(
+    ctx: typer.Context,
+    key_id: int,
+    scope: ScopeOpt = None,
+    model: ModelOpt = None,
+    owner: OwnerOpt = None,
+    expires: ExpiresOpt = None,
+    rpm: RpmOpt = None,
+    tpm: TpmOpt = None,
+    monthly_tokens: MonthlyTokensOpt = None,
+    monthly_requests: MonthlyRequestsOpt = None,
+    pii: PiiOpt = None,
+) -> None:
+    """Change a key's policy (its secret stays)."""
+    options = _policy_options(
+        scope, model, owner, expires, rpm, tpm, monthly_tokens, monthly_requests, pii
+    )
+    registry = Registry(settings_from(ctx))
+    try:
+        info = KeyStore(registry.db).update(key_id, options)
+    finally:
+        registry.close()
+    out.print(f"updated key {info.id} ({info.name})")
+
+
+@app.command()
+@cli_errors
+def rotate(ctx: typer.Context, key_id: int) -> None:
+    """Issue a new secret with the same policy and revoke the old one; prints the secret once."""
+    registry = Registry(settings_from(ctx))
+    try:
+        info, plaintext = KeyStore(registry.db).rotate(key_id)
+    finally:
+        registry.close()
+    out.print(plaintext)
+    typer.echo(f"key {key_id} rotated: new key {info.id}; the old one is revoked", err=True)
 
 
 @app.command("list")
@@ -74,3 +170,46 @@ def revoke(ctx: typer.Context, key_id: int) -> None:
     finally:
         registry.close()
     out.print(f"revoked key {info.id} ({info.name})")
+
+
+@app.command("rotate-master")
+@cli_errors
+def rotate_master(
+    ctx: typer.Context,
+    new_key_file: Annotated[
+        Path,
+        typer.Option(
+            "--new-key-file",
+            help="File holding the new master key (32 bytes as base64 or hex).",
+            show_default=False,
+        ),
+    ],
+) -> None:
+    """Re-wrap every blob's data key under a new master key; blobs are not rewritten.
+
+    The current key comes from MAAS_MASTER_KEY or MAAS_MASTER_KEY_FILE. Stop
+    servers that write to this store first, and restart them with the new key.
+    """
+    settings = settings_from(ctx)
+    old_key = settings.master_key_bytes
+    if old_key is None:
+        raise fail(
+            "no current master key: set MAAS_MASTER_KEY or MAAS_MASTER_KEY_FILE to the key "
+            "the blobs are encrypted with"
+        )
+    try:
+        new_key = decode_master_key(
+            new_key_file.read_text(encoding="ascii"), source=f"--new-key-file {new_key_file}"
+        )
+    except UnicodeDecodeError:
+        raise fail(f"--new-key-file {new_key_file} is not ASCII text") from None
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    result = ArtifactStore(settings.blobs_dir, master_key=old_key).rewrap_keys(new_key)
+    out.print(f"re-wrapped {result.rewrapped} blob(s)")
+    typer.echo(
+        f"{result.already} already under the new key, {result.plaintext} plaintext blob(s) "
+        f"left as they are; new master key id {crypto.key_id(new_key)}. Set "
+        f"MAAS_MASTER_KEY_FILE={new_key_file} before the next start.",
+        err=True,
+    )

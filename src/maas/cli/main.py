@@ -9,9 +9,10 @@ from typing import Annotated
 import typer
 
 from maas import __version__
-from maas.cli import keys, models
+from maas.cli import audit, keys, models
 from maas.cli.common import cli_errors, settings_from
 from maas.cli.output import err, out
+from maas.cli.usage import usage
 from maas.config import Settings
 from maas.errors import NotFoundError
 from maas.registry.store import Registry
@@ -25,6 +26,8 @@ app = typer.Typer(
 )
 app.add_typer(models.app, name="models")
 app.add_typer(keys.app, name="keys")
+app.add_typer(audit.app, name="audit")
+app.command()(usage)
 
 DEFAULT_MODEL_NAME = "minilm"
 

@@ -13,6 +13,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -136,3 +137,57 @@ class ApiKeyRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    # Model names or fnmatch globs this key may use; empty = every model.
+    models: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    rpm_limit: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    tpm_limit: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    monthly_token_quota: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    monthly_request_quota: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    pii_policy: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # The key this one replaced by rotation, for the audit trail.
+    rotated_from: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+class UsageRow(Base):
+    """One served request, for metering (written in batches off the request path)."""
+
+    __tablename__ = "usage_records"
+    __table_args__ = (
+        Index("ix_usage_key_ts", "key_id", "ts"),
+        Index("ix_usage_model_ts", "model", "ts"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ts: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    key_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    model: Mapped[str] = mapped_column(String(64))
+    version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    route: Mapped[str] = mapped_column(String(32))
+    status: Mapped[int] = mapped_column(Integer)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    items: Mapped[int] = mapped_column(Integer, default=0)
+    compute_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    queue_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    bytes_in: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes_out: Mapped[int] = mapped_column(BigInteger, default=0)
+    energy_joules: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class AuditRow(Base):
+    """Append-only management log; each entry hashes the previous one (a chain)."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ts: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    actor: Mapped[str] = mapped_column(String(160))
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(String(256))
+    source: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    result: Mapped[str] = mapped_column(String(32))
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64), unique=True)

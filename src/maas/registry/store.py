@@ -48,7 +48,7 @@ class Registry:
         self.db = Database(settings.resolved_database_url)
         if run_migrations:
             migrate(self.db, lock_dir=settings.home)
-        self.artifacts = ArtifactStore(settings.blobs_dir)
+        self.artifacts = ArtifactStore(settings.blobs_dir, master_key=settings.master_key_bytes)
 
     def close(self) -> None:
         self.db.dispose()
@@ -550,7 +550,7 @@ class Registry:
                     path = self.artifacts.blob_path(f.sha256)
                     if not path.is_file():
                         problems.append(f"version id {row.id}: {f.path} blob missing")
-                    elif path.stat().st_size != f.size:
+                    elif not self.artifacts.size_matches(f.sha256, f.size):
                         problems.append(f"version id {row.id}: {f.path} blob has wrong size")
                     elif deep:
                         try:

@@ -1,7 +1,12 @@
 """API keys: ``maas-sk-<random>``; only a SHA-256 of the key is stored.
 
 Keys carry 256 bits of randomness, so a fast hash is enough (no password
-stretching needed): guessing is infeasible and lookups stay O(1) by hash.
+stretching needed): guessing is infeasible and lookups stay O(1) by hash. The
+row is found by hash and the hash compared again in constant time.
+
+A key holds its own policy: scopes, a model allowlist, an expiry, RPM/TPM
+limits, monthly quotas and a PII policy. Revocation and expiry are checked on
+every request, so they take effect on the next one.
 """
 
 from __future__ import annotations
@@ -12,16 +17,36 @@ import os
 import secrets
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
-from maas.errors import ConflictError, NotFoundError, UnauthorizedError
+from maas.errors import InvalidRequestError, NotFoundError, UnauthorizedError
 from maas.registry.db import Database
 from maas.registry.models import ApiKeyRow, utcnow
+from maas.security.scopes import SCOPES, has_any_scope, model_allowed
 
 KEY_PREFIX = "maas-sk-"
-SCOPES = ("admin", "deploy", "read", "infer")
+PII_POLICIES = ("off", "redact", "redact:input", "redact:output", "block")
+
+
+class KeyPolicy(BaseModel):
+    """What a key may do; every field optional (``None`` = no limit)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    scopes: list[str] = Field(default_factory=lambda: ["infer"])
+    owner: str | None = Field(default=None, max_length=128)
+    models: list[str] = Field(
+        default_factory=list, description="Model names or globs; empty = every model."
+    )
+    expires_at: datetime | None = None
+    rpm_limit: int | None = Field(default=None, ge=1)
+    tpm_limit: int | None = Field(default=None, ge=1)
+    monthly_token_quota: int | None = Field(default=None, ge=0)
+    monthly_request_quota: int | None = Field(default=None, ge=0)
+    pii_policy: str | None = None
 
 
 class KeyInfo(BaseModel):
@@ -31,8 +56,24 @@ class KeyInfo(BaseModel):
     name: str
     prefix: str
     scopes: list[str]
+    owner: str | None = None
+    models: list[str] = Field(default_factory=list)
+    expires_at: datetime | None = None
+    rpm_limit: int | None = None
+    tpm_limit: int | None = None
+    monthly_token_quota: int | None = None
+    monthly_request_quota: int | None = None
+    pii_policy: str | None = None
     created_at: datetime
-    revoked_at: datetime | None
+    last_used_at: datetime | None = None
+    revoked_at: datetime | None = None
+    rotated_from: int | None = None
+
+    def has_scope(self, *required: str) -> bool:
+        return has_any_scope(self.scopes, required)
+
+    def allows_model(self, model: str) -> bool:
+        return model_allowed(self.models, model)
 
 
 def generate_key() -> str:
@@ -43,42 +84,98 @@ def hash_key(plaintext: str) -> str:
     return hashlib.sha256(plaintext.encode()).hexdigest()
 
 
-def _info(row: ApiKeyRow) -> KeyInfo:
-    def utc(value: datetime | None) -> datetime | None:
-        if value is None or value.tzinfo is not None:
-            return value
-        return value.replace(tzinfo=UTC)
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)  # SQLite hands back naive datetimes
 
+
+def _info(row: ApiKeyRow) -> KeyInfo:
     return KeyInfo(
         id=row.id,
         name=row.name,
         prefix=row.prefix,
         scopes=list(row.scopes),
-        created_at=utc(row.created_at) or row.created_at,
-        revoked_at=utc(row.revoked_at),
+        owner=row.owner,
+        models=list(row.models or []),
+        expires_at=_utc(row.expires_at),
+        rpm_limit=row.rpm_limit,
+        tpm_limit=row.tpm_limit,
+        monthly_token_quota=row.monthly_token_quota,
+        monthly_request_quota=row.monthly_request_quota,
+        pii_policy=row.pii_policy,
+        created_at=_utc(row.created_at) or row.created_at,
+        last_used_at=_utc(row.last_used_at),
+        revoked_at=_utc(row.revoked_at),
+        rotated_from=row.rotated_from,
     )
+
+
+def validate_policy(policy: KeyPolicy) -> KeyPolicy:
+    unknown = sorted(set(policy.scopes) - set(SCOPES))
+    if unknown:
+        raise InvalidRequestError(
+            f"unknown scope(s): {', '.join(unknown)}; expected any of {', '.join(SCOPES)}",
+            param="scopes",
+        )
+    if not policy.scopes:
+        raise InvalidRequestError("a key needs at least one scope", param="scopes")
+    if policy.pii_policy is not None and policy.pii_policy not in PII_POLICIES:
+        raise InvalidRequestError(
+            f"unknown PII policy {policy.pii_policy!r}; expected one of {', '.join(PII_POLICIES)}",
+            param="pii_policy",
+        )
+    if policy.expires_at is not None:
+        expires = _utc(policy.expires_at)
+        assert expires is not None
+        if expires <= datetime.now(UTC):
+            raise InvalidRequestError("expires_at is in the past", param="expires_at")
+    for pattern in policy.models:
+        if not pattern or len(pattern) > 128:
+            raise InvalidRequestError("model allowlist entries must be 1-128 chars", param="models")
+    return policy
 
 
 class KeyStore:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    def create(self, name: str, scopes: list[str]) -> tuple[KeyInfo, str]:
+    def create(
+        self, name: str, scopes: list[str] | None = None, policy: KeyPolicy | None = None
+    ) -> tuple[KeyInfo, str]:
         """Create a key; returns its record and the plaintext, which is never stored."""
-        unknown = sorted(set(scopes) - set(SCOPES))
-        if unknown:
-            raise ConflictError(f"unknown scope(s): {', '.join(unknown)}", param="scopes")
+        if policy is None:
+            policy = KeyPolicy(scopes=scopes or ["infer"])
+        elif scopes is not None:
+            policy = policy.model_copy(update={"scopes": scopes})
+        validate_policy(policy)
+        if not name or len(name) > 128:
+            raise InvalidRequestError("key name must be 1-128 characters", param="name")
         plaintext = generate_key()
         with self._db.write() as s:
             row = ApiKeyRow(
                 name=name,
                 prefix=plaintext[: len(KEY_PREFIX) + 4],
                 key_hash=hash_key(plaintext),
-                scopes=sorted(set(scopes)),
+                **self._policy_columns(policy),
             )
             s.add(row)
             s.flush()
             return _info(row), plaintext
+
+    @staticmethod
+    def _policy_columns(policy: KeyPolicy) -> dict[str, Any]:
+        return {
+            "scopes": sorted(set(policy.scopes)),
+            "owner": policy.owner,
+            "models": list(dict.fromkeys(policy.models)),
+            "expires_at": _utc(policy.expires_at),
+            "rpm_limit": policy.rpm_limit,
+            "tpm_limit": policy.tpm_limit,
+            "monthly_token_quota": policy.monthly_token_quota,
+            "monthly_request_quota": policy.monthly_request_quota,
+            "pii_policy": policy.pii_policy,
+        }
 
     def authenticate(self, plaintext: str) -> KeyInfo:
         if not plaintext.startswith(KEY_PREFIX):
@@ -92,11 +189,42 @@ class KeyStore:
                 raise UnauthorizedError("invalid API key")
             if row.revoked_at is not None:
                 raise UnauthorizedError("this API key has been revoked")
+            expires = _utc(row.expires_at)
+            if expires is not None and expires <= datetime.now(UTC):
+                raise UnauthorizedError("this API key has expired")
+            return _info(row)
+
+    def get(self, key_id: int) -> KeyInfo:
+        with self._db.read() as s:
+            row = s.get(ApiKeyRow, key_id)
+            if row is None:
+                raise NotFoundError(f"key {key_id} not found", param="key_id")
             return _info(row)
 
     def list(self) -> list[KeyInfo]:
         with self._db.read() as s:
             return [_info(r) for r in s.scalars(select(ApiKeyRow).order_by(ApiKeyRow.id))]
+
+    def update(self, key_id: int, changes: dict[str, Any]) -> KeyInfo:
+        """Change a key's policy (not its secret); ``changes`` holds KeyPolicy fields."""
+        with self._db.write() as s:
+            row = s.get(ApiKeyRow, key_id)
+            if row is None:
+                raise NotFoundError(f"key {key_id} not found", param="key_id")
+            current = _info(row)
+            merged = KeyPolicy(
+                **{
+                    **{f: getattr(current, f) for f in KeyPolicy.model_fields},
+                    **changes,
+                }
+            )
+            if "expires_at" in changes and changes["expires_at"] is None:
+                merged.expires_at = None
+            validate_policy(merged)
+            for column, value in self._policy_columns(merged).items():
+                setattr(row, column, value)
+            s.flush()
+            return _info(row)
 
     def revoke(self, key_id: int) -> KeyInfo:
         with self._db.write() as s:
@@ -106,6 +234,40 @@ class KeyStore:
             if row.revoked_at is None:
                 row.revoked_at = utcnow()
             return _info(row)
+
+    def rotate(self, key_id: int) -> tuple[KeyInfo, str]:
+        """Replace a key by a new secret with the same policy; the old one is revoked."""
+        plaintext = generate_key()
+        with self._db.write() as s:
+            old = s.get(ApiKeyRow, key_id)
+            if old is None:
+                raise NotFoundError(f"key {key_id} not found", param="key_id")
+            if old.revoked_at is not None:
+                raise InvalidRequestError(f"key {key_id} is revoked; create a new one instead")
+            policy = KeyPolicy(
+                **{f: getattr(_info(old), f) for f in KeyPolicy.model_fields},
+            )
+            row = ApiKeyRow(
+                name=old.name,
+                prefix=plaintext[: len(KEY_PREFIX) + 4],
+                key_hash=hash_key(plaintext),
+                rotated_from=old.id,
+                **self._policy_columns(policy),
+            )
+            old.revoked_at = utcnow()
+            s.add(row)
+            s.flush()
+            return _info(row), plaintext
+
+    def touch(self, last_used: dict[int, datetime]) -> None:
+        """Record when keys were last used (batched by the usage recorder)."""
+        if not last_used:
+            return
+        with self._db.write() as s:
+            for key_id, when in last_used.items():
+                row = s.get(ApiKeyRow, key_id)
+                if row is not None:
+                    row.last_used_at = when
 
     def has_active_admin(self) -> bool:
         return any("admin" in k.scopes and k.revoked_at is None for k in self.list())

@@ -51,12 +51,21 @@ class BatchStats:
     compute_seconds: float  # time spent inside the handler
 
 
+@dataclass(slots=True)
+class RequestCost:
+    """What one request's items cost, filled in by the batcher (for usage metering)."""
+
+    queue_seconds: float = 0.0  # longest wait of any of its items
+    compute_seconds: float = 0.0  # its share of each batch: batch time / batch size per item
+
+
 @dataclass(eq=False, slots=True)
 class _Item(Generic[T, R]):
     value: T
     future: asyncio.Future[R]
     request: int  # which submit call the item came from; drives the wait policy
     enqueued: float  # time.monotonic() at submit
+    cost: RequestCost | None = None
 
 
 class AdaptiveBatcher(Generic[T, R]):
@@ -100,14 +109,14 @@ class AdaptiveBatcher(Generic[T, R]):
         """Items waiting for a batch (not counting the batch being formed or computed)."""
         return len(self._queue)
 
-    async def submit(self, item: T) -> R:
+    async def submit(self, item: T, cost: RequestCost | None = None) -> R:
         """Run one item through the handler and return its result."""
-        (future,) = self._enqueue([item])
+        (future,) = self._enqueue([item], cost)
         return await future
 
-    async def submit_many(self, items: Sequence[T]) -> list[R]:
+    async def submit_many(self, items: Sequence[T], cost: RequestCost | None = None) -> list[R]:
         """Run the items of one request, possibly over several batches; results in order."""
-        futures = self._enqueue(items)
+        futures = self._enqueue(items, cost)
         results: list[R] = []
         try:
             for index, future in enumerate(futures):
@@ -133,7 +142,9 @@ class AdaptiveBatcher(Generic[T, R]):
         # Shielded: a caller giving up on close() must not kill a draining worker.
         await asyncio.shield(worker)
 
-    def _enqueue(self, values: Sequence[T]) -> list[asyncio.Future[R]]:
+    def _enqueue(
+        self, values: Sequence[T], cost: RequestCost | None = None
+    ) -> list[asyncio.Future[R]]:
         if self._closed:
             raise UnavailableError(f"{self._who} is shutting down; retry later")
         if len(self._queue) + len(values) > self.max_queue:
@@ -153,7 +164,7 @@ class AdaptiveBatcher(Generic[T, R]):
             key, self._next_key = self._next_key, self._next_key + 1
             future: asyncio.Future[R] = loop.create_future()
             future.add_done_callback(functools.partial(self._settled, key))
-            self._queue[key] = _Item(value, future, request, now)
+            self._queue[key] = _Item(value, future, request, now, cost)
             futures.append(future)
         if futures:
             self._arrived.set()
@@ -237,6 +248,10 @@ class AdaptiveBatcher(Generic[T, R]):
                 )
                 outcomes = [mismatch] * len(batch)
         compute = time.monotonic() - started
+        for item in batch:
+            if item.cost is not None:
+                item.cost.queue_seconds = max(item.cost.queue_seconds, started - item.enqueued)
+                item.cost.compute_seconds += compute / len(batch)
         for item, outcome in zip(batch, outcomes, strict=True):
             if item.future.done():
                 continue  # the caller went away while we computed; drop its result

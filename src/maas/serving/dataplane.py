@@ -16,7 +16,8 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio.to_thread
@@ -28,6 +29,7 @@ from maas.registry.schemas import VersionInfo
 from maas.registry.store import Registry
 from maas.runtimes.base import TensorSpec
 from maas.runtimes.embeddings import Embedding
+from maas.serving.batching import RequestCost
 from maas.serving.manager import LoadedModel, ModelManager
 from maas.serving.metrics import ServingMetrics
 
@@ -50,11 +52,22 @@ class InferResult:
 
 
 @dataclass(slots=True)
-class _Tracking:
-    """Labels of one request, filled in as the request learns them."""
+class ServedRequest:
+    """What one request did, filled in as it learns it: metrics and usage metering read it."""
 
-    model: str
+    model: str = ""
     version: str = ""
+    route: str = ""
+    status: str = "ok"
+    items: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: RequestCost = field(default_factory=RequestCost)
+
+
+# The transport layer may open a ServedRequest for the request it is handling
+# (usage metering does); the data plane then fills in that one.
+current_request: ContextVar[ServedRequest | None] = ContextVar("maas_served_request", default=None)
 
 
 class DataPlane:
@@ -66,23 +79,25 @@ class DataPlane:
     # ----------------------------------------------------------------- plumbing
 
     @contextmanager
-    def track(self, route: str, ref: str) -> Iterator[_Tracking]:
+    def track(self, route: str, ref: str) -> Iterator[ServedRequest]:
         """Count one request by model, version, route and outcome, and time it."""
-        labels = _Tracking(model=ref.split("@")[0].split(":")[0])
+        record = current_request.get() or ServedRequest()
+        record.model = ref.split("@")[0].split(":")[0]
+        record.route = route
         started = time.perf_counter()
-        status = "ok"
         try:
-            yield labels
+            yield record
         except MaasError as exc:
-            status = exc.code
+            record.status = exc.code
             raise
         except BaseException:
-            status = "internal_error"
+            record.status = "internal_error"
             raise
         finally:
-            self.metrics.requests.labels(labels.model, labels.version, route, status).inc()
-            if status == "ok":
-                self.metrics.request_seconds.labels(labels.model, route).observe(
+            labels = (record.model, record.version, route, record.status)
+            self.metrics.requests.labels(*labels).inc()
+            if record.status == "ok":
+                self.metrics.request_seconds.labels(record.model, route).observe(
                     time.perf_counter() - started
                 )
 
@@ -111,12 +126,16 @@ class DataPlane:
             version = await self.resolve(ref)
             tracking.version = str(version.version)
             self._expect_task(version, "embeddings")
+            tracking.items = len(items)
             async with self.manager.use(version) as model:
-                results: list[Embedding] = await model.batcher.submit_many(list(items))
+                results: list[Embedding] = await model.batcher.submit_many(
+                    list(items), tracking.cost
+                )
             vectors = [r.vector for r in results]
             if dimensions is not None:
                 vectors = self._shorten(model, vectors, dimensions)
-            return EmbedResult(version, vectors, sum(r.tokens for r in results))
+            tracking.prompt_tokens = sum(r.tokens for r in results)
+            return EmbedResult(version, vectors, tracking.prompt_tokens)
 
     @staticmethod
     def _shorten(
@@ -152,16 +171,19 @@ class DataPlane:
             tracking.version = str(version.version)
             async with self.manager.use(version) as model:
                 if version.task == "tensor":
-                    outputs: dict[str, np.ndarray] = await model.batcher.submit(inputs)
+                    tracking.items = 1
+                    outputs: dict[str, np.ndarray] = await model.batcher.submit(
+                        inputs, tracking.cost
+                    )
                 elif version.task in _TEXT_INPUT:
                     texts = [
                         _utf8(item, _TEXT_INPUT[version.task], i)
                         for i, item in enumerate(_bytes_items(inputs, _TEXT_INPUT[version.task]))
                     ]
-                    outputs = await self._run_items(model, texts)
+                    outputs = await self._run_items(model, texts, tracking)
                 elif version.task in _IMAGE_INPUT:
                     images = _bytes_items(inputs, _IMAGE_INPUT[version.task])
-                    outputs = await self._run_items(model, images)
+                    outputs = await self._run_items(model, images, tracking)
                 else:
                     raise InvalidRequestError(
                         f"model {version.model} ({version.task}) has no tensor interface",
@@ -169,8 +191,12 @@ class DataPlane:
                     )
             return InferResult(version, outputs)
 
-    async def _run_items(self, model: LoadedModel, items: list[Any]) -> dict[str, np.ndarray]:
-        results = await model.batcher.submit_many(items)
+    async def _run_items(
+        self, model: LoadedModel, items: list[Any], tracking: ServedRequest
+    ) -> dict[str, np.ndarray]:
+        tracking.items = len(items)
+        results = await model.batcher.submit_many(items, tracking.cost)
+        tracking.prompt_tokens = sum(getattr(r, "tokens", 0) for r in results)
         task = model.version.task
         if task == "embeddings":
             return {"embedding": np.stack([r.vector for r in results]).astype(np.float32)}

@@ -1,0 +1,189 @@
+"""The HTTP edge of the trust layer, as one pure ASGI middleware.
+
+For every request: a body size limit (413 before the handler reads past it),
+a time limit to the first response byte (504), security headers, and the
+``x-ratelimit-*`` headers the authorization step computed. For inference
+requests it also opens the ``ServedRequest`` the data plane fills in and, once
+the response is sent, hands a usage record to the recorder and accounts the
+tokens against the key's TPM window. Nothing here blocks: the usage write is
+batched elsewhere.
+
+Pure ASGI rather than ``BaseHTTPMiddleware``: it streams bodies through
+untouched and runs the app in the same task, so the context variable it sets
+is the one the handler sees.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from typing import Any
+
+import anyio
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from maas.config import Settings
+from maas.errors import PayloadTooLargeError
+from maas.security.keys import KeyInfo
+from maas.serving.dataplane import ServedRequest, current_request
+
+log = logging.getLogger(__name__)
+
+_V2_MODEL = re.compile(r"^/v2/models/([^/]+)")
+_UPLOAD = re.compile(r"^/admin/v1/models/[^/]+/versions/?$")
+_METERED = re.compile(
+    r"^/v1/(embeddings|explain|redact|chat/completions|completions)$|^/v2/models/"
+)
+
+SECURITY_HEADERS: list[tuple[bytes, bytes]] = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cross-origin-opener-policy", b"same-origin"),
+]
+# The JSON API never serves active content; the interactive docs load their own
+# scripts and styles, so they get no CSP from here.
+_API_CSP = (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'")
+_DOCS = ("/docs", "/redoc")
+
+
+def _error_body(path: str, status: int, message: str, code: str) -> bytes:
+    if path.startswith("/v2"):
+        return json.dumps({"error": message}).encode()
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    return json.dumps(body).encode()
+
+
+class TrustMiddleware:
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        method: str = scope["method"]
+        upload = method == "POST" and _UPLOAD.match(path) is not None
+        limit = self.settings.max_upload_bytes if upload else self.settings.max_request_bytes
+        setting = "MAAS_MAX_UPLOAD_BYTES" if upload else "MAAS_MAX_REQUEST_BYTES"
+
+        declared = _content_length(scope)
+        if declared is not None and declared > limit:
+            message = f"request body of {declared} bytes exceeds {limit} bytes ({setting})"
+            await _send_error(send, path, 413, message)
+            return
+
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise PayloadTooLargeError(f"request body exceeds {limit} bytes ({setting})")
+            return message
+
+        status = 500
+        sent = 0
+        started = False
+        cancel = anyio.CancelScope()
+        timeout = self.settings.request_timeout_seconds
+        if timeout and not upload and not path.endswith("/download"):
+            cancel.deadline = anyio.current_time() + timeout
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal status, sent, started
+            if message["type"] == "http.response.start":
+                started = True
+                cancel.deadline = math.inf  # the limit is to the first byte; streams go on
+                status = int(message["status"])
+                headers = list(message.get("headers", []))
+                headers += SECURITY_HEADERS
+                if not path.startswith(_DOCS):
+                    headers.append(_API_CSP)
+                rate = scope.get("state", {}).get("rate_headers") or {}
+                headers += [(k.encode(), v.encode()) for k, v in rate.items()]
+                message = {**message, "headers": headers}
+            elif message["type"] == "http.response.body":
+                sent += len(message.get("body", b""))
+            await send(message)
+
+        metered = method == "POST" and _METERED.match(path) is not None
+        record = ServedRequest() if metered else None
+        token = current_request.set(record) if record is not None else None
+        try:
+            with cancel:
+                await self.app(scope, counting_receive, guarded_send)
+            if cancel.cancelled_caught and not started:
+                status = 504
+                message = f"no response within {timeout:g} s (MAAS_REQUEST_TIMEOUT_SECONDS)"
+                await _send_error(send, path, 504, message, code="timeout")
+        finally:
+            if token is not None:
+                current_request.reset(token)
+        if record is not None:
+            await self._meter(scope, record, status, received, sent)
+
+    async def _meter(
+        self, scope: Scope, record: ServedRequest, status: int, received: int, sent: int
+    ) -> None:
+        from maas.security.usage import UsageEvent
+
+        app_state = scope["app"].state
+        key: KeyInfo | None = scope.get("state", {}).get("key")
+        if key is None:
+            return  # refused before authentication: nothing to bill
+        model = record.model
+        if not model and (match := _V2_MODEL.match(scope["path"])):
+            model = match.group(1).split("@")[0].split(":")[0]  # refused before the data plane
+        try:
+            app_state.usage.record(
+                UsageEvent(
+                    key_id=key.id,
+                    model=model,
+                    version=int(record.version) if record.version.isdigit() else None,
+                    route=record.route or scope["path"].rsplit("/", 1)[-1],
+                    status=status,
+                    prompt_tokens=record.prompt_tokens,
+                    completion_tokens=record.completion_tokens,
+                    items=record.items,
+                    compute_seconds=record.cost.compute_seconds,
+                    queue_seconds=record.cost.queue_seconds,
+                    bytes_in=received,
+                    bytes_out=sent,
+                )
+            )
+            used = record.prompt_tokens + record.completion_tokens
+            if key.tpm_limit is not None and used:
+                await app_state.limiter.record_tokens(key.id, key.tpm_limit, used)
+        except Exception:
+            log.exception("usage metering failed for %s", scope["path"])
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope.get("headers", []):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+async def _send_error(
+    send: Send, path: str, status: int, message: str, code: str = "payload_too_large"
+) -> None:
+    body = _error_body(path, status, message, code)
+    headers: list[Any] = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        *SECURITY_HEADERS,
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,95 @@
+"""Route x scope: the one table that decides who may call what.
+
+Every route the app serves must appear here or in ``PUBLIC``; the
+authorization dependency refuses (403) a route it finds in neither, and a test
+walks the app so that a new route without a decision fails the suite.
+``docs/security.md`` prints this table; a test keeps the two in step.
+
+Scopes: ``admin`` includes ``deploy``, which includes ``read``; ``infer`` is
+separate. A route lists the scopes that may call it (any one suffices).
+"""
+
+from __future__ import annotations
+
+READ = frozenset({"read"})
+DEPLOY = frozenset({"deploy"})
+ADMIN = frozenset({"admin"})
+INFER = frozenset({"infer"})
+# Listing and describing models: what inference clients (openai, tritonclient) need too.
+INFER_OR_READ = frozenset({"infer", "read"})
+
+PUBLIC: frozenset[tuple[str, str]] = frozenset(
+    {
+        ("GET", "/healthz"),
+        ("GET", "/readyz"),
+        ("GET", "/v2/health/live"),
+        ("GET", "/v2/health/ready"),
+        ("GET", "/docs"),
+        ("GET", "/docs/oauth2-redirect"),
+        ("GET", "/redoc"),
+        ("GET", "/openapi.json"),
+    }
+)
+
+_M = "/admin/v1/models/{name}"
+_V = _M + "/versions/{version}"
+
+ROUTE_SCOPES: dict[tuple[str, str], frozenset[str]] = {
+    # management: registry
+    ("GET", "/admin/v1/models"): READ,
+    ("POST", "/admin/v1/models"): DEPLOY,
+    ("GET", _M): READ,
+    ("PATCH", _M): DEPLOY,
+    ("DELETE", _M): ADMIN,
+    ("GET", _M + "/versions"): READ,
+    ("POST", _M + "/versions"): DEPLOY,
+    ("GET", _V): READ,
+    ("PATCH", _V): DEPLOY,
+    ("DELETE", _V): ADMIN,
+    ("GET", _V + "/download"): READ,
+    ("POST", _V + "/archive"): DEPLOY,
+    ("POST", _V + "/restore"): DEPLOY,
+    ("GET", _M + "/aliases"): READ,
+    ("PUT", _M + "/aliases/{alias}"): DEPLOY,
+    ("DELETE", _M + "/aliases/{alias}"): DEPLOY,
+    ("GET", _M + "/aliases/{alias}/history"): READ,
+    ("GET", _M + "/history"): READ,
+    ("POST", _M + "/aliases/{alias}/rollback"): DEPLOY,
+    ("GET", "/admin/v1/resolve"): READ,
+    ("POST", "/admin/v1/gc"): ADMIN,
+    # management: serving
+    ("GET", "/admin/v1/loaded"): READ,
+    ("POST", _V + "/load"): DEPLOY,
+    ("POST", _V + "/unload"): DEPLOY,
+    # management: trust
+    ("GET", "/admin/v1/keys"): ADMIN,
+    ("POST", "/admin/v1/keys"): ADMIN,
+    ("GET", "/admin/v1/keys/{key_id}"): ADMIN,
+    ("PATCH", "/admin/v1/keys/{key_id}"): ADMIN,
+    ("DELETE", "/admin/v1/keys/{key_id}"): ADMIN,
+    ("POST", "/admin/v1/keys/{key_id}/rotate"): ADMIN,
+    ("GET", "/admin/v1/usage"): ADMIN,
+    ("GET", "/admin/v1/audit"): ADMIN,
+    ("GET", "/admin/v1/audit/verify"): ADMIN,
+    # OpenAI-compatible
+    ("GET", "/v1/models"): INFER_OR_READ,
+    ("GET", "/v1/models/{model_id}"): INFER_OR_READ,
+    ("POST", "/v1/embeddings"): INFER,
+    ("POST", "/v1/explain"): INFER,
+    ("POST", "/v1/redact"): INFER,
+    ("POST", "/v1/chat/completions"): INFER,
+    ("POST", "/v1/completions"): INFER,
+    # Open Inference Protocol V2
+    ("GET", "/v2"): INFER_OR_READ,
+    ("GET", "/v2/models/{model}"): INFER_OR_READ,
+    ("GET", "/v2/models/{model}/versions/{version}"): INFER_OR_READ,
+    ("GET", "/v2/models/{model}/ready"): INFER_OR_READ,
+    ("GET", "/v2/models/{model}/versions/{version}/ready"): INFER_OR_READ,
+    ("POST", "/v2/models/{model}/infer"): INFER,
+    ("POST", "/v2/models/{model}/versions/{version}/infer"): INFER,
+    # operations
+    ("GET", "/metrics"): READ,
+}
+
+# Routes that use a model named in the path: the key's allowlist applies.
+MODEL_PATH_PARAMS = ("name", "model", "model_id")

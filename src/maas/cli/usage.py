@@ -1,0 +1,52 @@
+"""``maas usage``: usage totals from the local registry."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+import typer
+
+from maas.cli.common import cli_errors, settings_from
+from maas.cli.output import out, table
+from maas.registry.store import Registry
+from maas.security.usage import aggregate
+
+
+@cli_errors
+def usage(
+    ctx: typer.Context,
+    key: Annotated[int | None, typer.Option(help="Only this key id.")] = None,
+    model: Annotated[str | None, typer.Option(help="Only this model.")] = None,
+    since: Annotated[datetime | None, typer.Option("--from", help="From (inclusive).")] = None,
+    until: Annotated[datetime | None, typer.Option("--to", help="To (exclusive).")] = None,
+    group_by: Annotated[str, typer.Option(help="day, month, model, key, route or status.")] = "day",
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Print usage: requests, tokens, compute seconds and energy per group."""
+    registry = Registry(settings_from(ctx))
+    try:
+        rows = aggregate(
+            registry.db, key_id=key, model=model, since=since, until=until, group_by=group_by
+        )
+    finally:
+        registry.close()
+    if as_json:
+        out.print_json(data={"group_by": group_by, "data": rows})
+        return
+    table(
+        None,
+        [group_by, "requests", "prompt tok", "completion tok", "items", "compute s", "energy J"],
+        [
+            [
+                row[group_by],
+                row["requests"],
+                row["prompt_tokens"],
+                row["completion_tokens"],
+                row["items"],
+                f"{row['compute_seconds']:.3f}",
+                f"{row['energy_joules']:.1f}",
+            ]
+            for row in rows
+        ],
+    )

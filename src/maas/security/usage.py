@@ -1,0 +1,242 @@
+"""Usage metering: one record per served request, written in batches off the request path.
+
+``UsageRecorder.record`` only appends to a list (no I/O, no await); a background
+task writes the pending records every ``flush_seconds`` in one transaction on a
+worker thread. Monthly quotas are checked against counters kept in memory,
+seeded once per key and month from the database, so the check costs nothing
+on the hot path either. (With several server processes each holds its own
+counters; the database remains the truth and ``GET /admin/v1/usage`` reads it.)
+
+Energy is an estimate: compute seconds x ``MAAS_ENERGY_WATTS``, the power the
+operator attributes to one busy compute slot. It is not a measurement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+import anyio.to_thread
+from sqlalchemy import func, select
+
+from maas.errors import InvalidRequestError, QuotaExceededError
+from maas.registry.db import Database
+from maas.registry.models import ApiKeyRow, UsageRow
+
+log = logging.getLogger(__name__)
+
+GroupBy = Literal["day", "month", "model", "key", "route", "status"]
+GROUP_BY: tuple[str, ...] = ("day", "month", "model", "key", "route", "status")
+_SUMS = (
+    "prompt_tokens",
+    "completion_tokens",
+    "items",
+    "compute_seconds",
+    "queue_seconds",
+    "bytes_in",
+    "bytes_out",
+    "energy_joules",
+)
+
+
+@dataclass(slots=True)
+class UsageEvent:
+    key_id: int | None
+    model: str
+    version: int | None
+    route: str
+    status: int
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    items: int = 0
+    compute_seconds: float = 0.0
+    queue_seconds: float = 0.0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    ts: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+def month_start(when: datetime) -> datetime:
+    return when.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+class UsageRecorder:
+    def __init__(self, db: Database, *, watts: float, flush_seconds: float = 0.5) -> None:
+        self._db = db
+        self.watts = watts
+        self.flush_seconds = flush_seconds
+        self._pending: list[UsageEvent] = []
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        # (key id, month start) -> [requests, tokens] this month, once seeded from the DB.
+        self._month: dict[tuple[int, datetime], list[int]] = {}
+
+    # -------------------------------------------------------------- recording
+
+    def record(self, event: UsageEvent) -> None:
+        """Queue one record; never blocks and never raises into the request."""
+        self._pending.append(event)
+        if event.key_id is not None:
+            counters = self._month.get((event.key_id, month_start(event.ts)))
+            if counters is not None:
+                counters[0] += 1
+                counters[1] += event.tokens
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="usage writer")
+        elif len(self._pending) >= 1000:
+            self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.flush_seconds):
+                    await self._wake.wait()
+            self._wake.clear()
+            await self.flush()
+
+    async def flush(self) -> int:
+        """Write everything pending now; returns how many records were written."""
+        batch, self._pending = self._pending, []
+        if not batch:
+            return 0
+        try:
+            await anyio.to_thread.run_sync(self._write, batch)
+        except Exception:
+            # Keep the records for the next try rather than lose them.
+            self._pending[:0] = batch
+            log.exception("writing %d usage records failed; will retry", len(batch))
+            return 0
+        return len(batch)
+
+    def _write(self, batch: list[UsageEvent]) -> None:
+        last_used: dict[int, datetime] = {}
+        with self._db.write() as s:
+            for event in batch:
+                values = asdict(event)
+                values["energy_joules"] = event.compute_seconds * self.watts
+                s.add(UsageRow(**values))
+                if event.key_id is not None:
+                    last_used[event.key_id] = max(last_used.get(event.key_id, event.ts), event.ts)
+            for key_id, when in last_used.items():
+                row = s.get(ApiKeyRow, key_id)
+                if row is not None:
+                    row.last_used_at = when
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.flush()
+
+    # ----------------------------------------------------------------- quotas
+
+    async def check_quota(
+        self,
+        key_id: int,
+        *,
+        request_quota: int | None,
+        token_quota: int | None,
+        tokens_needed: int = 0,
+    ) -> None:
+        """Raise 429 ``insufficient_quota`` when this month's quota is used up."""
+        if request_quota is None and token_quota is None:
+            return
+        now = datetime.now(UTC)
+        slot = (key_id, month_start(now))
+        counters = self._month.get(slot)
+        if counters is None:
+            requests, tokens = await anyio.to_thread.run_sync(self._month_totals, key_id, slot[1])
+            pending = [e for e in self._pending if e.key_id == key_id and e.ts >= slot[1]]
+            counters = [requests + len(pending), tokens + sum(e.tokens for e in pending)]
+            self._month[slot] = counters
+        requests, tokens = counters
+        next_month = (slot[1] + timedelta(days=32)).replace(day=1)
+        resets = f"it resets on {next_month:%Y-%m-%d} (UTC)"
+        if request_quota is not None and requests >= request_quota:
+            raise QuotaExceededError(
+                f"monthly request quota of {request_quota} used up; {resets}",
+                retry_after=(next_month - now).total_seconds(),
+            )
+        if token_quota is not None and tokens + tokens_needed > token_quota:
+            raise QuotaExceededError(
+                f"monthly token quota of {token_quota} used up ({tokens} used); {resets}",
+                retry_after=(next_month - now).total_seconds(),
+            )
+
+    def _month_totals(self, key_id: int, since: datetime) -> tuple[int, int]:
+        with self._db.read() as s:
+            row = s.execute(
+                select(
+                    func.count(UsageRow.id),
+                    func.coalesce(func.sum(UsageRow.prompt_tokens + UsageRow.completion_tokens), 0),
+                ).where(UsageRow.key_id == key_id, UsageRow.ts >= since)
+            ).one()
+        return int(row[0]), int(row[1])
+
+
+def aggregate(
+    db: Database,
+    *,
+    key_id: int | None = None,
+    model: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    group_by: str = "day",
+) -> list[dict[str, Any]]:
+    """Sums of usage per group, oldest/smallest group first."""
+    if group_by not in GROUP_BY:
+        raise InvalidRequestError(
+            f"group_by must be one of {', '.join(GROUP_BY)}", param="group_by"
+        )
+    columns = [
+        UsageRow.ts,
+        UsageRow.key_id,
+        UsageRow.model,
+        UsageRow.route,
+        UsageRow.status,
+        *(getattr(UsageRow, name) for name in _SUMS),
+    ]
+    query = select(*columns)
+    if key_id is not None:
+        query = query.where(UsageRow.key_id == key_id)
+    if model is not None:
+        query = query.where(UsageRow.model == model)
+    if since is not None:
+        query = query.where(UsageRow.ts >= since)
+    if until is not None:
+        query = query.where(UsageRow.ts < until)
+    # Grouped in Python: date truncation differs between SQLite and PostgreSQL,
+    # and the filtered rows of one report are few enough.
+    groups: dict[Any, dict[str, Any]] = {}
+    with db.read() as s:
+        for row in s.execute(query):
+            ts = row.ts if row.ts.tzinfo else row.ts.replace(tzinfo=UTC)
+            group: Any = {
+                "day": ts.strftime("%Y-%m-%d"),
+                "month": ts.strftime("%Y-%m"),
+                "model": row.model,
+                "key": row.key_id,
+                "route": row.route,
+                "status": row.status,
+            }[group_by]
+            entry = groups.setdefault(
+                group, {group_by: group, "requests": 0, **dict.fromkeys(_SUMS, 0)}
+            )
+            entry["requests"] += 1
+            for name in _SUMS:
+                entry[name] += getattr(row, name)
+    out = [groups[k] for k in sorted(groups, key=lambda g: (g is None, str(g)))]
+    for entry in out:
+        entry["total_tokens"] = entry["prompt_tokens"] + entry["completion_tokens"]
+        for name in ("compute_seconds", "queue_seconds", "energy_joules"):
+            entry[name] = round(entry[name], 6)
+    return out
