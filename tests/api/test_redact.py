@@ -1,7 +1,6 @@
 """``POST /v1/redact`` over a real app (in-process ASGI via TestClient)."""
 
 # Chinese text is written with full-width punctuation.
-# ruff: noqa: RUF001
 
 from __future__ import annotations
 

@@ -7,7 +7,6 @@ generated here. Run with ``-s`` to see the per-kind table.
 """
 
 # Chinese text is written with full-width punctuation and, here on purpose, full-width digits.
-# ruff: noqa: RUF001
 
 from __future__ import annotations
 

@@ -23,6 +23,7 @@ from maas.errors import ForbiddenError, NotFoundError, UnauthorizedError
 from maas.registry.store import Registry
 from maas.security.keys import KeyInfo, KeyStore
 from maas.security.limits import RateLimiter, rate_headers
+from maas.security.pii import PiiPolicy
 from maas.security.usage import UsageRecorder
 
 log = logging.getLogger(__name__)
@@ -109,6 +110,12 @@ async def require_key(
             token_quota=key.monthly_token_quota,
         )
     return key
+
+
+def key_pii_policy(request: Request) -> PiiPolicy | None:
+    """The PII policy of the calling key (the model's own policy is added by the data plane)."""
+    key: KeyInfo | None = getattr(request.state, "key", None)
+    return PiiPolicy.parse(key.pii_policy) if key is not None and key.pii_policy else None
 
 
 RegistryDep = Annotated[Registry, Depends(get_registry)]

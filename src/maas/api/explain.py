@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
 
-from maas.api.deps import ensure_model_access, require_key
+from maas.api.deps import ensure_model_access, key_pii_policy, require_key
 from maas.api.openai import get_dataplane
 from maas.runtimes.explain import DEFAULT_STEPS, MAX_STEPS, METHOD
 from maas.serving.dataplane import DataPlane
@@ -77,7 +77,12 @@ async def create_explanation(
 ) -> ExplanationResponse:
     ensure_model_access(request, body.model)
     version, explanation = await explain_text(
-        dataplane, body.model, body.input, target=body.target, steps=body.steps
+        dataplane,
+        body.model,
+        body.input,
+        target=body.target,
+        steps=body.steps,
+        pii=key_pii_policy(request),
     )
     return ExplanationResponse(
         model=version.model,

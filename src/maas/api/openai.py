@@ -9,7 +9,13 @@ import numpy as np
 from fastapi import APIRouter, Depends, Request
 
 from maas.api.admin import run_sync
-from maas.api.deps import KeyDep, RegistryDep, ensure_model_access, require_key
+from maas.api.deps import (
+    KeyDep,
+    RegistryDep,
+    ensure_model_access,
+    key_pii_policy,
+    require_key,
+)
 from maas.api.schemas.openai import MAX_EMBEDDING_INPUTS, EmbeddingsRequest
 from maas.errors import InvalidRequestError, NotFoundError
 from maas.registry.schemas import ModelInfo
@@ -82,7 +88,9 @@ async def create_embeddings(
 ) -> dict[str, Any]:
     ensure_model_access(request, body.model)
     items = _normalise_input(body)
-    result = await dataplane.embed(body.model, items, dimensions=body.dimensions)
+    result = await dataplane.embed(
+        body.model, items, dimensions=body.dimensions, pii=key_pii_policy(request)
+    )
     data = []
     for index, vector in enumerate(result.vectors):
         embedding: Any

@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 
 from maas import __version__
 from maas.api.admin import version_ref
-from maas.api.deps import RegistryDep, SettingsDep, require_key
+from maas.api.deps import RegistryDep, SettingsDep, key_pii_policy, require_key
 from maas.config import Settings
 from maas.errors import InvalidRequestError, MaasError, PayloadTooLargeError
 from maas.serving.dataplane import DataPlane
@@ -130,7 +130,7 @@ async def _infer(
     body = await _read_body(request, settings.max_request_bytes)
     decoded = decode_request(body, _header_length(request))
     tensors = {tensor.name: tensor.data for tensor in decoded.inputs}
-    result = await dataplane.infer(ref, tensors)
+    result = await dataplane.infer(ref, tensors, pii=key_pii_policy(request))
     names, binary = select_outputs(decoded, list(result.outputs))
     try:
         payload, json_length = encode_response(

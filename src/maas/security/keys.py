@@ -25,10 +25,10 @@ from sqlalchemy import select
 from maas.errors import InvalidRequestError, NotFoundError, UnauthorizedError
 from maas.registry.db import Database
 from maas.registry.models import ApiKeyRow, utcnow
+from maas.security.pii import PiiPolicy
 from maas.security.scopes import SCOPES, has_any_scope, model_allowed
 
 KEY_PREFIX = "maas-sk-"
-PII_POLICIES = ("off", "redact", "redact:input", "redact:output", "block")
 
 
 class KeyPolicy(BaseModel):
@@ -120,11 +120,8 @@ def validate_policy(policy: KeyPolicy) -> KeyPolicy:
         )
     if not policy.scopes:
         raise InvalidRequestError("a key needs at least one scope", param="scopes")
-    if policy.pii_policy is not None and policy.pii_policy not in PII_POLICIES:
-        raise InvalidRequestError(
-            f"unknown PII policy {policy.pii_policy!r}; expected one of {', '.join(PII_POLICIES)}",
-            param="pii_policy",
-        )
+    if policy.pii_policy is not None:
+        PiiPolicy.parse(policy.pii_policy)  # 400 naming pii_policy when unknown
     if policy.expires_at is not None:
         expires = _utc(policy.expires_at)
         assert expires is not None

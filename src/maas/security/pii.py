@@ -568,3 +568,20 @@ def apply_input(policy: PiiPolicy, text: str) -> str:
 def apply_output(policy: PiiPolicy, text: str) -> str:
     """The model's text as the caller may see it: unchanged, redacted, or refused."""
     return _apply(policy, text, "output") if policy.applies_to_output else text
+
+
+def strictest(*policies: PiiPolicy | None) -> PiiPolicy:
+    """One policy honouring all: ``block`` beats ``redact`` beats ``off``; scopes add up.
+
+    A key's policy and a model's policy both apply to a request, so the request
+    gets whichever is stricter in each direction.
+    """
+    given = [p for p in policies if p is not None and p.mode != "off"]
+    if not given:
+        return PiiPolicy()
+    mode: PolicyMode = "block" if any(p.mode == "block" for p in given) else "redact"
+    strongest = [p for p in given if p.mode == mode]
+    inputs = any(p.applies_to_input for p in strongest)
+    outputs = any(p.applies_to_output for p in strongest)
+    scope: PolicyScope = "both" if inputs and outputs else ("input" if inputs else "output")
+    return PiiPolicy(mode=mode, scope=scope)

@@ -29,6 +29,7 @@ from maas.registry.schemas import VersionInfo
 from maas.registry.store import Registry
 from maas.runtimes.base import TensorSpec
 from maas.runtimes.embeddings import Embedding
+from maas.security.pii import PiiPolicy, apply_input, strictest
 from maas.serving.batching import RequestCost
 from maas.serving.manager import LoadedModel, ModelManager
 from maas.serving.metrics import ServingMetrics
@@ -119,13 +120,38 @@ class DataPlane:
 
     # --------------------------------------------------------------- embeddings
 
+    async def screen(
+        self, version: VersionInfo, texts: list[str], policy: PiiPolicy | None
+    ) -> list[str]:
+        """Apply the PII policy of the caller and of the model to request texts.
+
+        Long inputs are scanned on a worker thread: the regexes are cheap per
+        sentence but a 2048-item request should not hold the event loop.
+        """
+        tagged = version.tags.get("pii_policy")
+        effective = strictest(policy, PiiPolicy.parse(str(tagged)) if tagged else None)
+        if not effective.applies_to_input:
+            return texts
+        if sum(len(t) for t in texts) < 4096:
+            return [apply_input(effective, t) for t in texts]
+        return await anyio.to_thread.run_sync(lambda: [apply_input(effective, t) for t in texts])
+
     async def embed(
-        self, ref: str, items: Sequence[str | list[int]], *, dimensions: int | None = None
+        self,
+        ref: str,
+        items: Sequence[str | list[int]],
+        *,
+        dimensions: int | None = None,
+        pii: PiiPolicy | None = None,
     ) -> EmbedResult:
         with self.track("embeddings", ref) as tracking:
             version = await self.resolve(ref)
             tracking.version = str(version.version)
             self._expect_task(version, "embeddings")
+            texts = [item for item in items if isinstance(item, str)]
+            if texts:
+                screened = iter(await self.screen(version, texts, pii))
+                items = [next(screened) if isinstance(i, str) else i for i in items]
             tracking.items = len(items)
             async with self.manager.use(version) as model:
                 results: list[Embedding] = await model.batcher.submit_many(
@@ -163,7 +189,12 @@ class DataPlane:
     # ------------------------------------------------------------------ tensors
 
     async def infer(
-        self, ref: str, inputs: dict[str, np.ndarray], *, route: str = "infer"
+        self,
+        ref: str,
+        inputs: dict[str, np.ndarray],
+        *,
+        route: str = "infer",
+        pii: PiiPolicy | None = None,
     ) -> InferResult:
         """Run one request of named tensors through any servable model."""
         with self.track(route, ref) as tracking:
@@ -180,6 +211,7 @@ class DataPlane:
                         _utf8(item, _TEXT_INPUT[version.task], i)
                         for i, item in enumerate(_bytes_items(inputs, _TEXT_INPUT[version.task]))
                     ]
+                    texts = await self.screen(version, texts, pii)
                     outputs = await self._run_items(model, texts, tracking)
                 elif version.task in _IMAGE_INPUT:
                     images = _bytes_items(inputs, _IMAGE_INPUT[version.task])

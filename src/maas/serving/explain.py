@@ -10,13 +10,20 @@ from __future__ import annotations
 from maas.errors import InvalidRequestError
 from maas.registry.schemas import VersionInfo
 from maas.runtimes.explain import ExplainableRuntime, Explanation
+from maas.security.pii import PiiPolicy
 from maas.serving.dataplane import DataPlane
 
 EXPLAINABLE_TASK = "text-classification"
 
 
 async def explain_text(
-    dataplane: DataPlane, ref: str, text: str, *, target: str | int | None, steps: int
+    dataplane: DataPlane,
+    ref: str,
+    text: str,
+    *,
+    target: str | int | None,
+    steps: int,
+    pii: PiiPolicy | None = None,
 ) -> tuple[VersionInfo, Explanation]:
     """Token attributions for ``ref``'s prediction (or ``target``) on ``text``."""
     with dataplane.track("explain", ref) as tracking:
@@ -28,6 +35,8 @@ async def explain_text(
                 f"for {EXPLAINABLE_TASK} models only",
                 param="model",
             )
+        (text,) = await dataplane.screen(version, [text], pii)
+        tracking.items = 1
         async with dataplane.manager.use(version) as model:
             runtime = model.runtime
             if not isinstance(runtime, ExplainableRuntime):

