@@ -117,12 +117,12 @@ def embed_worker(torch_threads: int) -> None:
         )
 
 
-def cold_start() -> None:
+def cold_start(torch_threads: int) -> None:
     import torch
     import transformers  # noqa: F401 - timed on purpose
 
     imported = time.perf_counter()
-    model = MiniLM()
+    model = MiniLM(torch_threads)
     loaded = time.perf_counter()
     model.embed(["How do I reset my password?"])
     answered = time.perf_counter()
@@ -174,7 +174,8 @@ def main(argv: list[str]) -> int:
     sub = parser.add_subparsers(dest="mode")
     worker = sub.add_parser("embed-worker")
     worker.add_argument("--torch-threads", type=int, default=0)
-    sub.add_parser("cold-start")
+    cold = sub.add_parser("cold-start")
+    cold.add_argument("--torch-threads", type=int, default=0)
     sub.add_parser("bare-rss")
     direct = sub.add_parser("onnx-direct")
     direct.add_argument("path")
@@ -183,7 +184,7 @@ def main(argv: list[str]) -> int:
     if args.mode == "embed-worker":
         embed_worker(args.torch_threads)
     elif args.mode == "cold-start":
-        cold_start()
+        cold_start(args.torch_threads)
     elif args.mode == "bare-rss":
         bare_rss()
     elif args.mode == "onnx-direct":

@@ -39,7 +39,7 @@ async def run_sync(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 
 def version_ref(name: str, version: str) -> str:
     """``3`` means version 3; anything else is an alias name."""
-    return f"{name}:{version}" if version.isdigit() else f"{name}@{version}"
+    return f"{name}:{version}" if version.isascii() and version.isdigit() else f"{name}@{version}"
 
 
 def _json_param(raw: str | None, param: str) -> dict[str, Any]:
@@ -144,7 +144,7 @@ async def upload_version(
     validate_model_name(name)
     limit = settings.max_upload_bytes
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLargeError(
             f"upload of {declared} bytes exceeds the {limit} byte limit (MAAS_MAX_UPLOAD_BYTES)"
         )

@@ -11,11 +11,12 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from maas import __version__
-from maas.api import admin, explain, health, keys, loading, metrics, openai, redact, v2
+from maas.api import admin, audit, explain, health, keys, loading, metrics, openai, redact, v2
 from maas.api.errors import install_error_handlers
 from maas.api.middleware import TrustMiddleware
 from maas.config import Settings
 from maas.registry.store import Registry
+from maas.security.audit import AuditLog
 from maas.security.keys import KeyStore
 from maas.security.limits import RATE_WORDS, RateLimiter
 from maas.security.usage import UsageRecorder
@@ -42,6 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings = settings
         app.state.registry = registry
         app.state.keys = keys
+        app.state.audit = AuditLog(registry.db)
         app.state.metrics = serving_metrics
         app.state.manager = manager
         app.state.dataplane = DataPlane(registry, manager, serving_metrics)
@@ -75,10 +77,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ],
         )
     app.add_middleware(TrustMiddleware, settings=settings)
+    # Outermost: management requests refused by the trust layer (413, 504) are audited too.
+    app.add_middleware(audit.AuditMiddleware)
     app.include_router(health.router)
     app.include_router(admin.router)
     app.include_router(loading.router)
     app.include_router(keys.router)
+    app.include_router(audit.router)
     app.include_router(openai.router)
     app.include_router(explain.router)
     app.include_router(redact.router)

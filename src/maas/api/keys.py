@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from maas.api.admin import run_sync
@@ -22,6 +22,8 @@ def _keys(request: Request) -> KeyStore:
 
 
 KeysDep = Annotated[KeyStore, Depends(_keys)]
+MAX_ID = 2**31 - 1  # ids are 32-bit in every database we support; larger is a 404 anyway
+KeyId = Annotated[int, Path(ge=1, le=MAX_ID, description="Key id")]
 
 
 class CreateKeyRequest(KeyPolicy):
@@ -62,12 +64,12 @@ async def create_key(body: CreateKeyRequest, keys: KeysDep) -> CreatedKey:
 
 
 @router.get("/keys/{key_id}", response_model=KeyInfo)
-async def get_key(key_id: int, keys: KeysDep) -> KeyInfo:
+async def get_key(key_id: KeyId, keys: KeysDep) -> KeyInfo:
     return await run_sync(keys.get, key_id)
 
 
 @router.patch("/keys/{key_id}", response_model=KeyInfo)
-async def update_key(key_id: int, body: UpdateKeyRequest, keys: KeysDep) -> KeyInfo:
+async def update_key(key_id: KeyId, body: UpdateKeyRequest, keys: KeysDep) -> KeyInfo:
     changes = body.model_dump(exclude_unset=True)
     if changes.get("scopes") is None:
         changes.pop("scopes", None)
@@ -77,13 +79,13 @@ async def update_key(key_id: int, body: UpdateKeyRequest, keys: KeysDep) -> KeyI
 
 
 @router.delete("/keys/{key_id}", response_model=KeyInfo)
-async def revoke_key(key_id: int, keys: KeysDep) -> KeyInfo:
+async def revoke_key(key_id: KeyId, keys: KeysDep) -> KeyInfo:
     """Revoke a key; it fails from the next request on."""
     return await run_sync(keys.revoke, key_id)
 
 
 @router.post("/keys/{key_id}/rotate", response_model=CreatedKey)
-async def rotate_key(key_id: int, keys: KeysDep) -> CreatedKey:
+async def rotate_key(key_id: KeyId, keys: KeysDep) -> CreatedKey:
     """A new secret with the same policy; the old key is revoked at once."""
     info, plaintext = await run_sync(keys.rotate, key_id)
     return CreatedKey(key=plaintext, info=info)
@@ -92,7 +94,7 @@ async def rotate_key(key_id: int, keys: KeysDep) -> CreatedKey:
 @router.get("/usage")
 async def usage(
     request: Request,
-    key: Annotated[int | None, Query(description="Key id")] = None,
+    key: Annotated[int | None, Query(description="Key id", ge=1, le=MAX_ID)] = None,
     model: str | None = None,
     start: Annotated[datetime | None, Query(alias="from")] = None,
     end: Annotated[datetime | None, Query(alias="to")] = None,

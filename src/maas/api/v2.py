@@ -103,7 +103,7 @@ async def version_ready(model: str, version: str, dataplane: DataPlaneDep) -> JS
 
 async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLargeError(f"request body of {declared} bytes exceeds {limit} bytes")
     chunks: list[bytes] = []
     size = 0
@@ -119,7 +119,7 @@ def _header_length(request: Request) -> int | None:
     raw = request.headers.get(HEADER_LENGTH)
     if raw is None:
         return None
-    if not raw.strip().isdigit():
+    if not (raw.strip().isascii() and raw.strip().isdigit()):
         raise InvalidRequestError(f"{HEADER_LENGTH} must be a non-negative integer, got {raw!r}")
     return int(raw)
 

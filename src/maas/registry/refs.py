@@ -10,6 +10,7 @@ from maas.errors import InvalidRequestError
 MODEL_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 ALIAS_RE = re.compile(r"^[a-z][a-z0-9-]{0,63}$")
 DEFAULT_ALIAS = "production"
+MAX_VERSION = 2**31 - 1  # versions are 32-bit integers in the database
 
 
 def validate_model_name(name: str) -> str:
@@ -48,7 +49,7 @@ class ModelRef:
             return cls(validate_model_name(name), alias=validate_alias(alias))
         if ":" in text:
             name, _, number = text.partition(":")
-            if not number.isdigit() or int(number) < 1:
+            if not (number.isascii() and number.isdigit()) or not 1 <= int(number) <= MAX_VERSION:
                 raise InvalidRequestError(
                     f"invalid version in reference {text!r}: expected a positive integer",
                     param="model",
