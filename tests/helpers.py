@@ -151,3 +151,87 @@ def make_tiny_image_classifier(root: Path) -> Path:
     }
     (root / "preprocessor_config.json").write_text(json.dumps(preprocessor))
     return root
+
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+_CORPUS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Model serving with continuous batching streams tokens to many clients.",
+    "北京是中国的首都。上海是一座大城市。你好，世界！",
+    "Hello world, hello maas. Count: one two three four five six seven.",
+]
+
+
+def make_tiny_llm(root: Path, *, arch: str = "llama", seed: int = 0, chat: bool = True) -> Path:
+    """A tiny random decoder (Llama or GPT-2) with a byte-level BPE tokenizer, saved HF-style.
+
+    The tokenizer is trained here from a few sentences (no downloads); byte-level
+    BPE splits Chinese characters over several tokens, which the streaming tests need.
+    """
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import (
+        GPT2Config,
+        GPT2LMHeadModel,
+        LlamaConfig,
+        LlamaForCausalLM,
+        PreTrainedTokenizerFast,
+    )
+
+    root.mkdir(parents=True, exist_ok=True)
+    specials = ["<pad>", "<s>", "</s>", "<|user|>", "<|assistant|>", "<|system|>", "<|end|>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_CORPUS * 4, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="<|end|>",
+        model_max_length=256,
+    )
+    if chat:
+        fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(root)
+    vocab = fast.vocab_size
+    eos = fast.convert_tokens_to_ids("<|end|>")
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        if arch == "llama":
+            config = LlamaConfig(
+                vocab_size=vocab,
+                hidden_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                intermediate_size=128,
+                max_position_embeddings=256,
+                bos_token_id=1,
+                eos_token_id=eos,
+                pad_token_id=0,
+            )
+            model: torch.nn.Module = LlamaForCausalLM(config)
+        else:
+            config = GPT2Config(
+                vocab_size=vocab,
+                n_embd=64,
+                n_layer=2,
+                n_head=4,
+                n_positions=256,
+                bos_token_id=1,
+                eos_token_id=eos,
+                pad_token_id=0,
+            )
+            model = GPT2LMHeadModel(config)
+        model.save_pretrained(root, safe_serialization=True)  # type: ignore[operator]
+    return root

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import os
 import string
 from pathlib import Path
 
@@ -100,6 +101,22 @@ class Settings(BaseSettings):
         description="Origins allowed to call the API from a browser (JSON list); "
         "empty = CORS off. Example: MAAS_CORS_ORIGINS='[\"https://console.example\"]'.",
     )
+    max_running_sequences: int = Field(
+        default=32,
+        ge=1,
+        description="Generation: sequences decoded together in one continuous batch.",
+    )
+    max_queued_requests: int = Field(
+        default=64,
+        ge=0,
+        description="Generation: requests waiting beyond the running ones; past it, 429.",
+    )
+    kv_cache_tokens: int = Field(
+        default=16384,
+        ge=256,
+        description="Generation: tokens the paged KV cache holds per model (shared by all "
+        "running sequences).",
+    )
     max_batch_size: int = Field(default=32, ge=1, description="Default adaptive batch size cap.")
     max_wait_ms: float = Field(
         default=2.0,
@@ -115,6 +132,17 @@ class Settings(BaseSettings):
         default=None,
         description="File holding the master key (base64 or hex of 32 bytes); "
         "an alternative to MAAS_MASTER_KEY.",
+    )
+
+    max_concurrent_jobs: int = Field(
+        default=1,
+        ge=1,
+        description="Jobs (train, evaluate, ...) running at once; the rest wait queued (FIFO).",
+    )
+    job_cancel_grace_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        description="After SIGTERM, how long a cancelled job may take to stop before SIGKILL.",
     )
 
     @field_validator("home", mode="after")
@@ -173,6 +201,30 @@ class Settings(BaseSettings):
     @property
     def admin_key_file(self) -> Path:
         return self.home / "admin.key"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.home / "jobs"
+
+    def child_env(self) -> dict[str, str]:
+        """The environment for a maas subprocess (a job worker) that must see these settings.
+
+        The parent's environment plus the settings a worker needs to open the
+        same registry, even when they were given in code rather than by variables.
+        """
+        env = dict(os.environ)
+        env["MAAS_HOME"] = str(self.home)
+        env["MAAS_ALLOW_UNSAFE_FORMATS"] = "true" if self.allow_unsafe_formats else "false"
+        env["MAAS_TORCH_THREADS"] = str(self.torch_threads)
+        if self.database_url:
+            env["MAAS_DATABASE_URL"] = self.database_url
+        if self.master_key is not None:
+            env["MAAS_MASTER_KEY"] = self.master_key.get_secret_value()
+            env.pop("MAAS_MASTER_KEY_FILE", None)
+        elif self.master_key_file is not None:
+            env["MAAS_MASTER_KEY_FILE"] = str(self.master_key_file)
+            env.pop("MAAS_MASTER_KEY", None)
+        return env
 
 
 MASTER_KEY_BYTES = 32

@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from maas import __version__
-from maas.api import admin, audit, explain, health, keys, loading, metrics, openai, redact, v2
+from maas.api import admin, audit, chat, explain, health, keys, loading, metrics, openai, redact, v2
 from maas.api.errors import install_error_handlers
 from maas.api.middleware import TrustMiddleware
 from maas.config import Settings
@@ -85,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(keys.router)
     app.include_router(audit.router)
     app.include_router(openai.router)
+    app.include_router(chat.router)
     app.include_router(explain.router)
     app.include_router(redact.router)
     app.include_router(v2.public)

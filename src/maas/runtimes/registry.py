@@ -23,6 +23,7 @@ BUILTIN: dict[tuple[str, str], str] = {
         "hf",
     ): "maas.runtimes.image_classification:HFImageClassificationRuntime",
     ("tensor", "onnx"): "maas.runtimes.onnx:OnnxTensorRuntime",
+    ("text-generation", "hf"): "maas.runtimes.text_generation:HFTextGenerationRuntime",
 }
 
 

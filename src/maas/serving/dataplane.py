@@ -14,8 +14,8 @@ named output tensors.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +23,7 @@ from typing import Any
 import anyio.to_thread
 import numpy as np
 
-from maas.errors import InvalidRequestError, MaasError, NotFoundError
+from maas.errors import InvalidRequestError, MaasError, NotFoundError, UnavailableError
 from maas.registry.refs import ModelRef
 from maas.registry.schemas import VersionInfo
 from maas.registry.store import Registry
@@ -31,6 +31,7 @@ from maas.runtimes.base import TensorSpec
 from maas.runtimes.embeddings import Embedding
 from maas.security.pii import PiiPolicy, apply_input, strictest
 from maas.serving.batching import RequestCost
+from maas.serving.generation import GenerationEngine
 from maas.serving.manager import LoadedModel, ModelManager
 from maas.serving.metrics import ServingMetrics
 
@@ -50,6 +51,14 @@ class EmbedResult:
 class InferResult:
     version: VersionInfo
     outputs: dict[str, np.ndarray]
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationSession:
+    version: VersionInfo
+    runtime: Any  # HFTextGenerationRuntime: tokenizer, chat template, limits
+    engine: GenerationEngine
+    record: ServedRequest
 
 
 @dataclass(slots=True)
@@ -244,6 +253,22 @@ class DataPlane:
             "label": np.array([r.labels[0][0].encode() for r in results], dtype=np.object_),
             "probabilities": np.array(rows, dtype=np.float32).reshape(len(results), len(order)),
         }
+
+    @asynccontextmanager
+    async def generation(self, ref: str, route: str) -> AsyncIterator[GenerationSession]:
+        """Hold a loaded text-generation model (and its metrics record) for one request.
+
+        The caller encodes its prompt, streams from ``session.engine`` and fills
+        ``session.record`` with token counts; the model cannot be evicted meanwhile.
+        """
+        with self.track(route, ref) as tracking:
+            version = await self.resolve(ref)
+            tracking.version = str(version.version)
+            self._expect_task(version, "text-generation")
+            async with self.manager.use(version) as model:
+                if model.engine is None:
+                    raise UnavailableError(f"model {version.ref} has no generation engine")
+                yield GenerationSession(version, model.runtime, model.engine, tracking)
 
     async def signature(self, ref: str) -> tuple[VersionInfo, list[TensorSpec], list[TensorSpec]]:
         """Inputs and outputs of a version, loading it when the registry does not know them."""

@@ -32,6 +32,7 @@ from maas.registry.store import Registry
 from maas.runtimes.base import Runtime, RuntimeContext
 from maas.runtimes.registry import runtime_class
 from maas.serving.batching import AdaptiveBatcher, BatchStats
+from maas.serving.generation import GenerationEngine
 from maas.serving.metrics import ServingMetrics
 
 log = logging.getLogger("maas.serving")
@@ -44,6 +45,7 @@ class LoadedModel:
     runtime: Runtime
     batcher: AdaptiveBatcher[Any, Any]
     memory: int
+    engine: GenerationEngine | None = None
     pinned: bool = False
     active: int = 0
     loaded_at: float = field(default_factory=time.time)
@@ -162,6 +164,16 @@ class ModelManager:
                 memory=memory,
                 pinned=pinned,
             )
+            if version.task == "text-generation":
+                model.engine = GenerationEngine(
+                    runtime,
+                    metrics=self._metrics,
+                    model_label=version.model,
+                    executor=self._executor,
+                    max_running=self._settings.max_running_sequences,
+                    max_queued=self._settings.max_queued_requests,
+                    kv_cache_tokens=self._settings.kv_cache_tokens,
+                )
             self._models[key] = model
         elapsed = time.perf_counter() - started
         self._metrics.loads.labels(version.model, "success").inc()
@@ -205,6 +217,8 @@ class ModelManager:
     async def _unload(self, model: LoadedModel, *, reason: str) -> None:
         self._models.pop(model.key, None)
         await model.batcher.close()
+        if model.engine is not None:
+            await model.engine.close()
         await model.runtime.unload()
         self._metrics.unloads.labels(model.version.model, reason).inc()
         self._metrics.loaded.set(len(self._models))

@@ -88,5 +88,38 @@ class ServingMetrics:
             "maas_model_unloads", "Model unloads", ["model", "reason"], registry=r
         )
 
+        self.ttft_seconds = Histogram(
+            "maas_time_to_first_token_seconds",
+            "Time from a generation request's admission to its first token",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.itl_seconds = Histogram(
+            "maas_inter_token_latency_seconds",
+            "Time between consecutive generated tokens of one sequence",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tokens_generated = Counter(
+            "maas_generated_tokens", "Tokens generated", ["model"], registry=r
+        )
+        self.gen_running = Gauge(
+            "maas_generation_running", "Sequences generating tokens now", ["model"], registry=r
+        )
+        self.gen_waiting = Gauge(
+            "maas_generation_waiting",
+            "Generation requests admitted but without a first token yet",
+            ["model"],
+            registry=r,
+        )
+        self.kv_cache_usage = Gauge(
+            "maas_kv_cache_usage_ratio",
+            "Share of the paged KV cache in use (0-1)",
+            ["model"],
+            registry=r,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
