@@ -23,6 +23,8 @@ BUILTIN: dict[tuple[str, str], str] = {
         "hf",
     ): "maas.runtimes.image_classification:HFImageClassificationRuntime",
     ("tensor", "onnx"): "maas.runtimes.onnx:OnnxTensorRuntime",
+    ("text-classification", "onnx"): "maas.runtimes.onnx_text:OnnxTextClassificationRuntime",
+    ("embeddings", "onnx"): "maas.runtimes.onnx_text:OnnxEmbeddingRuntime",
     ("text-generation", "hf"): "maas.runtimes.text_generation:HFTextGenerationRuntime",
 }
 
