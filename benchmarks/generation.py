@@ -294,7 +294,8 @@ def bench_model(label: str, model_dir: Path, quick: bool) -> list[str]:
     max_new = 32 if quick else 64
     levels = [1, 8] if quick else [1, 8, 32]
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    words = ["aiq", "bjr", "cks", "dlt", "emu", "fnv", "gow", "hpq"]  # valid words of both vocabularies' alphabets
+    # words of the word-level vocabulary (also plain text for BPE tokenizers)
+    words = ["aiq", "bjr", "cks", "dlt", "emu", "fnv", "gow", "hpq"]
     prompts = [" ".join(words[i % 5 :] + words[: i % 5]) + f" {i}" for i in range(64)]
     ids = [tokenizer(p)["input_ids"] for p in prompts]
     serial_tps, prefill = serial_generate(model_dir, ids[: 4 if quick else 8], max_new)
