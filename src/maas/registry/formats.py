@@ -6,6 +6,9 @@ Three layouts are understood:
 * ``onnx``: one ``*.onnx`` graph (optionally with external-data files).
 * ``safetensors``: the maas-native layout, ``maas.json`` plus ``*.safetensors``.
 
+A fourth, ``dataset`` (``dataset.json`` plus JSONL splits), is not a model but
+a versioned dataset stored the same content-addressed way.
+
 Only headers are read (safetensors' JSON header, ONNX graph without external
 data), so detection stays cheap for multi-GB weights.
 """
@@ -21,8 +24,17 @@ from typing import Any
 
 from maas.errors import InvalidRequestError
 
-TASKS = ("embeddings", "text-classification", "text-generation", "image-classification", "tensor")
-FORMATS = ("hf", "onnx", "safetensors")
+TASKS = (
+    "embeddings",
+    "text-classification",
+    "text-generation",
+    "image-classification",
+    "tensor",
+    # Not a model: a versioned dataset (see maas.jobs.datasets); never served.
+    "dataset",
+)
+FORMATS = ("hf", "onnx", "safetensors", "dataset")
+DATASET_TASK = "dataset"
 
 # ONNX TensorProto element types -> Open Inference Protocol V2 datatypes.
 _ONNX_TO_V2 = {
@@ -143,6 +155,12 @@ def _onnx_signature(path: Path) -> dict[str, Any]:
 def detect_format(root: Path) -> DetectedFormat:
     """Detect the layout of a model directory (or a single ``.onnx`` file)."""
     if root.is_file():
+        if root.suffix.lower() == ".gguf":
+            raise InvalidRequestError(
+                f"{root.name} is a GGUF file: it is imported by conversion to safetensors "
+                "(maas models import-gguf, or maas.registry.gguf.import_gguf)",
+                param="path",
+            )
         if root.suffix.lower() != ".onnx":
             raise InvalidRequestError(
                 f"cannot tell the format of {root.name}: a single file must be an .onnx graph; "
@@ -156,6 +174,14 @@ def detect_format(root: Path) -> DetectedFormat:
     safetensors = sorted(p for p in files if p.suffix == ".safetensors")
     onnx_files = sorted(p for p in files if p.suffix.lower() == ".onnx")
     size = sum(p.stat().st_size for p in files)
+
+    if (root / "dataset.json").is_file() and not safetensors and not onnx_files:
+        # A dataset (maas.jobs.datasets layout): its description becomes the metadata.
+        return DetectedFormat(
+            "dataset",
+            DATASET_TASK,
+            {"dataset": _read_json(root / "dataset.json"), "size_bytes": size},
+        )
 
     if (root / "maas.json").is_file():
         spec = _read_json(root / "maas.json")

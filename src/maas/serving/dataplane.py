@@ -24,6 +24,7 @@ import anyio.to_thread
 import numpy as np
 
 from maas.errors import InvalidRequestError, MaasError, NotFoundError, UnavailableError
+from maas.registry.formats import DATASET_TASK
 from maas.registry.refs import ModelRef
 from maas.registry.schemas import VersionInfo
 from maas.registry.store import Registry
@@ -114,6 +115,8 @@ class DataPlane:
     async def resolve(self, ref: str | ModelRef) -> VersionInfo:
         parsed = ModelRef.parse(ref) if isinstance(ref, str) else ref
         version = await anyio.to_thread.run_sync(self.registry.resolve, parsed)
+        if version.task == DATASET_TASK:
+            raise NotFoundError(f"{version.model!r} is a dataset, not a model", param="model")
         if version.status != "ready":
             raise NotFoundError(
                 f"{version.ref} has status {version.status!r} and cannot serve requests",
