@@ -6,7 +6,8 @@ import functools
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -23,6 +24,7 @@ from maas.api.schemas.admin import (
     UpdateModelRequest,
     UpdateVersionRequest,
 )
+from maas.config import Settings
 from maas.errors import InvalidRequestError, PayloadTooLargeError
 from maas.registry.refs import ModelRef, validate_model_name
 from maas.registry.schemas import AliasEvent, GcResult, ModelInfo, VersionInfo
@@ -40,6 +42,34 @@ async def run_sync(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 def version_ref(name: str, version: str) -> str:
     """``3`` means version 3; anything else is an alias name."""
     return f"{name}:{version}" if version.isascii() and version.isdigit() else f"{name}@{version}"
+
+
+@asynccontextmanager
+async def spooled_upload(
+    request: Request, settings: Settings, limit: int, empty_message: str
+) -> AsyncIterator[Path]:
+    """Stream a request body to a temporary file under MAAS_HOME/tmp; removed afterwards.
+
+    Never held in memory; over ``limit`` bytes is a 413, an empty body a 400.
+    """
+    fd, tmp_name = await run_sync(tempfile.mkstemp, dir=settings.tmp_dir, prefix="recv-")
+    tmp = Path(tmp_name)
+    try:
+        received = 0
+        # Page-cache writes of <=64 KiB chunks are cheap enough to stay on the loop.
+        with os.fdopen(fd, "wb") as out:
+            async for chunk in request.stream():
+                received += len(chunk)
+                if received > limit:
+                    raise PayloadTooLargeError(
+                        f"upload exceeds the {limit} byte limit (MAAS_MAX_UPLOAD_BYTES)"
+                    )
+                out.write(chunk)
+        if received == 0:
+            raise InvalidRequestError(empty_message, param="body")
+        yield tmp
+    finally:
+        await run_sync(tmp.unlink, missing_ok=True)
 
 
 def _json_param(raw: str | None, param: str) -> dict[str, Any]:
@@ -153,21 +183,9 @@ async def upload_version(
         "metrics": _json_param(metrics, "metrics"),
         "tags": _json_param(tags, "tags"),
     }
-    fd, tmp_name = await run_sync(tempfile.mkstemp, dir=settings.tmp_dir, prefix="recv-")
-    tmp = Path(tmp_name)
-    try:
-        received = 0
-        # Page-cache writes of <=64 KiB chunks are cheap enough to stay on the loop.
-        with os.fdopen(fd, "wb") as out:
-            async for chunk in request.stream():
-                received += len(chunk)
-                if received > limit:
-                    raise PayloadTooLargeError(
-                        f"upload exceeds the {limit} byte limit (MAAS_MAX_UPLOAD_BYTES)"
-                    )
-                out.write(chunk)
-        if received == 0:
-            raise InvalidRequestError("empty request body: send a tar or zip archive", param="body")
+    async with spooled_upload(
+        request, settings, limit, "empty request body: send a tar or zip archive"
+    ) as tmp:
         return await run_sync(
             registry.push_archive,
             tmp,
@@ -179,8 +197,6 @@ async def upload_version(
             created_by=actor(key),
             **extra,
         )
-    finally:
-        await run_sync(tmp.unlink, missing_ok=True)
 
 
 @router.get("/models/{name}/versions/{version}", response_model=VersionInfo)

@@ -87,6 +87,21 @@ async def _run(
     return {"text": "".join(text), "finish_reason": finish, "tokens": tokens, "logprobs": logprobs}
 
 
+async def _complete_all(
+    stack: AsyncExitStack,
+    session: GenerationSession,
+    prompt_ids: list[int],
+    params: SamplingParams,
+    n: int,
+) -> tuple[list[dict[str, Any]], int]:
+    """``n`` completions generated concurrently; releases the model when done."""
+    async with stack:
+        results = await asyncio.gather(*(_run(session, prompt_ids, params) for _ in range(n)))
+        completion = sum(r["tokens"] for r in results)
+        session.record.completion_tokens = completion
+    return list(results), completion
+
+
 def _logprob_content(entries: list[TokenLogprob]) -> list[dict[str, Any]]:
     return [
         {
@@ -160,12 +175,7 @@ async def chat_completions(
     created = int(time.time())
     output_policy = _output_policy(request, session)
     if not body.stream:
-        async with stack:
-            results = await asyncio.gather(
-                *(_run(session, prompt_ids, params) for _ in range(body.n))
-            )
-            completion = sum(r["tokens"] for r in results)
-            session.record.completion_tokens = completion
+        results, completion = await _complete_all(stack, session, prompt_ids, params, body.n)
         choices = []
         for index, result in enumerate(results):
             choices.append(
@@ -265,12 +275,7 @@ async def completions(
         }
 
     if not body.stream:
-        async with stack:
-            results = await asyncio.gather(
-                *(_run(session, prompt_ids, params) for _ in range(body.n))
-            )
-            completion = sum(r["tokens"] for r in results)
-            session.record.completion_tokens = completion
+        results, completion = await _complete_all(stack, session, prompt_ids, params, body.n)
         return {
             "id": ident,
             "object": "text_completion",

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,9 +19,9 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from maas.api.admin import run_sync, version_ref
+from maas.api.admin import run_sync, spooled_upload, version_ref
 from maas.api.deps import KeyDep, RegistryDep, SettingsDep, actor, ensure_model_access, require_key
-from maas.errors import InvalidRequestError, PayloadTooLargeError, UnavailableError
+from maas.errors import InvalidRequestError, UnavailableError
 from maas.jobs.base import JOB_KINDS, SELFTEST_KIND
 from maas.jobs.datasets import (
     BUILTIN_SOURCES,
@@ -290,20 +288,9 @@ async def create_dataset(
             param="filename",
         )
     limit = settings.max_upload_bytes
-    fd, tmp_name = await run_sync(tempfile.mkstemp, dir=settings.tmp_dir, prefix="dataset-")
-    tmp = Path(tmp_name)
-    try:
-        received = 0
-        with os.fdopen(fd, "wb") as out:
-            async for chunk in request.stream():
-                received += len(chunk)
-                if received > limit:
-                    raise PayloadTooLargeError(
-                        f"upload exceeds the {limit} byte limit (MAAS_MAX_UPLOAD_BYTES)"
-                    )
-                out.write(chunk)
-        if received == 0:
-            raise InvalidRequestError("empty request body: send the dataset file", param="body")
+    async with spooled_upload(
+        request, settings, limit, "empty request body: send the dataset file"
+    ) as tmp:
         return await run_sync(
             import_dataset,
             registry,
@@ -314,8 +301,6 @@ async def create_dataset(
             description=description,
             created_by=actor(key),
         )
-    finally:
-        await run_sync(tmp.unlink, missing_ok=True)
 
 
 @router.get("/datasets", response_model=list[DatasetInfo])
