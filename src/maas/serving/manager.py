@@ -129,7 +129,7 @@ class ModelManager:
                     model_dir=path,
                     version=version,
                     executor=self._executor,
-                    torch_threads=self._settings.torch_threads,
+                    torch_threads=self._settings.effective_torch_threads,
                 )
             )
             await runtime.load()
