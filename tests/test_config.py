@@ -32,3 +32,11 @@ def test_home_expands_user(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
 def test_invalid_port_is_rejected() -> None:
     with pytest.raises(ValueError, match="port"):
         Settings(port=70000)
+
+
+def test_every_setting_is_documented() -> None:
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text()
+    missing = [
+        f"MAAS_{n.upper()}" for n in Settings.model_fields if f"`MAAS_{n.upper()}`" not in doc
+    ]
+    assert missing == [], "document these in docs/configuration.md"
