@@ -377,3 +377,31 @@ def test_a_failed_item_is_named_by_its_position_in_its_own_request() -> None:
     good, message = asyncio.run(scenario())
     assert good == [2, 4, 6]
     assert message == "input[1]: negative"
+
+
+def test_batches_overlap_up_to_the_concurrency_limit() -> None:
+    running = 0
+    peak = 0
+
+    async def handler(items: list[int]) -> list[int]:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.05)
+        running -= 1
+        return [i * 10 for i in items]
+
+    async def scenario(slots: int) -> list[int]:
+        batcher: AdaptiveBatcher[int, int] = AdaptiveBatcher(
+            handler, max_batch_size=2, max_wait_ms=0, max_concurrent_batches=slots
+        )
+        try:
+            return list(await asyncio.gather(*(batcher.submit(i) for i in range(8))))
+        finally:
+            await batcher.close()
+
+    assert asyncio.run(scenario(1)) == [i * 10 for i in range(8)]
+    assert peak == 1
+    peak = 0
+    assert asyncio.run(scenario(2)) == [i * 10 for i in range(8)]
+    assert peak == 2

@@ -19,6 +19,10 @@ Batching policy, per batch:
    anchored on arrival, items that already queued while the model was busy
    never wait again.
 
+Up to ``max_concurrent_batches`` batches run at once (the server uses one per
+compute thread): the next batch starts forming only when a slot is free, so
+items arriving while every slot computes join it rather than a batch of one.
+
 Results go back through each caller's own future, so responses never cross.
 Backpressure: past ``max_queue`` waiting items a submit fails at once with
 ``UnavailableError`` (HTTP 503) instead of growing latency without bound.
@@ -82,15 +86,20 @@ class AdaptiveBatcher(Generic[T, R]):
         max_batch_size: int = 32,
         max_wait_ms: float = 5.0,
         max_queue: int = 10_000,
+        max_concurrent_batches: int = 1,
         on_batch: Callable[[BatchStats], None] | None = None,
         name: str = "",
     ) -> None:
-        if max_batch_size < 1 or max_queue < 1 or max_wait_ms < 0:
-            raise ValueError("need max_batch_size >= 1, max_queue >= 1 and max_wait_ms >= 0")
+        if max_batch_size < 1 or max_queue < 1 or max_wait_ms < 0 or max_concurrent_batches < 1:
+            raise ValueError(
+                "need max_batch_size >= 1, max_queue >= 1, max_wait_ms >= 0 and "
+                "max_concurrent_batches >= 1"
+            )
         self.name = name
         self.max_batch_size = max_batch_size
         self.max_wait_seconds = max_wait_ms / 1000
         self.max_queue = max_queue
+        self.max_concurrent_batches = max_concurrent_batches
         self._handler = handler
         self._on_batch = on_batch
         self._who = f"model {name}" if name else "batcher"
@@ -186,21 +195,41 @@ class AdaptiveBatcher(Generic[T, R]):
             taken.append(self._queue.popitem(last=False)[1])
         return taken
 
+    async def _dispatch_in_slot(self, batch: list[_Item[T, R]], slots: asyncio.Semaphore) -> None:
+        try:
+            await self._dispatch(batch)
+        finally:
+            slots.release()
+
     async def _run(self) -> None:
         batch: list[_Item[T, R]] = []
+        slots = asyncio.Semaphore(self.max_concurrent_batches)
+        running: set[asyncio.Task[None]] = set()
         try:
             while True:
                 if not self._queue:
                     if self._closed:
+                        if running:
+                            await asyncio.gather(*running, return_exceptions=True)
                         return
                     self._arrived.clear()
                     await self._arrived.wait()
                     continue
+                # Wait for a free compute slot before forming the batch, so that
+                # items arriving meanwhile join it instead of a batch of their own.
+                await slots.acquire()
+                if not self._queue:
+                    slots.release()
+                    continue
                 batch = await self._collect()
-                await self._dispatch(batch)
+                task = asyncio.get_running_loop().create_task(self._dispatch_in_slot(batch, slots))
+                running.add(task)
+                task.add_done_callback(running.discard)
                 batch = []
         except BaseException:
             # Cancelled (loop shutdown, unload) or a bug: nobody may wait forever.
+            for task in running:
+                task.cancel()
             stranded = [*batch, *self._queue.values()]
             self._queue.clear()
             for item in stranded:

@@ -158,6 +158,8 @@ class ModelManager:
                     runtime.predict,
                     max_batch_size=self._settings.max_batch_size,
                     max_wait_ms=self._settings.max_wait_ms,
+                    # One batch per compute thread: while one computes, the next forms.
+                    max_concurrent_batches=self._settings.compute_threads,
                     on_batch=functools.partial(self._record, version.model),
                     name=key,
                 ),
