@@ -29,6 +29,7 @@ import asyncio
 import functools
 import itertools
 import logging
+import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -205,6 +206,13 @@ class GenerationEngine:
             manager = model.init_continuous_batching(
                 generation_config=generation_config, continuous_batching_config=cb_config
             )
+            # The decode loop runs one batch step at a time and should use every core
+            # (measured 1.3x tokens/s over one thread on 2 cores). torch's thread count
+            # is per thread, taken lazily from the last value set anywhere, so it is set
+            # here and not restored: the loop thread reads it at its first step.
+            import torch
+
+            torch.set_num_threads(len(os.sched_getaffinity(0)))
             manager.start()
             self._managers[kind] = manager
             return manager
