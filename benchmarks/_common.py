@@ -13,6 +13,7 @@ import resource
 import socket
 import statistics
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -20,8 +21,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
@@ -106,28 +105,11 @@ def has_mapped(pid: int, needle: str) -> bool:
 
 
 def make_onnx_file(path: Path) -> Path:
-    """The graph of ``tests/helpers.make_onnx_file``: y = x @ W + b, W (4, 3), x FP32 [batch, 4]."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    """The test suite's tiny graph (y = x @ W + b, W (4, 3), x FP32 [batch, 4]), one definition."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.helpers import make_onnx_file as build
 
-    weight = numpy_helper.from_array(np.arange(12, dtype=np.float32).reshape(4, 3), "W")
-    bias = numpy_helper.from_array(np.ones(3, dtype=np.float32), "b")
-    graph = helper.make_graph(
-        [
-            helper.make_node("MatMul", ["x", "W"], ["xw"]),
-            helper.make_node("Add", ["xw", "b"], ["y"]),
-        ],
-        "affine",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])],
-        initializer=[weight, bias],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(path))
-    return path
+    return build(path)
 
 
 # --------------------------------------------------------------------- server
