@@ -28,6 +28,25 @@ def _infer(client: TestClient, auth: dict[str, str], body: Any, path: str = "aff
     return client.post(f"/v2/models/{path}/infer", json=body, headers=auth)
 
 
+def _post_binary(
+    client: TestClient, auth: dict[str, str], model: str, name: str, shape: list[int], raw: bytes
+) -> Any:
+    """POST one BYTES input in the binary tensor extension's layout."""
+    tensor = {"name": name, "datatype": "BYTES", "shape": shape}
+    header = json.dumps(
+        {"inputs": [{**tensor, "parameters": {"binary_data_size": len(raw)}}]}
+    ).encode()
+    return client.post(
+        f"/v2/models/{model}/infer",
+        content=header + raw,
+        headers={**auth, "Inference-Header-Content-Length": str(len(header))},
+    )
+
+
+def _length_prefixed(items: list[bytes]) -> bytes:
+    return b"".join(struct.pack("<I", len(item)) + item for item in items)
+
+
 def _x(data: Any, shape: list[int], datatype: str = "FP32") -> dict[str, Any]:
     return {"inputs": [{"name": "x", "datatype": datatype, "shape": shape, "data": data}]}
 
@@ -214,23 +233,8 @@ def test_bytes_tensors_reach_an_embedding_model(
     for row, item in zip(vectors, via_openai, strict=True):
         np.testing.assert_allclose(row, item["embedding"], atol=1e-6)
     # binary BYTES: 4-byte little-endian length, then the UTF-8 bytes
-    raw = b"".join(struct.pack("<I", len(t.encode())) + t.encode() for t in texts)
-    header = json.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "text",
-                    "datatype": "BYTES",
-                    "shape": [2, 1],
-                    "parameters": {"binary_data_size": len(raw)},
-                }
-            ]
-        }
-    ).encode()
-    r = client.post(
-        "/v2/models/minilm/infer",
-        content=header + raw,
-        headers={**auth, "Inference-Header-Content-Length": str(len(header))},
+    r = _post_binary(
+        client, auth, "minilm", "text", [2, 1], _length_prefixed([t.encode() for t in texts])
     )
     assert r.status_code == 200, r.text
     np.testing.assert_allclose(
@@ -256,24 +260,7 @@ def test_png_bytes_reach_an_image_classifier(
         buf = io.BytesIO()
         Image.new("RGB", (40, 30), (shade, 128, 255 - shade)).save(buf, format="PNG")
         pngs.append(buf.getvalue())
-    raw = b"".join(struct.pack("<I", len(p)) + p for p in pngs)
-    header = json.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "image",
-                    "datatype": "BYTES",
-                    "shape": [2],
-                    "parameters": {"binary_data_size": len(raw)},
-                }
-            ]
-        }
-    ).encode()
-    r = client.post(
-        "/v2/models/digits/infer",
-        content=header + raw,
-        headers={**auth, "Inference-Header-Content-Length": str(len(header))},
-    )
+    r = _post_binary(client, auth, "digits", "image", [2], _length_prefixed(pngs))
     assert r.status_code == 200, r.text
     outputs = {o["name"]: o for o in r.json()["outputs"]}
     assert outputs["probabilities"]["shape"] == [2, 10]
@@ -283,23 +270,6 @@ def test_png_bytes_reach_an_image_classifier(
     labels = outputs["label"]["data"]
     assert labels == [f"digit-{int(np.argmax(row))}" for row in probs]
     # one undecodable image fails the request with a message naming the item
-    raw = struct.pack("<I", 4) + b"nope"
-    header = json.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "image",
-                    "datatype": "BYTES",
-                    "shape": [1],
-                    "parameters": {"binary_data_size": len(raw)},
-                }
-            ]
-        }
-    ).encode()
-    r = client.post(
-        "/v2/models/digits/infer",
-        content=header + raw,
-        headers={**auth, "Inference-Header-Content-Length": str(len(header))},
-    )
+    r = _post_binary(client, auth, "digits", "image", [1], _length_prefixed([b"nope"]))
     assert r.status_code == 400
     assert "input[0]" in r.json()["error"]

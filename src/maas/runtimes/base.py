@@ -82,3 +82,11 @@ class Runtime(ABC):
     @abstractmethod
     def memory_bytes(self) -> int:
         """Resident bytes attributable to this model (weights and caches)."""
+
+
+def module_bytes(module: Any) -> int:
+    """Bytes held by a torch module's parameters and buffers (0 when not loaded)."""
+    if module is None:
+        return 0
+    tensors = [*module.parameters(), *module.buffers()]
+    return int(sum(t.numel() * t.element_size() for t in tensors))

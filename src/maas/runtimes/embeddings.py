@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from maas.errors import InvalidRequestError
-from maas.runtimes.base import Runtime, TensorSpec
+from maas.runtimes.base import Runtime, TensorSpec, module_bytes
 
 EmbeddingInput = str | list[int]
 
@@ -130,8 +130,4 @@ class HFEmbeddingRuntime(Runtime):
         return [TensorSpec("embedding", "FP32", [-1, self._dim])]
 
     def memory_bytes(self) -> int:
-        if self._model is None:
-            return 0
-        params = sum(p.numel() * p.element_size() for p in self._model.parameters())
-        buffers = sum(b.numel() * b.element_size() for b in self._model.buffers())
-        return int(params + buffers)
+        return module_bytes(self._model)

@@ -36,7 +36,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from maas.errors import InvalidRequestError
-from maas.runtimes.base import Runtime, TensorSpec
+from maas.runtimes.base import Runtime, TensorSpec, module_bytes
 
 PREPROCESSOR_CONFIG = "preprocessor_config.json"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -354,11 +354,7 @@ class HFImageClassificationRuntime(Runtime):
         ]
 
     def memory_bytes(self) -> int:
-        if self._model is None:
-            return 0
-        params = sum(p.numel() * p.element_size() for p in self._model.parameters())
-        buffers = sum(b.numel() * b.element_size() for b in self._model.buffers())
-        return int(params + buffers)
+        return module_bytes(self._model)
 
 
 def _read_preprocessor_config(root: Path) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from maas.errors import UnavailableError
-from maas.runtimes.base import Runtime, TensorSpec
+from maas.runtimes.base import Runtime, TensorSpec, module_bytes
 from maas.runtimes.explain import Explanation, explain_classification
 
 
@@ -90,6 +90,4 @@ class HFTextClassificationRuntime(Runtime):
         ]
 
     def memory_bytes(self) -> int:
-        if self._model is None:
-            return 0
-        return int(sum(p.numel() * p.element_size() for p in self._model.parameters()))
+        return module_bytes(self._model)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from maas.errors import InvalidRequestError
-from maas.runtimes.base import Runtime, TensorSpec
+from maas.runtimes.base import Runtime, TensorSpec, module_bytes
 
 
 class HFTextGenerationRuntime(Runtime):
@@ -102,8 +102,4 @@ class HFTextGenerationRuntime(Runtime):
         return [TensorSpec("text", "BYTES", [-1])]
 
     def memory_bytes(self) -> int:
-        if self.model is None:
-            return 0
-        params = sum(p.numel() * p.element_size() for p in self.model.parameters())
-        buffers = sum(b.numel() * b.element_size() for b in self.model.buffers())
-        return int(params + buffers)
+        return module_bytes(self.model)
