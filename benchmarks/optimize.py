@@ -42,7 +42,7 @@ from typing import Any
 
 from _common import SENTENCES
 
-from maas.jobs import optimize, train
+from maas.jobs import distill, optimize, train
 from maas.jobs.base import JobContext
 
 POSITIVE = ("great", "wonderful", "excellent", "pleasant", "helpful", "reliable")
@@ -161,7 +161,7 @@ def main(argv: list[str]) -> int:
         ("quantize-torch", optimize.quantize, {**common, "method": "torch-int8"}, "torch int8"),
         (
             "distill",
-            optimize.distill,
+            distill.distill,
             {
                 "teacher": "teacher",
                 "dataset": "reviews",

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from maas.errors import InvalidRequestError, MaasError
-from maas.jobs import optimize
+from maas.jobs import distill, optimize, prune
 from maas.jobs.evaluate import HFTextPredictor, OnnxTextPredictor
 from maas.registry.formats import detect_format
 from tests.jobs.ml_fixtures import make_ctx
@@ -140,7 +140,7 @@ def test_ffn_pruning_makes_a_smaller_model_that_reloads(
         },
         refs,
     )
-    out = optimize.prune(ctx)
+    out = prune.prune(ctx)
 
     assert out.format == "hf" and out.params["intermediate_size"] == 32  # of 64
     reloaded = AutoModelForSequenceClassification.from_pretrained(str(ctx.output_dir))
@@ -164,7 +164,7 @@ def test_pruning_keeps_the_neurons_with_the_largest_weights(tiny_classifier_dir:
     score = up.abs().sum(dim=1) + down.abs().sum(dim=0)
     expected = torch.sort(torch.topk(score, 16).indices).values
 
-    assert optimize.prune_ffn(model, 0.75) == 16
+    assert prune.prune_ffn(model, 0.75) == 16
     assert torch.equal(layer.intermediate.dense.weight, up[expected])
     assert torch.equal(layer.output.dense.weight, down[:, expected])
 
@@ -176,7 +176,7 @@ def test_head_pruning_exports_a_smaller_onnx_graph(
     ctx = make_ctx(
         tmp_path, "prune", {"model": "clf", "heads_fraction": 0.5, "latency_runs": 1}, refs
     )
-    out = optimize.prune(ctx)
+    out = prune.prune(ctx)
 
     assert out.format == "onnx" and out.params["attention_heads_per_layer"] == 2  # of 4
     assert_servable_onnx_classifier(ctx.output_dir)
@@ -190,16 +190,16 @@ def test_head_pruning_exports_a_smaller_onnx_graph(
 def test_head_pruning_refuses_the_hf_format(tmp_path: Path, refs: dict[str, Path]) -> None:
     ctx = make_ctx(tmp_path, "prune", {"model": "clf", "heads_fraction": 0.5, "format": "hf"}, refs)
     with pytest.raises(InvalidRequestError, match="use format onnx"):
-        optimize.prune(ctx)
+        prune.prune(ctx)
 
 
 def test_student_is_initialised_from_evenly_spaced_teacher_layers(tiny_bert_dir: Path) -> None:
     from transformers import AutoModelForSequenceClassification
 
-    assert optimize.student_layer_indices(6, 3) == [0, 2, 5]
-    assert optimize.student_layer_indices(12, 2) == [0, 11]
+    assert distill.student_layer_indices(6, 3) == [0, 2, 5]
+    assert distill.student_layer_indices(12, 2) == [0, 11]
     teacher = AutoModelForSequenceClassification.from_pretrained(str(tiny_bert_dir))
-    student, chosen = optimize.make_student(teacher, 1)
+    student, chosen = distill.make_student(teacher, 1)
     assert chosen == [1] and student.config.num_hidden_layers == 1
     for name, value in student.bert.encoder.layer[0].state_dict().items():
         assert torch.equal(value, teacher.bert.encoder.layer[1].state_dict()[name])
@@ -227,7 +227,7 @@ def test_distilled_student_has_fewer_layers_and_trains(
         },
         refs,
     )
-    out = optimize.distill(ctx)
+    out = distill.distill(ctx)
 
     student = AutoModelForSequenceClassification.from_pretrained(str(ctx.output_dir))
     assert student.config.num_hidden_layers == 1
@@ -255,7 +255,7 @@ def test_a_registered_student_is_distilled_with_the_teachers_labels(
         },
         {**refs, "fresh": tiny_bert_dir},
     )
-    out = optimize.distill(ctx)
+    out = distill.distill(ctx)
     assert out.params["student"] == "fresh" and out.params["teacher_layers"] == []
     assert out.params["steps"] == 8
     config = json.loads((ctx.output_dir / "config.json").read_text())

@@ -47,8 +47,8 @@ KIND_TARGETS = {
     "train": "maas.jobs.train:run",
     "evaluate": "maas.jobs.evaluate:run",
     "quantize": "maas.jobs.optimize:quantize",
-    "prune": "maas.jobs.optimize:prune",
-    "distill": "maas.jobs.optimize:distill",
+    "prune": "maas.jobs.prune:prune",
+    "distill": "maas.jobs.distill:distill",
     "export": "maas.jobs.optimize:export",
 }
 # A job without ML that exercises the runner end to end (copies a version).
