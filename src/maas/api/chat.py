@@ -24,7 +24,7 @@ from maas.api.openai import get_dataplane
 from maas.api.schemas.chat import ChatCompletionRequest, CompletionRequest
 from maas.errors import InvalidRequestError, MaasError
 from maas.security.keys import KeyInfo
-from maas.security.pii import PiiPolicy, apply_output, strictest
+from maas.security.pii import PiiPolicy, apply_output
 from maas.serving.dataplane import DataPlane, GenerationSession
 from maas.serving.generation import Chunk, SamplingParams, TokenLogprob
 
@@ -67,8 +67,7 @@ async def _check_tpm(request: Request, needed: int) -> None:
 
 
 def _output_policy(request: Request, session: GenerationSession) -> PiiPolicy:
-    tagged = session.version.tags.get("pii_policy")
-    return strictest(key_pii_policy(request), PiiPolicy.parse(str(tagged)) if tagged else None)
+    return DataPlane.pii_policy(session.version, key_pii_policy(request))
 
 
 async def _run(

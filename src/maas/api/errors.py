@@ -35,6 +35,29 @@ _CODES = {
 }
 
 
+def error_payload(
+    path: str,
+    status: int,
+    message: str,
+    *,
+    code: str | None = None,
+    type_: str | None = None,
+    param: str | None = None,
+) -> dict[str, Any]:
+    """The one error shape: V2's ``{"error": "..."}`` under /v2, OpenAI's elsewhere."""
+    if path.startswith("/v2"):
+        return {"error": message}
+    default_code, default_type = _CODES.get(status, ("internal_error", "server_error"))
+    return {
+        "error": {
+            "message": message,
+            "type": type_ or default_type,
+            "param": param,
+            "code": code or default_code,
+        }
+    }
+
+
 def error_response(
     request: Request,
     status: int,
@@ -45,17 +68,7 @@ def error_response(
     param: str | None = None,
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
-    if request.url.path.startswith("/v2"):
-        return JSONResponse({"error": message}, status_code=status, headers=headers)
-    default_code, default_type = _CODES.get(status, ("internal_error", "server_error"))
-    body: dict[str, Any] = {
-        "error": {
-            "message": message,
-            "type": type_ or default_type,
-            "param": param,
-            "code": code or default_code,
-        }
-    }
+    body = error_payload(request.url.path, status, message, code=code, type_=type_, param=param)
     return JSONResponse(body, status_code=status, headers=headers)
 
 

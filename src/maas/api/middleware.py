@@ -24,9 +24,11 @@ from typing import Any
 import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from maas.api.errors import error_payload
 from maas.config import Settings
 from maas.errors import PayloadTooLargeError
 from maas.security.keys import KeyInfo
+from maas.security.usage import UsageEvent
 from maas.serving.dataplane import ServedRequest, current_request
 
 log = logging.getLogger(__name__)
@@ -53,14 +55,6 @@ SECURITY_HEADERS: list[tuple[bytes, bytes]] = [
 # scripts and styles, so they get no CSP from here.
 _API_CSP = (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'")
 _DOCS = ("/docs", "/redoc")
-
-
-def _error_body(path: str, status: int, message: str, code: str) -> bytes:
-    if path.startswith("/v2"):
-        return json.dumps({"error": message}).encode()
-    kind = "invalid_request_error" if status < 500 else "server_error"
-    body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
-    return json.dumps(body).encode()
 
 
 class TrustMiddleware:
@@ -141,8 +135,6 @@ class TrustMiddleware:
     async def _meter(
         self, scope: Scope, record: ServedRequest, status: int, received: int, sent: int
     ) -> None:
-        from maas.security.usage import UsageEvent
-
         app_state = scope["app"].state
         key: KeyInfo | None = scope.get("state", {}).get("key")
         if key is None:
@@ -187,7 +179,7 @@ def _content_length(scope: Scope) -> int | None:
 async def _send_error(
     send: Send, path: str, status: int, message: str, code: str = "payload_too_large"
 ) -> None:
-    body = _error_body(path, status, message, code)
+    body = json.dumps(error_payload(path, status, message, code=code)).encode()
     headers: list[Any] = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),

@@ -17,9 +17,8 @@ from fastapi.responses import JSONResponse
 
 from maas import __version__
 from maas.api.admin import version_ref
-from maas.api.deps import RegistryDep, SettingsDep, key_pii_policy, require_key
-from maas.config import Settings
-from maas.errors import InvalidRequestError, MaasError, PayloadTooLargeError
+from maas.api.deps import RegistryDep, key_pii_policy, require_key
+from maas.errors import InvalidRequestError, MaasError
 from maas.serving.dataplane import DataPlane
 from maas.serving.v2codec import decode_request, encode_response, select_outputs
 
@@ -101,20 +100,6 @@ async def version_ready(model: str, version: str, dataplane: DataPlaneDep) -> JS
     return await _ready(dataplane, version_ref(model, version))
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLargeError(f"request body of {declared} bytes exceeds {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLargeError(f"request body exceeds {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def _header_length(request: Request) -> int | None:
     raw = request.headers.get(HEADER_LENGTH)
     if raw is None:
@@ -124,10 +109,9 @@ def _header_length(request: Request) -> int | None:
     return int(raw)
 
 
-async def _infer(
-    request: Request, dataplane: DataPlane, settings: Settings, model: str, ref: str
-) -> Response:
-    body = await _read_body(request, settings.max_request_bytes)
+async def _infer(request: Request, dataplane: DataPlane, model: str, ref: str) -> Response:
+    # The size limit (MAAS_MAX_REQUEST_BYTES) is enforced for every route by TrustMiddleware.
+    body = await request.body()
     decoded = decode_request(body, _header_length(request))
     tensors = {tensor.name: tensor.data for tensor in decoded.inputs}
     result = await dataplane.infer(ref, tensors, pii=key_pii_policy(request))
@@ -152,14 +136,12 @@ async def _infer(
 
 
 @router.post("/models/{model}/infer")
-async def model_infer(
-    model: str, request: Request, dataplane: DataPlaneDep, settings: SettingsDep
-) -> Response:
-    return await _infer(request, dataplane, settings, model, model)
+async def model_infer(model: str, request: Request, dataplane: DataPlaneDep) -> Response:
+    return await _infer(request, dataplane, model, model)
 
 
 @router.post("/models/{model}/versions/{version}/infer")
 async def version_infer(
-    model: str, version: str, request: Request, dataplane: DataPlaneDep, settings: SettingsDep
+    model: str, version: str, request: Request, dataplane: DataPlaneDep
 ) -> Response:
-    return await _infer(request, dataplane, settings, model, version_ref(model, version))
+    return await _infer(request, dataplane, model, version_ref(model, version))

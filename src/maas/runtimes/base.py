@@ -90,3 +90,15 @@ def module_bytes(module: Any) -> int:
         return 0
     tensors = [*module.parameters(), *module.buffers()]
     return int(sum(t.numel() * t.element_size() for t in tensors))
+
+
+def sequence_limit(max_positions: int | None, tokenizer: Any, default: int) -> int:
+    """Most tokens a model reads: its position table or its tokenizer's limit, the smaller.
+
+    Tokenizers without a real limit report a huge sentinel (about 1e30), which is ignored.
+    """
+    limits = [max_positions] if max_positions else []
+    tok_max = getattr(tokenizer, "model_max_length", None)
+    if isinstance(tok_max, int) and 0 < tok_max < 1_000_000:
+        limits.append(tok_max)
+    return min(limits) if limits else default

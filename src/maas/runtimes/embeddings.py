@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from maas.errors import InvalidRequestError
-from maas.runtimes.base import Runtime, TensorSpec, module_bytes
+from maas.runtimes.base import Runtime, TensorSpec, module_bytes, sequence_limit
 
 EmbeddingInput = str | list[int]
 
@@ -53,11 +53,8 @@ class HFEmbeddingRuntime(Runtime):
         config = model.config
         self._dim = int(config.hidden_size)
         self._vocab_size = int(config.vocab_size)
-        limits = [int(config.max_position_embeddings)]
-        tok_max = getattr(self._tokenizer, "model_max_length", None)
-        if isinstance(tok_max, int) and tok_max < 100_000:
-            limits.append(tok_max)
-        self._max_length = min(limits)
+        positions = int(config.max_position_embeddings)
+        self._max_length = sequence_limit(positions, self._tokenizer, positions)
         self._embed_sync(["warm up"])  # first forward allocates; keep it out of requests
 
     async def unload(self) -> None:

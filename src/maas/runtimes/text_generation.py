@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from maas.errors import InvalidRequestError
-from maas.runtimes.base import Runtime, TensorSpec, module_bytes
+from maas.runtimes.base import Runtime, TensorSpec, module_bytes, sequence_limit
 
 
 class HFTextGenerationRuntime(Runtime):
@@ -43,11 +43,8 @@ class HFTextGenerationRuntime(Runtime):
         model.eval()
         self.model = model
         config = model.config
-        limits = [int(getattr(config, "max_position_embeddings", 0) or 0)]
-        tok_max = getattr(self.tokenizer, "model_max_length", None)
-        if isinstance(tok_max, int) and 0 < tok_max < 1_000_000:
-            limits.append(tok_max)
-        self.context_length = min(x for x in limits if x > 0) if any(limits) else 2048
+        positions = int(getattr(config, "max_position_embeddings", 0) or 0)
+        self.context_length = sequence_limit(positions, self.tokenizer, 2048)
         eos: set[int] = set()
         for source in (model.generation_config.eos_token_id, config.eos_token_id):
             if isinstance(source, int):

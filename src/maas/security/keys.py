@@ -215,8 +215,6 @@ class KeyStore:
                     **changes,
                 }
             )
-            if "expires_at" in changes and changes["expires_at"] is None:
-                merged.expires_at = None
             validate_policy(merged)
             for column, value in self._policy_columns(merged).items():
                 setattr(row, column, value)

@@ -150,6 +150,12 @@ class DataPlane:
 
     # --------------------------------------------------------------- embeddings
 
+    @staticmethod
+    def pii_policy(version: VersionInfo, caller: PiiPolicy | None) -> PiiPolicy:
+        """The caller's (key's) policy combined with the model's ``pii_policy`` tag: strictest."""
+        tagged = version.tags.get("pii_policy")
+        return strictest(caller, PiiPolicy.parse(str(tagged)) if tagged else None)
+
     async def screen(
         self, version: VersionInfo, texts: list[str], policy: PiiPolicy | None
     ) -> list[str]:
@@ -158,8 +164,7 @@ class DataPlane:
         Long inputs are scanned on a worker thread: the regexes are cheap per
         sentence but a 2048-item request should not hold the event loop.
         """
-        tagged = version.tags.get("pii_policy")
-        effective = strictest(policy, PiiPolicy.parse(str(tagged)) if tagged else None)
+        effective = self.pii_policy(version, policy)
         if not effective.applies_to_input:
             return texts
         if sum(len(t) for t in texts) < 4096:

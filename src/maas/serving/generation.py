@@ -312,7 +312,12 @@ class GenerationEngine:
     ) -> AsyncIterator[tuple[list[int], list[TokenLogprob], str | None]]:
         greedy = params.temperature == 0
         loop = asyncio.get_running_loop()
-        manager = await loop.run_in_executor(None, self._manager, "greedy" if greedy else "sample")
+        kind = "greedy" if greedy else "sample"
+        # Started once, on a thread (creating a manager allocates its KV cache); after
+        # that, requests take it without a thread hop.
+        manager: Any = self._managers.get(kind)
+        if manager is None:
+            manager = await loop.run_in_executor(None, self._manager, kind)
         request_id = f"maas-{next(_ids)}"
         outputs: asyncio.Queue[Any] = asyncio.Queue()
         manager.register_result_handler(request_id, outputs.put_nowait)
