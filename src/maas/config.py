@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import os
 import string
 from pathlib import Path
@@ -36,6 +37,13 @@ class Settings(BaseSettings):
     )
     host: str = Field(default="127.0.0.1", description="Address the server binds to.")
     port: int = Field(default=8000, ge=1, le=65535, description="Port the server binds to.")
+    auth: bool = Field(
+        default=True,
+        description="The trust layer: API keys, scopes, rate limits, quotas and usage metering. "
+        "MAAS_AUTH=off serves every request without a key and meters nothing; it is for "
+        "benchmarks and local experiments, and is refused unless the server binds to a "
+        "loopback address.",
+    )
     max_upload_bytes: int = Field(
         default=20 * GIB,
         gt=0,
@@ -169,6 +177,19 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _auth_off_only_on_loopback(self) -> Settings:
+        self.check_auth_bind()
+        return self
+
+    def check_auth_bind(self) -> None:
+        """Refuse the trust layer off on anything but a loopback bind (a ValueError)."""
+        if not self.auth and not is_loopback(self.host):
+            raise ValueError(
+                f"MAAS_AUTH=off serves every request without a key; it is allowed only on a "
+                f"loopback address (127.0.0.1, ::1, localhost), not on {self.host!r}"
+            )
+
+    @model_validator(mode="after")
     def _one_master_key_source(self) -> Settings:
         if self.master_key is not None and self.master_key_file is not None:
             raise ValueError("set MAAS_MASTER_KEY or MAAS_MASTER_KEY_FILE, not both")
@@ -239,6 +260,15 @@ class Settings(BaseSettings):
 
 
 MASTER_KEY_BYTES = 32
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def decode_master_key(text: str, *, source: str = "master key") -> bytes:

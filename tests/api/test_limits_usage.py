@@ -145,3 +145,15 @@ def test_rate_limiter_backends(backend: str) -> None:
             await limiter.close()
 
     asyncio.run(scenario())
+
+
+def test_model_listings_do_not_count_against_the_requests_per_minute(
+    client: TestClient, auth: dict[str, str], affine: str
+) -> None:
+    # An openai client lists models on its own; discovery must not use up the minute.
+    _, key = _key(client, auth, rpm_limit=2, scopes=["infer"])
+    for _ in range(5):
+        assert client.get("/v1/models", headers=key).status_code == 200
+        assert client.get("/v2/models/affine", headers=key).status_code == 200
+    statuses = [client.post("/v2/models/affine/infer", json=X, headers=key) for _ in range(3)]
+    assert [r.status_code for r in statuses] == [200, 200, 429]

@@ -15,7 +15,7 @@ import anyio.to_thread
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 
-from maas.api.deps import KeyDep, RegistryDep, SettingsDep, actor, require_key
+from maas.api.deps import AdmittedDep, KeyDep, RegistryDep, SettingsDep, actor, require_key
 from maas.api.schemas.admin import (
     AliasInfo,
     CreateModelRequest,
@@ -89,11 +89,11 @@ def _json_param(raw: str | None, param: str) -> dict[str, Any]:
 
 @router.get("/models", response_model=list[ModelInfo])
 async def list_models(
-    registry: RegistryDep, key: KeyDep, task: str | None = None
+    registry: RegistryDep, admitted: AdmittedDep, task: str | None = None
 ) -> list[ModelInfo]:
     """Models this key may see (its allowlist applies)."""
     models = await run_sync(registry.list_models, task=task)
-    return [m for m in models if key.allows_model(m.name)]
+    return [m for m in models if admitted.allows_model(m.name)]
 
 
 @router.post("/models", response_model=ModelInfo, status_code=201)
@@ -191,6 +191,7 @@ async def upload_version(
             tmp,
             name,
             filename=filename,
+            content_type=request.headers.get("content-type"),
             task=task,
             description=description,
             parent=parent,

@@ -30,6 +30,7 @@ from maas.api.middleware import TrustMiddleware
 from maas.config import Settings
 from maas.jobs.runner import JobRunner
 from maas.registry.store import Registry
+from maas.security.admission import Admission
 from maas.security.audit import AuditLog
 from maas.security.keys import KeyStore
 from maas.security.limits import RATE_WORDS, RateLimiter
@@ -43,6 +44,7 @@ log = logging.getLogger("maas")
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    settings.check_auth_bind()  # settings changed in code (model_copy) skip the validators
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -63,6 +65,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.dataplane = DataPlane(registry, manager, serving_metrics)
         app.state.limiter = RateLimiter(settings.redis_url)
         app.state.usage = UsageRecorder(registry.db, watts=settings.energy_watts)
+        admission = Admission(keys, app.state.limiter, app.state.usage, enabled=settings.auth)
+        await admission.start()
+        app.state.admission = admission
         runner = JobRunner(registry, settings)
         await runner.start()
         app.state.jobs = runner
@@ -70,6 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await runner.close()
+            await admission.close()
             await manager.close()
             await app.state.usage.close()
             await app.state.limiter.close()

@@ -19,12 +19,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
-from maas.api.deps import ensure_model_access, key_pii_policy, require_key
+from maas.api.deps import CtxDep, get_admission, require_key
 from maas.api.openai import get_dataplane
 from maas.api.schemas.chat import ChatCompletionRequest, CompletionRequest
 from maas.errors import InvalidRequestError, MaasError
-from maas.security.keys import KeyInfo
+from maas.registry.refs import model_name
 from maas.security.pii import PiiPolicy, apply_output
+from maas.serving.context import RequestContext
 from maas.serving.dataplane import DataPlane, GenerationSession
 from maas.serving.generation import Chunk, SamplingParams, TokenLogprob
 
@@ -59,15 +60,8 @@ def _params(
     )
 
 
-async def _check_tpm(request: Request, needed: int) -> None:
-    """Pre-check the key's TPM window for what this request may use (prompt + max_tokens)."""
-    key: KeyInfo | None = getattr(request.state, "key", None)
-    if key is not None and key.tpm_limit is not None:
-        await request.app.state.limiter.check_tokens(key.id, key.tpm_limit, needed)
-
-
-def _output_policy(request: Request, session: GenerationSession) -> PiiPolicy:
-    return DataPlane.pii_policy(session.version, key_pii_policy(request))
+def _output_policy(ctx: RequestContext, session: GenerationSession) -> PiiPolicy:
+    return DataPlane.pii_policy(session.version, ctx.pii)
 
 
 async def _run(
@@ -122,6 +116,7 @@ def _sse(payload: dict[str, Any] | str) -> bytes:
 
 async def _prepare(
     request: Request,
+    ctx: RequestContext,
     dataplane: DataPlane,
     route: str,
     model: str,
@@ -131,16 +126,18 @@ async def _prepare(
     body: ChatCompletionRequest | CompletionRequest,
 ) -> tuple[AsyncExitStack, GenerationSession, list[int], SamplingParams]:
     """Everything that may fail with a status code, before any byte is sent."""
-    ensure_model_access(request, model)
+    ctx.ensure_model(model_name(model))
     stack = AsyncExitStack()
     try:
-        session = await stack.enter_async_context(dataplane.generation(model, route))
+        session = await stack.enter_async_context(dataplane.generation(ctx, model, route))
         prompt_ids: list[int] = await encode(session)
         params = _params(
             body, max_tokens, len(prompt_ids), session.runtime.context_length, top_logprobs
         )
         session.engine.check_context(len(prompt_ids), params.max_tokens)
-        await _check_tpm(request, len(prompt_ids) + params.max_tokens * body.n)
+        # Pre-check the TPM window for what this request may use (prompt + max_tokens).
+        needed = len(prompt_ids) + params.max_tokens * body.n
+        await get_admission(request).check_tokens(ctx.admitted, needed)
         session.record.prompt_tokens = len(prompt_ids)
         session.record.items = body.n
     except BaseException:
@@ -151,7 +148,7 @@ async def _prepare(
 
 @router.post("/chat/completions", response_model=None)
 async def chat_completions(
-    request: Request, body: ChatCompletionRequest, dataplane: DataPlaneDep
+    request: Request, body: ChatCompletionRequest, ctx: CtxDep, dataplane: DataPlaneDep
 ) -> dict[str, Any] | StreamingResponse:
     _refuse_unsupported(body.unsupported())
     max_tokens = body.max_completion_tokens or body.max_tokens
@@ -159,20 +156,18 @@ async def chat_completions(
 
     async def encode(session: GenerationSession) -> list[int]:
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-        texts = await dataplane.screen(
-            session.version, [m["content"] for m in messages], key_pii_policy(request)
-        )
+        texts = await dataplane.screen(session.version, [m["content"] for m in messages], ctx.pii)
         for message, text in zip(messages, texts, strict=True):
             message["content"] = text
         ids: list[int] = session.runtime.encode_chat(messages)
         return ids
 
     stack, session, prompt_ids, params = await _prepare(
-        request, dataplane, "chat", body.model, encode, max_tokens, top, body
+        request, ctx, dataplane, "chat", body.model, encode, max_tokens, top, body
     )
     ident = f"chatcmpl-{secrets.token_hex(12)}"
     created = int(time.time())
-    output_policy = _output_policy(request, session)
+    output_policy = _output_policy(ctx, session)
     if not body.stream:
         results, completion = await _complete_all(stack, session, prompt_ids, params, body.n)
         choices = []
@@ -246,25 +241,25 @@ async def chat_completions(
 
 @router.post("/completions", response_model=None)
 async def completions(
-    request: Request, body: CompletionRequest, dataplane: DataPlaneDep
+    request: Request, body: CompletionRequest, ctx: CtxDep, dataplane: DataPlaneDep
 ) -> dict[str, Any] | StreamingResponse:
     _refuse_unsupported(body.unsupported())
     prompt = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
     top = body.logprobs
 
     async def encode(session: GenerationSession) -> list[int]:
-        (text,) = await dataplane.screen(session.version, [prompt], key_pii_policy(request))
+        (text,) = await dataplane.screen(session.version, [prompt], ctx.pii)
         ids: list[int] = session.runtime.encode_text(text)
         if not ids:
             raise InvalidRequestError("prompt must not be empty", param="prompt")
         return ids
 
     stack, session, prompt_ids, params = await _prepare(
-        request, dataplane, "completions", body.model, encode, body.max_tokens, top, body
+        request, ctx, dataplane, "completions", body.model, encode, body.max_tokens, top, body
     )
     ident = f"cmpl-{secrets.token_hex(12)}"
     created = int(time.time())
-    output_policy = _output_policy(request, session)
+    output_policy = _output_policy(ctx, session)
 
     def legacy_logprobs(entries: list[TokenLogprob]) -> dict[str, Any]:
         return {

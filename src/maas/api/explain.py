@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
 
-from maas.api.deps import ensure_model_access, key_pii_policy, require_key
+from maas.api.deps import CtxDep, require_key
 from maas.api.openai import get_dataplane
+from maas.registry.refs import model_name
 from maas.runtimes.explain import DEFAULT_STEPS, MAX_STEPS, METHOD
 from maas.serving.dataplane import DataPlane
 from maas.serving.explain import explain_text
@@ -71,18 +72,13 @@ class ExplanationResponse(BaseModel):
 
 @router.post("/explain")
 async def create_explanation(
-    request: Request,
     body: ExplainRequest,
+    ctx: CtxDep,
     dataplane: Annotated[DataPlane, Depends(get_dataplane)],
 ) -> ExplanationResponse:
-    ensure_model_access(request, body.model)
+    ctx.ensure_model(model_name(body.model))
     version, explanation = await explain_text(
-        dataplane,
-        body.model,
-        body.input,
-        target=body.target,
-        steps=body.steps,
-        pii=key_pii_policy(request),
+        dataplane, ctx, body.model, body.input, target=body.target, steps=body.steps
     )
     return ExplanationResponse(
         model=version.model,

@@ -20,7 +20,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Str
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from maas.api.admin import run_sync, spooled_upload, version_ref
-from maas.api.deps import KeyDep, RegistryDep, SettingsDep, actor, ensure_model_access, require_key
+from maas.api.deps import AdmittedDep, KeyDep, RegistryDep, SettingsDep, actor, require_key
 from maas.errors import InvalidRequestError, UnavailableError
 from maas.jobs.base import JOB_KINDS, SELFTEST_KIND
 from maas.jobs.datasets import (
@@ -33,7 +33,7 @@ from maas.jobs.datasets import (
 )
 from maas.jobs.gates import PromotionResult, lineage, promote
 from maas.jobs.runner import JobInfo, JobRunner
-from maas.registry.refs import validate_model_name
+from maas.registry.refs import model_name, validate_model_name
 from maas.registry.schemas import VersionInfo
 
 router = APIRouter(prefix="/admin/v1", tags=["jobs"], dependencies=[Depends(require_key)])
@@ -77,7 +77,9 @@ class PromoteRequest(BaseModel):
 
 
 @router.post("/jobs", response_model=JobInfo, status_code=201)
-async def create_job(body: JobRequest, request: Request, runner: RunnerDep, key: KeyDep) -> JobInfo:
+async def create_job(
+    body: JobRequest, runner: RunnerDep, key: KeyDep, admitted: AdmittedDep
+) -> JobInfo:
     """Queue a job; it runs in a subprocess when a slot is free."""
     if body.kind not in (*JOB_KINDS, SELFTEST_KIND):
         raise InvalidRequestError(
@@ -87,7 +89,7 @@ async def create_job(body: JobRequest, request: Request, runner: RunnerDep, key:
     for name in REF_KEYS:
         value = body.spec.get(name)
         if isinstance(value, str) and value:
-            ensure_model_access(request, value)
+            admitted.ensure_model(model_name(value))
     return await run_sync(
         runner.submit, body.kind, body.spec, seed=body.seed, created_by=actor(key)
     )
@@ -225,6 +227,7 @@ async def create_dataset(
     registry: RegistryDep,
     settings: SettingsDep,
     key: KeyDep,
+    admitted: AdmittedDep,
     name: str,
     source: Annotated[str | None, Query(description="a built-in: sklearn:digits")] = None,
     filename: Annotated[str | None, Query(description="the uploaded file's name")] = None,
@@ -245,7 +248,7 @@ async def create_dataset(
 ) -> DatasetInfo:
     """Import a dataset as the next version of ``name`` (stored like a model version)."""
     validate_model_name(name)
-    ensure_model_access(request, name)
+    admitted.ensure_model(name)
     mapping = None
     if label_map is not None:
         try:
@@ -304,10 +307,10 @@ async def create_dataset(
 
 
 @router.get("/datasets", response_model=list[DatasetInfo])
-async def get_datasets(registry: RegistryDep, key: KeyDep) -> list[DatasetInfo]:
+async def get_datasets(registry: RegistryDep, admitted: AdmittedDep) -> list[DatasetInfo]:
     """The newest version of every dataset this key may see."""
     found = await run_sync(list_datasets, registry)
-    return [d for d in found if key.allows_model(d.name)]
+    return [d for d in found if admitted.allows_model(d.name)]
 
 
 @router.get("/datasets/{name}", response_model=DatasetInfo)

@@ -2,15 +2,14 @@
 
 For every request: a body size limit (413 before the handler reads past it),
 a time limit to the first response byte (504), security headers, and the
-``x-ratelimit-*`` headers the authorization step computed. For inference
-requests it also opens the ``ServedRequest`` the data plane fills in and, once
-the response is sent, hands a usage record to the recorder and accounts the
-tokens against the key's TPM window. Nothing here blocks: the usage write is
-batched elsewhere.
+``x-ratelimit-*`` headers admission computed. Once the response of a metered
+(inference) request is sent, it settles it with admission: a usage record built
+from the request's ``RequestContext`` (queued, written in batches elsewhere) and
+the tokens used against the key's TPM window. Which requests are metered is
+admission's decision, taken from the route table, not a path pattern here.
 
 Pure ASGI rather than ``BaseHTTPMiddleware``: it streams bodies through
-untouched and runs the app in the same task, so the context variable it sets
-is the one the handler sees.
+untouched and runs the app in the same task.
 """
 
 from __future__ import annotations
@@ -27,9 +26,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from maas.api.errors import error_payload
 from maas.config import Settings
 from maas.errors import PayloadTooLargeError
-from maas.security.keys import KeyInfo
+from maas.registry.refs import model_name
+from maas.security.admission import Admitted
 from maas.security.usage import UsageEvent
-from maas.serving.dataplane import ServedRequest, current_request
+from maas.serving.context import RequestContext
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +40,6 @@ _REPORT = re.compile(r"^/admin/v1/jobs/[^/]+/report$")
 _REPORT_CSP = (
     b"content-security-policy",
     b"default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'none'",
-)
-_METERED = re.compile(
-    r"^/v1/(embeddings|explain|redact|chat/completions|completions)$|^/v2/models/"
 )
 
 SECURITY_HEADERS: list[tuple[bytes, bytes]] = [
@@ -79,6 +76,7 @@ class TrustMiddleware:
             return
 
         received = 0
+        scope.setdefault("state", {})  # admission writes its decision here
 
         async def counting_receive() -> Message:
             nonlocal received
@@ -109,59 +107,53 @@ class TrustMiddleware:
                     headers.append(_REPORT_CSP)
                 elif not path.startswith(_DOCS):
                     headers.append(_API_CSP)
-                rate = scope.get("state", {}).get("rate_headers") or {}
-                headers += [(k.encode(), v.encode()) for k, v in rate.items()]
+                admitted: Admitted | None = scope["state"].get("admitted")
+                if admitted is not None:
+                    headers += [(k.encode(), v.encode()) for k, v in admitted.rate_headers.items()]
                 message = {**message, "headers": headers}
             elif message["type"] == "http.response.body":
                 sent += len(message.get("body", b""))
             await send(message)
 
-        metered = method == "POST" and _METERED.match(path) is not None
-        record = ServedRequest() if metered else None
-        token = current_request.set(record) if record is not None else None
-        try:
-            with cancel:
-                await self.app(scope, counting_receive, guarded_send)
-            if cancel.cancelled_caught and not started:
-                status = 504
-                message = f"no response within {timeout:g} s (MAAS_REQUEST_TIMEOUT_SECONDS)"
-                await _send_error(send, path, 504, message, code="timeout")
-        finally:
-            if token is not None:
-                current_request.reset(token)
-        if record is not None:
-            await self._meter(scope, record, status, received, sent)
+        with cancel:
+            await self.app(scope, counting_receive, guarded_send)
+        if cancel.cancelled_caught and not started:
+            status = 504
+            message = f"no response within {timeout:g} s (MAAS_REQUEST_TIMEOUT_SECONDS)"
+            await _send_error(send, path, 504, message, code="timeout")
+        admitted: Admitted | None = scope["state"].get("admitted")
+        if admitted is not None and admitted.metered:
+            await self._settle(scope, admitted, status, received, sent)
 
-    async def _meter(
-        self, scope: Scope, record: ServedRequest, status: int, received: int, sent: int
+    async def _settle(
+        self, scope: Scope, admitted: Admitted, status: int, received: int, sent: int
     ) -> None:
-        app_state = scope["app"].state
-        key: KeyInfo | None = scope.get("state", {}).get("key")
+        key = admitted.key
         if key is None:
-            return  # refused before authentication: nothing to bill
-        model = record.model
+            return
+        # No context: refused after admission but before the route ran (a malformed body).
+        ctx: RequestContext = scope["state"].get("ctx") or RequestContext(admitted)
+        model = ctx.model
         if not model and (match := _V2_MODEL.match(scope["path"])):
-            model = match.group(1).split("@")[0].split(":")[0]  # refused before the data plane
+            model = model_name(match.group(1))  # refused before the data plane
         try:
-            app_state.usage.record(
+            await scope["app"].state.admission.settle(
+                admitted,
                 UsageEvent(
                     key_id=key.id,
                     model=model,
-                    version=int(record.version) if record.version.isdigit() else None,
-                    route=record.route or scope["path"].rsplit("/", 1)[-1],
+                    version=int(ctx.version) if ctx.version.isdigit() else None,
+                    route=ctx.route or scope["path"].rsplit("/", 1)[-1],
                     status=status,
-                    prompt_tokens=record.prompt_tokens,
-                    completion_tokens=record.completion_tokens,
-                    items=record.items,
-                    compute_seconds=record.cost.compute_seconds,
-                    queue_seconds=record.cost.queue_seconds,
+                    prompt_tokens=ctx.prompt_tokens,
+                    completion_tokens=ctx.completion_tokens,
+                    items=ctx.items,
+                    compute_seconds=ctx.cost.compute_seconds,
+                    queue_seconds=ctx.cost.queue_seconds,
                     bytes_in=received,
                     bytes_out=sent,
-                )
+                ),
             )
-            used = record.prompt_tokens + record.completion_tokens
-            if key.tpm_limit is not None and used:
-                await app_state.limiter.record_tokens(key.id, key.tpm_limit, used)
         except Exception:
             log.exception("usage metering failed for %s", scope["path"])
 

@@ -9,16 +9,11 @@ import numpy as np
 from fastapi import APIRouter, Depends, Request
 
 from maas.api.admin import run_sync
-from maas.api.deps import (
-    KeyDep,
-    RegistryDep,
-    ensure_model_access,
-    key_pii_policy,
-    require_key,
-)
+from maas.api.deps import AdmittedDep, CtxDep, RegistryDep, require_key
 from maas.api.schemas.openai import MAX_EMBEDDING_INPUTS, EmbeddingsRequest
 from maas.errors import InvalidRequestError, NotFoundError
 from maas.registry.formats import DATASET_TASK
+from maas.registry.refs import model_name
 from maas.registry.schemas import ModelInfo
 from maas.serving.dataplane import DataPlane
 
@@ -43,19 +38,20 @@ def _model_object(model: ModelInfo) -> dict[str, Any]:
 
 
 @router.get("/models")
-async def list_models(request: Request, registry: RegistryDep, key: KeyDep) -> dict[str, Any]:
+async def list_models(registry: RegistryDep, admitted: AdmittedDep) -> dict[str, Any]:
     """Models with at least one version that this key may use (others are not shown)."""
     models = await run_sync(registry.list_models)
     visible = [
-        m for m in models if m.version_count and m.task != DATASET_TASK and key.allows_model(m.name)
+        m
+        for m in models
+        if m.version_count and m.task != DATASET_TASK and admitted.allows_model(m.name)
     ]
     return {"object": "list", "data": [_model_object(m) for m in visible]}
 
 
 @router.get("/models/{model_id}")
 async def get_model(model_id: str, registry: RegistryDep) -> dict[str, Any]:
-    ref = model_id.split("@")[0].split(":")[0]
-    model = await run_sync(registry.get_model, ref)
+    model = await run_sync(registry.get_model, model_name(model_id))
     if model.task == DATASET_TASK:
         raise NotFoundError(f"{model_id!r} is a dataset, not a model", param="model")
     if not model.version_count:
@@ -87,15 +83,13 @@ def _normalise_input(raw: EmbeddingsRequest) -> list[str | list[int]]:
 
 @router.post("/embeddings")
 async def create_embeddings(
-    request: Request,
     body: EmbeddingsRequest,
+    ctx: CtxDep,
     dataplane: Annotated[DataPlane, Depends(get_dataplane)],
 ) -> dict[str, Any]:
-    ensure_model_access(request, body.model)
+    ctx.ensure_model(model_name(body.model))
     items = _normalise_input(body)
-    result = await dataplane.embed(
-        body.model, items, dimensions=body.dimensions, pii=key_pii_policy(request)
-    )
+    result = await dataplane.embed(ctx, body.model, items, dimensions=body.dimensions)
     data = []
     for index, vector in enumerate(result.vectors):
         embedding: Any

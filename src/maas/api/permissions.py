@@ -6,10 +6,13 @@ walks the app so that a new route without a decision fails the suite.
 ``docs/security.md`` prints this table; a test keeps the two in step.
 
 Scopes: ``admin`` includes ``deploy``, which includes ``read``; ``infer`` is
-separate. A route lists the scopes that may call it (any one suffices).
+separate. A route lists the scopes that may call it (any one suffices). Routes
+that need ``infer`` alone are inference and are metered (``RULES``).
 """
 
 from __future__ import annotations
+
+from maas.security.admission import RouteRule
 
 READ = frozenset({"read"})
 DEPLOY = frozenset({"deploy"})
@@ -107,3 +110,10 @@ ROUTE_SCOPES: dict[tuple[str, str], frozenset[str]] = {
 
 # Routes that use a model named in the path: the key's allowlist applies.
 MODEL_PATH_PARAMS = ("name", "model", "model_id")
+
+# Inference routes (infer scope alone) are metered: they count against RPM, TPM
+# and quotas and leave a usage record. Discovery (infer or read) and management
+# are not. Derived from the table, so a new inference route cannot go unmetered.
+RULES: dict[tuple[str, str], RouteRule] = {
+    route: RouteRule(scopes, metered=scopes == INFER) for route, scopes in ROUTE_SCOPES.items()
+}

@@ -12,7 +12,7 @@ import anyio.to_thread
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
-from maas.api.deps import require_key
+from maas.api.deps import CtxDep, require_key
 from maas.errors import InvalidRequestError, PayloadTooLargeError
 from maas.security.pii import PiiKind, RedactionResult, parse_kinds, redact
 
@@ -57,9 +57,10 @@ def _redact_all(items: list[str], kinds: frozenset[PiiKind] | None) -> list[Reda
 
 
 @router.post("/redact")
-async def create_redaction(body: RedactRequest) -> dict[str, Any]:
+async def create_redaction(body: RedactRequest, ctx: CtxDep) -> dict[str, Any]:
     kinds = _kinds(body)
     items = _items(body)
+    ctx.route, ctx.items = "redact", len(items)
     # Up to a megabyte of regex work: off the event loop.
     results = await anyio.to_thread.run_sync(_redact_all, items, kinds)
     counts: dict[str, int] = {}

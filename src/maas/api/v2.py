@@ -17,8 +17,9 @@ from fastapi.responses import JSONResponse
 
 from maas import __version__
 from maas.api.admin import version_ref
-from maas.api.deps import RegistryDep, key_pii_policy, require_key
+from maas.api.deps import CtxDep, RegistryDep, require_key
 from maas.errors import InvalidRequestError, MaasError
+from maas.serving.context import RequestContext
 from maas.serving.dataplane import DataPlane
 from maas.serving.v2codec import decode_request, encode_response, select_outputs
 
@@ -109,12 +110,14 @@ def _header_length(request: Request) -> int | None:
     return int(raw)
 
 
-async def _infer(request: Request, dataplane: DataPlane, model: str, ref: str) -> Response:
+async def _infer(
+    request: Request, ctx: RequestContext, dataplane: DataPlane, model: str, ref: str
+) -> Response:
     # The size limit (MAAS_MAX_REQUEST_BYTES) is enforced for every route by TrustMiddleware.
     body = await request.body()
     decoded = decode_request(body, _header_length(request))
     tensors = {tensor.name: tensor.data for tensor in decoded.inputs}
-    result = await dataplane.infer(ref, tensors, pii=key_pii_policy(request))
+    result = await dataplane.infer(ctx, ref, tensors)
     names, binary = select_outputs(decoded, list(result.outputs))
     try:
         payload, json_length = encode_response(
@@ -136,12 +139,14 @@ async def _infer(request: Request, dataplane: DataPlane, model: str, ref: str) -
 
 
 @router.post("/models/{model}/infer")
-async def model_infer(model: str, request: Request, dataplane: DataPlaneDep) -> Response:
-    return await _infer(request, dataplane, model, model)
+async def model_infer(
+    model: str, request: Request, ctx: CtxDep, dataplane: DataPlaneDep
+) -> Response:
+    return await _infer(request, ctx, dataplane, model, model)
 
 
 @router.post("/models/{model}/versions/{version}/infer")
 async def version_infer(
-    model: str, version: str, request: Request, dataplane: DataPlaneDep
+    model: str, version: str, request: Request, ctx: CtxDep, dataplane: DataPlaneDep
 ) -> Response:
-    return await _infer(request, dataplane, model, version_ref(model, version))
+    return await _infer(request, ctx, dataplane, model, version_ref(model, version))

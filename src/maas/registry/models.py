@@ -224,3 +224,17 @@ class JobRow(Base):
     cancelled_by: Mapped[str | None] = mapped_column(String(160), nullable=True)
     result_ref: Mapped[str | None] = mapped_column(String(128), nullable=True)
     progress: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+
+class ChangeEpochRow(Base):
+    """A counter bumped in the same transaction as a change that caches depend on.
+
+    Every process sharing the database polls the few rows of this table (one
+    cheap query, a few times a second) and drops the matching cache when a
+    counter moved: ``keys`` for API keys (revocation, policy changes).
+    """
+
+    __tablename__ = "change_epochs"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -33,6 +33,14 @@ def validate_alias(alias: str) -> str:
     return alias
 
 
+def model_name(text: str) -> str:
+    """The model name a reference starts with, unvalidated (allowlists, metric labels).
+
+    The same split as ``ModelRef.parse``; use ``parse`` where the reference is acted on.
+    """
+    return text.strip().partition("@")[0].partition(":")[0]
+
+
 @dataclass(frozen=True, slots=True)
 class ModelRef:
     """A parsed reference. At most one of ``version`` and ``alias`` is set."""

@@ -5,8 +5,19 @@ stretching needed): guessing is infeasible and lookups stay O(1) by hash. The
 row is found by hash and the hash compared again in constant time.
 
 A key holds its own policy: scopes, a model allowlist, an expiry, RPM/TPM
-limits, monthly quotas and a PII policy. Revocation and expiry are checked on
-every request, so they take effect on the next one.
+limits, monthly quotas and a PII policy.
+
+Authenticated keys are cached in process memory, so the request path does not
+query the database. The cache stays correct this way:
+
+* a change made through this store (revoke, rotate, update) empties the cache
+  at once: the next request in this process sees it;
+* every change also bumps the ``keys`` row of ``change_epochs`` in the same
+  transaction; :meth:`KeyStore.refresh` reads that one row, and the server
+  calls it every ``EPOCH_POLL_SECONDS``, so other processes sharing the
+  database drop their cache within that time (tested: under 1 s);
+* expiry is checked against the cached record on every request, and an entry
+  is re-read after ``CACHE_TTL_SECONDS`` anyway.
 """
 
 from __future__ import annotations
@@ -15,6 +26,7 @@ import hashlib
 import hmac
 import os
 import secrets
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,11 +36,14 @@ from sqlalchemy import select
 
 from maas.errors import InvalidRequestError, NotFoundError, UnauthorizedError
 from maas.registry.db import Database
-from maas.registry.models import ApiKeyRow, utcnow
+from maas.registry.models import ApiKeyRow, ChangeEpochRow, utcnow
 from maas.security.pii import PiiPolicy
 from maas.security.scopes import SCOPES, has_any_scope, model_allowed
 
 KEY_PREFIX = "maas-sk-"
+EPOCH_NAME = "keys"
+EPOCH_POLL_SECONDS = 0.25
+CACHE_TTL_SECONDS = 60.0
 
 
 class KeyPolicy(BaseModel):
@@ -133,9 +148,32 @@ def validate_policy(policy: KeyPolicy) -> KeyPolicy:
     return policy
 
 
+def _checked(info: KeyInfo) -> KeyInfo:
+    if info.revoked_at is not None:
+        raise UnauthorizedError("this API key has been revoked")
+    if info.expires_at is not None and info.expires_at <= datetime.now(UTC):
+        raise UnauthorizedError("this API key has expired")
+    return info
+
+
+def _bump_epoch(session: Any) -> None:
+    """Tell every process sharing the database that keys changed (same transaction)."""
+    row = session.get(ChangeEpochRow, EPOCH_NAME)
+    if row is None:
+        session.add(ChangeEpochRow(name=EPOCH_NAME, value=1))
+    else:
+        row.value = row.value + 1
+
+
 class KeyStore:
     def __init__(self, db: Database) -> None:
         self._db = db
+        # key hash -> (monotonic time read, record); see the module docstring.
+        self._cache: dict[str, tuple[float, KeyInfo]] = {}
+        self._epoch: int | None = None
+        # Bumped by every clear: a read that started before a clear must not
+        # put its (possibly stale) record back into the cache afterwards.
+        self._generation = 0
 
     def create(
         self, name: str, scopes: list[str] | None = None, policy: KeyPolicy | None = None
@@ -174,22 +212,62 @@ class KeyStore:
             "pii_policy": policy.pii_policy,
         }
 
+    def cached(self, plaintext: str) -> KeyInfo | None:
+        """The key from the in-process cache, without I/O; None when not cached.
+
+        Raises for a cached key that is revoked or has expired since.
+        """
+        hit = self._cache.get(hash_key(plaintext))
+        if hit is None or time.monotonic() - hit[0] > CACHE_TTL_SECONDS:
+            return None
+        return _checked(hit[1])
+
     def authenticate(self, plaintext: str) -> KeyInfo:
+        """Check a key against the database (and cache what was found)."""
         if not plaintext.startswith(KEY_PREFIX):
             raise UnauthorizedError("invalid API key")
         digest = hash_key(plaintext)
+        generation = self._generation
         with self._db.read() as s:
             row = s.scalar(select(ApiKeyRow).where(ApiKeyRow.key_hash == digest))
             # The lookup is by hash; compare again in constant time so the
             # decision never depends on a short-circuiting string compare.
             if row is None or not hmac.compare_digest(row.key_hash, digest):
                 raise UnauthorizedError("invalid API key")
-            if row.revoked_at is not None:
-                raise UnauthorizedError("this API key has been revoked")
-            expires = _utc(row.expires_at)
-            if expires is not None and expires <= datetime.now(UTC):
-                raise UnauthorizedError("this API key has expired")
-            return _info(row)
+            info = _info(row)
+        if len(self._cache) > 10_000:
+            self.clear_cache()
+        if generation == self._generation:
+            self._cache[digest] = (time.monotonic(), info)
+        return _checked(info)
+
+    def clear_cache(self) -> None:
+        self._generation += 1
+        self._cache.clear()
+
+    def epoch(self) -> int:
+        with self._db.read() as s:
+            row = s.get(ChangeEpochRow, EPOCH_NAME)
+            return 0 if row is None else int(row.value)
+
+    def refresh(self) -> bool:
+        """Drop the cache when another process changed keys; True when it did."""
+        current = self.epoch()
+        changed = self._epoch is not None and current != self._epoch
+        if changed:
+            self.clear_cache()
+        self._epoch = current
+        return changed
+
+    def _changed(self, session: Any) -> None:
+        """A key changed in ``session``: tell other processes; this one clears now
+        and again after the commit (``_committed``), so no read in between sticks."""
+        _bump_epoch(session)
+        self.clear_cache()
+
+    def _committed(self, info: KeyInfo) -> KeyInfo:
+        self.clear_cache()
+        return info
 
     def get(self, key_id: int) -> KeyInfo:
         with self._db.read() as s:
@@ -218,8 +296,10 @@ class KeyStore:
             validate_policy(merged)
             for column, value in self._policy_columns(merged).items():
                 setattr(row, column, value)
+            self._changed(s)
             s.flush()
-            return _info(row)
+            info = _info(row)
+        return self._committed(info)
 
     def revoke(self, key_id: int) -> KeyInfo:
         with self._db.write() as s:
@@ -228,7 +308,9 @@ class KeyStore:
                 raise NotFoundError(f"key {key_id} not found", param="key_id")
             if row.revoked_at is None:
                 row.revoked_at = utcnow()
-            return _info(row)
+                self._changed(s)
+            info = _info(row)
+        return self._committed(info)
 
     def rotate(self, key_id: int) -> tuple[KeyInfo, str]:
         """Replace a key by a new secret with the same policy; the old one is revoked."""
@@ -250,9 +332,11 @@ class KeyStore:
                 **self._policy_columns(policy),
             )
             old.revoked_at = utcnow()
+            self._changed(s)
             s.add(row)
             s.flush()
-            return _info(row), plaintext
+            info = _info(row)
+        return self._committed(info), plaintext
 
     def touch(self, last_used: dict[int, datetime]) -> None:
         """Record when keys were last used (batched by the usage recorder)."""

@@ -16,8 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
-from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import anyio.to_thread
@@ -25,13 +24,13 @@ import numpy as np
 
 from maas.errors import InvalidRequestError, MaasError, NotFoundError, UnavailableError
 from maas.registry.formats import DATASET_TASK
-from maas.registry.refs import ModelRef
+from maas.registry.refs import ModelRef, model_name
 from maas.registry.schemas import VersionInfo
 from maas.registry.store import Registry
 from maas.runtimes.base import TensorSpec
 from maas.runtimes.embeddings import Embedding
 from maas.security.pii import PiiPolicy, apply_input, strictest
-from maas.serving.batching import RequestCost
+from maas.serving.context import RequestContext
 from maas.serving.generation import GenerationEngine
 from maas.serving.manager import LoadedModel, ModelManager
 from maas.serving.metrics import ServingMetrics
@@ -61,26 +60,7 @@ class GenerationSession:
     version: VersionInfo
     runtime: Any  # HFTextGenerationRuntime: tokenizer, chat template, limits
     engine: GenerationEngine
-    record: ServedRequest
-
-
-@dataclass(slots=True)
-class ServedRequest:
-    """What one request did, filled in as it learns it: metrics and usage metering read it."""
-
-    model: str = ""
-    version: str = ""
-    route: str = ""
-    status: str = "ok"
-    items: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost: RequestCost = field(default_factory=RequestCost)
-
-
-# The transport layer may open a ServedRequest for the request it is handling
-# (usage metering does); the data plane then fills in that one.
-current_request: ContextVar[ServedRequest | None] = ContextVar("maas_served_request", default=None)
+    record: RequestContext
 
 
 class DataPlane:
@@ -93,10 +73,10 @@ class DataPlane:
     # ----------------------------------------------------------------- plumbing
 
     @contextmanager
-    def track(self, route: str, ref: str) -> Iterator[ServedRequest]:
+    def track(self, ctx: RequestContext, route: str, ref: str) -> Iterator[RequestContext]:
         """Count one request by model, version, route and outcome, and time it."""
-        record = current_request.get() or ServedRequest()
-        record.model = ref.split("@")[0].split(":")[0]
+        record = ctx
+        record.model = model_name(ref)
         record.route = route
         started = time.perf_counter()
         try:
@@ -173,13 +153,14 @@ class DataPlane:
 
     async def embed(
         self,
+        ctx: RequestContext,
         ref: str,
         items: Sequence[str | list[int]],
         *,
         dimensions: int | None = None,
-        pii: PiiPolicy | None = None,
     ) -> EmbedResult:
-        with self.track("embeddings", ref) as tracking:
+        pii = ctx.pii
+        with self.track(ctx, "embeddings", ref) as tracking:
             version = await self.resolve(ref)
             tracking.version = str(version.version)
             self._expect_task(version, "embeddings")
@@ -225,14 +206,15 @@ class DataPlane:
 
     async def infer(
         self,
+        ctx: RequestContext,
         ref: str,
         inputs: dict[str, np.ndarray],
         *,
         route: str = "infer",
-        pii: PiiPolicy | None = None,
     ) -> InferResult:
         """Run one request of named tensors through any servable model."""
-        with self.track(route, ref) as tracking:
+        pii = ctx.pii
+        with self.track(ctx, route, ref) as tracking:
             version = await self.resolve(ref)
             tracking.version = str(version.version)
             async with self.manager.use(version) as model:
@@ -259,7 +241,7 @@ class DataPlane:
             return InferResult(version, outputs)
 
     async def _run_items(
-        self, model: LoadedModel, items: list[Any], tracking: ServedRequest
+        self, model: LoadedModel, items: list[Any], tracking: RequestContext
     ) -> dict[str, np.ndarray]:
         tracking.items = len(items)
         results = await model.batcher.submit_many(items, tracking.cost)
@@ -281,13 +263,15 @@ class DataPlane:
         }
 
     @asynccontextmanager
-    async def generation(self, ref: str, route: str) -> AsyncIterator[GenerationSession]:
+    async def generation(
+        self, ctx: RequestContext, ref: str, route: str
+    ) -> AsyncIterator[GenerationSession]:
         """Hold a loaded text-generation model (and its metrics record) for one request.
 
         The caller encodes its prompt, streams from ``session.engine`` and fills
         ``session.record`` with token counts; the model cannot be evicted meanwhile.
         """
-        with self.track(route, ref) as tracking:
+        with self.track(ctx, route, ref) as tracking:
             version = await self.resolve(ref)
             tracking.version = str(version.version)
             self._expect_task(version, "text-generation")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from maas.errors import InvalidRequestError
 from maas.registry.schemas import VersionInfo
 from maas.runtimes.explain import ExplainableRuntime, Explanation
-from maas.security.pii import PiiPolicy
+from maas.serving.context import RequestContext
 from maas.serving.dataplane import DataPlane
 
 EXPLAINABLE_TASK = "text-classification"
@@ -18,15 +18,15 @@ EXPLAINABLE_TASK = "text-classification"
 
 async def explain_text(
     dataplane: DataPlane,
+    ctx: RequestContext,
     ref: str,
     text: str,
     *,
     target: str | int | None,
     steps: int,
-    pii: PiiPolicy | None = None,
 ) -> tuple[VersionInfo, Explanation]:
     """Token attributions for ``ref``'s prediction (or ``target``) on ``text``."""
-    with dataplane.track("explain", ref) as tracking:
+    with dataplane.track(ctx, "explain", ref) as tracking:
         version = await dataplane.resolve(ref)
         tracking.version = str(version.version)
         if version.task != EXPLAINABLE_TASK:
@@ -35,7 +35,7 @@ async def explain_text(
                 f"for {EXPLAINABLE_TASK} models only",
                 param="model",
             )
-        (text,) = await dataplane.screen(version, [text], pii)
+        (text,) = await dataplane.screen(version, [text], ctx.pii)
         tracking.items = 1
         async with dataplane.manager.use(version) as model:
             runtime = model.runtime
