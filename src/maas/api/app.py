@@ -36,6 +36,7 @@ from maas.security.keys import KeyStore
 from maas.security.limits import RATE_WORDS, RateLimiter
 from maas.security.usage import UsageRecorder
 from maas.serving.dataplane import DataPlane
+from maas.serving.hosts import LocalHost
 from maas.serving.manager import ModelManager
 from maas.serving.metrics import ServingMetrics
 
@@ -61,8 +62,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.keys = keys
         app.state.audit = AuditLog(registry.db)
         app.state.metrics = serving_metrics
-        app.state.manager = manager
-        app.state.dataplane = DataPlane(registry, manager, serving_metrics)
+        host = LocalHost(manager)
+        app.state.dataplane = DataPlane(registry, host, serving_metrics)
         app.state.limiter = RateLimiter(settings.redis_url)
         app.state.usage = UsageRecorder(registry.db, watts=settings.energy_watts)
         admission = Admission(keys, app.state.limiter, app.state.usage, enabled=settings.auth)
@@ -76,7 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await runner.close()
             await admission.close()
-            await manager.close()
+            await host.close()
             await app.state.usage.close()
             await app.state.limiter.close()
             registry.close()

@@ -32,7 +32,7 @@ from maas.runtimes.embeddings import Embedding
 from maas.security.pii import PiiPolicy, apply_input, strictest
 from maas.serving.context import RequestContext
 from maas.serving.generation import GenerationEngine
-from maas.serving.manager import LoadedModel, ModelManager
+from maas.serving.hosts import LocalHost, ModelHost
 from maas.serving.metrics import ServingMetrics
 
 RESOLVE_TTL_SECONDS = 1.0
@@ -64,9 +64,9 @@ class GenerationSession:
 
 
 class DataPlane:
-    def __init__(self, registry: Registry, manager: ModelManager, metrics: ServingMetrics) -> None:
+    def __init__(self, registry: Registry, host: ModelHost, metrics: ServingMetrics) -> None:
         self.registry = registry
-        self.manager = manager
+        self.host = host
         self.metrics = metrics
         self._resolved: dict[str, tuple[float, VersionInfo]] = {}
 
@@ -169,26 +169,23 @@ class DataPlane:
                 screened = iter(await self.screen(version, texts, pii))
                 items = [next(screened) if isinstance(i, str) else i for i in items]
             tracking.items = len(items)
-            async with self.manager.use(version) as model:
-                results: list[Embedding] = await model.batcher.submit_many(
-                    list(items), tracking.cost
-                )
+            results: list[Embedding] = await self.host.predict(version, list(items), tracking.cost)
             vectors = [r.vector for r in results]
             if dimensions is not None:
-                vectors = self._shorten(model, vectors, dimensions)
+                vectors = self._shorten(version, vectors, dimensions)
             tracking.prompt_tokens = sum(r.tokens for r in results)
             return EmbedResult(version, vectors, tracking.prompt_tokens)
 
     @staticmethod
     def _shorten(
-        model: LoadedModel, vectors: list[np.ndarray], dimensions: int
+        version: VersionInfo, vectors: list[np.ndarray], dimensions: int
     ) -> list[np.ndarray]:
         native = int(vectors[0].shape[0]) if vectors else 0
         if dimensions == native:
             return vectors
-        if not model.version.tags.get("matryoshka"):
+        if not version.tags.get("matryoshka"):
             raise InvalidRequestError(
-                f"model {model.version.model} returns {native} dimensions and was not trained "
+                f"model {version.model} returns {native} dimensions and was not trained "
                 "to be shortened (tag it matryoshka=true if it was)",
                 param="dimensions",
             )
@@ -217,40 +214,36 @@ class DataPlane:
         with self.track(ctx, route, ref) as tracking:
             version = await self.resolve(ref)
             tracking.version = str(version.version)
-            async with self.manager.use(version) as model:
-                if version.task == "tensor":
-                    tracking.items = 1
-                    outputs: dict[str, np.ndarray] = await model.batcher.submit(
-                        inputs, tracking.cost
-                    )
-                elif version.task in _TEXT_INPUT:
-                    texts = [
-                        _utf8(item, _TEXT_INPUT[version.task], i)
-                        for i, item in enumerate(_bytes_items(inputs, _TEXT_INPUT[version.task]))
-                    ]
-                    texts = await self.screen(version, texts, pii)
-                    outputs = await self._run_items(model, texts, tracking)
-                elif version.task in _IMAGE_INPUT:
-                    images = _bytes_items(inputs, _IMAGE_INPUT[version.task])
-                    outputs = await self._run_items(model, images, tracking)
-                else:
-                    raise InvalidRequestError(
-                        f"model {version.model} ({version.task}) has no tensor interface",
-                        param="model",
-                    )
+            if version.task == "tensor":
+                tracking.items = 1
+                outputs = await self.host.predict_tensors(version, inputs, tracking.cost)
+            elif version.task in _TEXT_INPUT:
+                texts = [
+                    _utf8(item, _TEXT_INPUT[version.task], i)
+                    for i, item in enumerate(_bytes_items(inputs, _TEXT_INPUT[version.task]))
+                ]
+                texts = await self.screen(version, texts, pii)
+                outputs = await self._run_items(version, texts, tracking)
+            elif version.task in _IMAGE_INPUT:
+                images = _bytes_items(inputs, _IMAGE_INPUT[version.task])
+                outputs = await self._run_items(version, images, tracking)
+            else:
+                raise InvalidRequestError(
+                    f"model {version.model} ({version.task}) has no tensor interface",
+                    param="model",
+                )
             return InferResult(version, outputs)
 
     async def _run_items(
-        self, model: LoadedModel, items: list[Any], tracking: RequestContext
+        self, version: VersionInfo, items: list[Any], tracking: RequestContext
     ) -> dict[str, np.ndarray]:
         tracking.items = len(items)
-        results = await model.batcher.submit_many(items, tracking.cost)
+        results = await self.host.predict(version, items, tracking.cost)
         tracking.prompt_tokens = sum(getattr(r, "tokens", 0) for r in results)
-        task = model.version.task
-        if task == "embeddings":
+        if version.task == "embeddings":
             return {"embedding": np.stack([r.vector for r in results]).astype(np.float32)}
         # Classification: the top label, and every label's probability in label order.
-        order: list[str] = list(getattr(model.runtime, "labels", None) or [])
+        order = await self.host.labels(version)
         if not order and results:
             order = sorted(label for label, _ in results[0].labels)
         rows = []
@@ -275,9 +268,13 @@ class DataPlane:
             version = await self.resolve(ref)
             tracking.version = str(version.version)
             self._expect_task(version, "text-generation")
-            async with self.manager.use(version) as model:
-                if model.engine is None:
-                    raise UnavailableError(f"model {version.ref} has no generation engine")
+            if not isinstance(self.host, LocalHost):
+                raise UnavailableError(
+                    "generation needs the models in this process; "
+                    "serve text-generation models with --workers 1"
+                )
+            async with self.host.generation(version) as model:
+                assert model.engine is not None
                 yield GenerationSession(version, model.runtime, model.engine, tracking)
 
     async def signature(self, ref: str) -> tuple[VersionInfo, list[TensorSpec], list[TensorSpec]]:
@@ -290,12 +287,12 @@ class DataPlane:
                 [TensorSpec(i["name"], i["datatype"], i["shape"]) for i in meta["inputs"]],
                 [TensorSpec(o["name"], o["datatype"], o["shape"]) for o in meta["outputs"]],
             )
-        model = await self.manager.get(version)
-        return version, model.runtime.inputs(), model.runtime.outputs()
+        inputs, outputs = await self.host.signature(version)
+        return version, inputs, outputs
 
     async def is_loaded(self, ref: str) -> bool:
         version = await self.resolve(ref)
-        return self.manager.get_loaded(version.ref) is not None
+        return await self.host.is_loaded(version.ref)
 
 
 def _bytes_items(inputs: dict[str, np.ndarray], name: str) -> list[bytes]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from maas.errors import InvalidRequestError
 from maas.registry.schemas import VersionInfo
-from maas.runtimes.explain import ExplainableRuntime, Explanation
+from maas.runtimes.explain import Explanation
 from maas.serving.context import RequestContext
 from maas.serving.dataplane import DataPlane
 
@@ -37,13 +37,5 @@ async def explain_text(
             )
         (text,) = await dataplane.screen(version, [text], ctx.pii)
         tracking.items = 1
-        async with dataplane.manager.use(version) as model:
-            runtime = model.runtime
-            if not isinstance(runtime, ExplainableRuntime):
-                raise InvalidRequestError(
-                    f"model {version.ref} (format {version.format}) is served by "
-                    f"{type(runtime).__name__}, which cannot explain predictions",
-                    param="model",
-                )
-            explanation = await runtime.explain(text, target=target, steps=steps)
+        explanation = await dataplane.host.explain(version, text, target=target, steps=steps)
         return version, explanation
