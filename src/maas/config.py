@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import ipaddress
+import json
 import os
 import string
 from pathlib import Path
@@ -43,6 +44,17 @@ class Settings(BaseSettings):
         "MAAS_AUTH=off serves every request without a key and meters nothing; it is for "
         "benchmarks and local experiments, and is refused unless the server binds to a "
         "loopback address.",
+    )
+    workers: int = Field(
+        default=1,
+        ge=1,
+        description="HTTP worker processes of `maas serve`; with more than one, the loaded "
+        "models live in one engine process that every worker shares (weights once per machine).",
+    )
+    engine_address: str | None = Field(
+        default=None,
+        description="Set by `maas serve --workers N` for its workers: the engine process's "
+        "ipc:// address. Unset: models are loaded in the serving process itself.",
     )
     max_upload_bytes: int = Field(
         default=20 * GIB,
@@ -237,6 +249,38 @@ class Settings(BaseSettings):
     @property
     def jobs_dir(self) -> Path:
         return self.home / "jobs"
+
+    def to_env(self) -> dict[str, str]:
+        """Every setting as the ``MAAS_*`` variable that gives it (for child processes).
+
+        Settings changed in code (CLI options) reach a child this way, not only the
+        ones its parent read from its own environment.
+        """
+        env: dict[str, str] = {}
+        for name, value in self:
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                text = value.get_secret_value()
+            elif isinstance(value, bool):
+                text = "true" if value else "false"
+            elif isinstance(value, list | dict):
+                text = json.dumps(value)
+            else:
+                text = str(value)
+            env[f"MAAS_{name.upper()}"] = text
+        return env
+
+    def export_for_workers(self, engine_address: str) -> dict[str, str]:
+        """Put every setting, and the engine's address, into this process's environment.
+
+        ``maas serve --workers N``: uvicorn's worker processes inherit the
+        environment and build their own ``Settings`` from it. Returns the
+        environment, for the engine process.
+        """
+        os.environ.update(self.to_env())
+        os.environ["MAAS_ENGINE_ADDRESS"] = engine_address
+        return dict(os.environ)
 
     def child_env(self) -> dict[str, str]:
         """The environment for a maas subprocess (a job worker) that must see these settings.

@@ -36,7 +36,8 @@ from maas.security.keys import KeyStore
 from maas.security.limits import RATE_WORDS, RateLimiter
 from maas.security.usage import UsageRecorder
 from maas.serving.dataplane import DataPlane
-from maas.serving.hosts import LocalHost
+from maas.serving.engine.client import RemoteHost
+from maas.serving.hosts import LocalHost, ModelHost
 from maas.serving.manager import ModelManager
 from maas.serving.metrics import ServingMetrics
 
@@ -56,13 +57,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if created is not None:
             log.warning("created the bootstrap admin key; it is in %s (mode 0600)", created)
         serving_metrics = ServingMetrics()
-        manager = ModelManager(registry, settings, serving_metrics)
+        host: ModelHost
+        if settings.engine_address:
+            # One of `maas serve --workers N`'s workers: models live in the engine process.
+            host = RemoteHost(settings.engine_address)
+        else:
+            host = LocalHost(ModelManager(registry, settings, serving_metrics))
         app.state.settings = settings
         app.state.registry = registry
         app.state.keys = keys
         app.state.audit = AuditLog(registry.db)
         app.state.metrics = serving_metrics
-        host = LocalHost(manager)
         app.state.dataplane = DataPlane(registry, host, serving_metrics)
         app.state.limiter = RateLimiter(settings.redis_url)
         app.state.usage = UsageRecorder(registry.db, watts=settings.energy_watts)

@@ -1,19 +1,26 @@
 """``/v1/chat/completions`` and ``/v1/completions``: OpenAI's wire format, streaming included.
 
+The routes only translate: the request body becomes a ``GenerationRequest``,
+``DataPlane.generate`` does the rest (resolution, PII policy, prompt encoding,
+context and TPM checks, the running batch), and its chunks become a JSON
+answer or server-sent events.
+
 Everything that can fail (unknown model, no chat template, prompt too long,
-unsupported fields, queue full) fails before the first byte, with a proper
-status code. Once a stream has started, a failure ends it with an error
-event (OpenAI's shape) instead of a broken connection.
+unsupported fields, queue full, token rate) fails before the first byte, with a
+proper status code: ``DataPlane.generate`` raises it. Once a stream has
+started, a failure ends it with an error event (OpenAI's shape) instead of a
+broken connection.
 """
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import json
+import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -24,15 +31,21 @@ from maas.api.openai import get_dataplane
 from maas.api.schemas.chat import ChatCompletionRequest, CompletionRequest
 from maas.errors import InvalidRequestError, MaasError
 from maas.registry.refs import model_name
-from maas.security.pii import PiiPolicy, apply_output
 from maas.serving.context import RequestContext
-from maas.serving.dataplane import DataPlane, GenerationSession
-from maas.serving.generation import Chunk, SamplingParams, TokenLogprob
+from maas.serving.dataplane import DataPlane, Generation
+from maas.serving.generation import (
+    Chunk,
+    GenerationRequest,
+    Message,
+    SamplingParams,
+    TokenLogprob,
+)
+
+log = logging.getLogger("maas.api")
 
 router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Depends(require_key)])
 
 DataPlaneDep = Annotated[DataPlane, Depends(get_dataplane)]
-DEFAULT_MAX_TOKENS = 512
 
 
 def _refuse_unsupported(found: dict[str, Any]) -> None:
@@ -41,16 +54,13 @@ def _refuse_unsupported(found: dict[str, Any]) -> None:
         raise InvalidRequestError(f"{name} {why}", param=name)
 
 
-def _params(
+def _sampling(
     body: ChatCompletionRequest | CompletionRequest,
     max_tokens: int | None,
-    prompt_tokens: int,
-    context: int,
     top_logprobs: int | None,
 ) -> SamplingParams:
-    room = max(1, context - prompt_tokens)
     return SamplingParams(
-        max_tokens=max_tokens if max_tokens is not None else min(DEFAULT_MAX_TOKENS, room),
+        max_tokens=max_tokens,  # None: the model fills what its context leaves
         temperature=body.temperature,
         top_p=body.top_p,
         top_k=body.top_k,
@@ -60,42 +70,54 @@ def _params(
     )
 
 
-def _output_policy(ctx: RequestContext, session: GenerationSession) -> PiiPolicy:
-    return DataPlane.pii_policy(session.version, ctx.pii)
+async def _start(
+    request: Request,
+    ctx: RequestContext,
+    dataplane: DataPlane,
+    route: str,
+    model: str,
+    generation: GenerationRequest,
+) -> Generation:
+    """Everything that may fail with a status code, before any byte is sent."""
+    ctx.ensure_model(model_name(model))
+    # The key's TPM window must have room for the most this request may use.
+    check_tokens = functools.partial(get_admission(request).check_tokens, ctx.admitted)
+    return await dataplane.generate(ctx, model, generation, route=route, check_tokens=check_tokens)
 
 
-async def _run(
-    session: GenerationSession, prompt_ids: list[int], params: SamplingParams
-) -> dict[str, Any]:
-    text: list[str] = []
-    logprobs: list[TokenLogprob] = []
-    finish = "stop"
-    tokens = 0
-    async for chunk in session.engine.stream(prompt_ids, params):
-        text.append(chunk.text)
-        logprobs.extend(chunk.logprobs)
-        tokens = chunk.completion_tokens
-        if chunk.finish_reason is not None:
-            finish = chunk.finish_reason
-    return {"text": "".join(text), "finish_reason": finish, "tokens": tokens, "logprobs": logprobs}
+@dataclass(slots=True)
+class _Completion:
+    text: list[str] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: str = "stop"
+    tokens: int = 0
 
 
-async def _complete_all(
-    stack: AsyncExitStack,
-    session: GenerationSession,
-    prompt_ids: list[int],
-    params: SamplingParams,
-    n: int,
-) -> tuple[list[dict[str, Any]], int]:
-    """``n`` completions generated concurrently; releases the model when done."""
-    async with stack:
-        results = await asyncio.gather(*(_run(session, prompt_ids, params) for _ in range(n)))
-        completion = sum(r["tokens"] for r in results)
-        session.record.completion_tokens = completion
-    return list(results), completion
+async def _complete_all(generation: Generation, n: int) -> list[_Completion]:
+    """The ``n`` whole completions (generated side by side)."""
+    results = [_Completion() for _ in range(n)]
+    async with generation:
+        async for chunk in generation:
+            result = results[chunk.index]
+            result.text.append(chunk.text)
+            result.logprobs.extend(chunk.logprobs)
+            result.tokens = chunk.completion_tokens
+            if chunk.finish_reason is not None:
+                result.finish_reason = chunk.finish_reason
+    return results
 
 
-def _logprob_content(entries: list[TokenLogprob]) -> list[dict[str, Any]]:
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def _logprob_content(
+    entries: tuple[TokenLogprob, ...] | list[TokenLogprob],
+) -> list[dict[str, Any]]:
     return [
         {
             "token": e.token,
@@ -109,41 +131,20 @@ def _logprob_content(entries: list[TokenLogprob]) -> list[dict[str, Any]]:
     ]
 
 
+def _legacy_logprobs(entries: tuple[TokenLogprob, ...] | list[TokenLogprob]) -> dict[str, Any]:
+    return {
+        "tokens": [e.token for e in entries],
+        "token_logprobs": [e.logprob for e in entries],
+        "top_logprobs": [dict(e.top) for e in entries],
+    }
+
+
 def _sse(payload: dict[str, Any] | str) -> bytes:
     data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
     return f"data: {data}\n\n".encode()
 
 
-async def _prepare(
-    request: Request,
-    ctx: RequestContext,
-    dataplane: DataPlane,
-    route: str,
-    model: str,
-    encode: Any,
-    max_tokens: int | None,
-    top_logprobs: int | None,
-    body: ChatCompletionRequest | CompletionRequest,
-) -> tuple[AsyncExitStack, GenerationSession, list[int], SamplingParams]:
-    """Everything that may fail with a status code, before any byte is sent."""
-    ctx.ensure_model(model_name(model))
-    stack = AsyncExitStack()
-    try:
-        session = await stack.enter_async_context(dataplane.generation(ctx, model, route))
-        prompt_ids: list[int] = await encode(session)
-        params = _params(
-            body, max_tokens, len(prompt_ids), session.runtime.context_length, top_logprobs
-        )
-        session.engine.check_context(len(prompt_ids), params.max_tokens)
-        # Pre-check the TPM window for what this request may use (prompt + max_tokens).
-        needed = len(prompt_ids) + params.max_tokens * body.n
-        await get_admission(request).check_tokens(ctx.admitted, needed)
-        session.record.prompt_tokens = len(prompt_ids)
-        session.record.items = body.n
-    except BaseException:
-        await stack.aclose()
-        raise
-    return stack, session, prompt_ids, params
+# ------------------------------------------------------------------------ chat
 
 
 @router.post("/chat/completions", response_model=None)
@@ -151,48 +152,42 @@ async def chat_completions(
     request: Request, body: ChatCompletionRequest, ctx: CtxDep, dataplane: DataPlaneDep
 ) -> dict[str, Any] | StreamingResponse:
     _refuse_unsupported(body.unsupported())
-    max_tokens = body.max_completion_tokens or body.max_tokens
     top = (body.top_logprobs or 0) if body.logprobs else None
-
-    async def encode(session: GenerationSession) -> list[int]:
-        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-        texts = await dataplane.screen(session.version, [m["content"] for m in messages], ctx.pii)
-        for message, text in zip(messages, texts, strict=True):
-            message["content"] = text
-        ids: list[int] = session.runtime.encode_chat(messages)
-        return ids
-
-    stack, session, prompt_ids, params = await _prepare(
-        request, ctx, dataplane, "chat", body.model, encode, max_tokens, top, body
+    generation = await _start(
+        request,
+        ctx,
+        dataplane,
+        "chat",
+        body.model,
+        GenerationRequest(
+            messages=tuple(Message(m.role, m.text()) for m in body.messages),
+            params=_sampling(body, body.max_completion_tokens or body.max_tokens, top),
+            n=body.n,
+        ),
     )
     ident = f"chatcmpl-{secrets.token_hex(12)}"
     created = int(time.time())
-    output_policy = _output_policy(ctx, session)
+    fingerprint = f"maas-{generation.version.ref}"
     if not body.stream:
-        results, completion = await _complete_all(stack, session, prompt_ids, params, body.n)
-        choices = []
-        for index, result in enumerate(results):
-            choices.append(
-                {
-                    "index": index,
-                    "message": {
-                        "role": "assistant",
-                        "content": apply_output(output_policy, result["text"]),
-                    },
-                    "logprobs": (
-                        {"content": _logprob_content(result["logprobs"])} if body.logprobs else None
-                    ),
-                    "finish_reason": result["finish_reason"],
-                }
-            )
+        results = await _complete_all(generation, body.n)
         return {
             "id": ident,
             "object": "chat.completion",
             "created": created,
             "model": body.model,
-            "system_fingerprint": f"maas-{session.version.ref}",
-            "choices": choices,
-            "usage": _usage(len(prompt_ids), completion),
+            "system_fingerprint": fingerprint,
+            "choices": [
+                {
+                    "index": index,
+                    "message": {"role": "assistant", "content": "".join(result.text)},
+                    "logprobs": (
+                        {"content": _logprob_content(result.logprobs)} if body.logprobs else None
+                    ),
+                    "finish_reason": result.finish_reason,
+                }
+                for index, result in enumerate(results)
+            ],
+            "usage": _usage(generation.prompt_tokens, sum(r.tokens for r in results)),
         }
 
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -205,7 +200,7 @@ async def chat_completions(
             "object": "chat.completion.chunk",
             "created": created,
             "model": body.model,
-            "system_fingerprint": f"maas-{session.version.ref}",
+            "system_fingerprint": fingerprint,
             "choices": [
                 {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
             ],
@@ -214,29 +209,24 @@ async def chat_completions(
             payload["usage"] = None
         return payload
 
-    def piece(index: int, c: Chunk) -> dict[str, Any]:
+    def piece(c: Chunk) -> dict[str, Any]:
         logprobs = (
             {"content": _logprob_content(c.logprobs)} if body.logprobs and c.logprobs else None
         )
         delta = {"content": c.text} if c.text else {}
-        return chunk(index, delta, c.finish_reason, logprobs)
+        return chunk(c.index, delta, c.finish_reason, logprobs)
 
-    first = [chunk(i, {"role": "assistant", "content": ""}, None) for i in range(body.n)]
     return _streaming_response(
-        stack,
-        session,
-        prompt_ids,
-        params,
-        body.n,
-        first,
-        piece,
-        include_usage,
-        ident,
-        created,
-        body.model,
-        "chat.completion.chunk",
-        output_policy,
+        generation,
+        first=[chunk(i, {"role": "assistant", "content": ""}, None) for i in range(body.n)],
+        piece=piece,
+        final=_final_usage(
+            include_usage, ident, "chat.completion.chunk", created, body.model, fingerprint
+        ),
     )
+
+
+# ----------------------------------------------------------------- completions
 
 
 @router.post("/completions", response_model=None)
@@ -246,62 +236,51 @@ async def completions(
     _refuse_unsupported(body.unsupported())
     prompt = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
     top = body.logprobs
-
-    async def encode(session: GenerationSession) -> list[int]:
-        (text,) = await dataplane.screen(session.version, [prompt], ctx.pii)
-        ids: list[int] = session.runtime.encode_text(text)
-        if not ids:
-            raise InvalidRequestError("prompt must not be empty", param="prompt")
-        return ids
-
-    stack, session, prompt_ids, params = await _prepare(
-        request, ctx, dataplane, "completions", body.model, encode, body.max_tokens, top, body
+    generation = await _start(
+        request,
+        ctx,
+        dataplane,
+        "completions",
+        body.model,
+        GenerationRequest(prompt=prompt, params=_sampling(body, body.max_tokens, top), n=body.n),
     )
     ident = f"cmpl-{secrets.token_hex(12)}"
     created = int(time.time())
-    output_policy = _output_policy(ctx, session)
-
-    def legacy_logprobs(entries: list[TokenLogprob]) -> dict[str, Any]:
-        return {
-            "tokens": [e.token for e in entries],
-            "token_logprobs": [e.logprob for e in entries],
-            "top_logprobs": [dict(e.top) for e in entries],
-        }
-
+    fingerprint = f"maas-{generation.version.ref}"
     if not body.stream:
-        results, completion = await _complete_all(stack, session, prompt_ids, params, body.n)
+        results = await _complete_all(generation, body.n)
         return {
             "id": ident,
             "object": "text_completion",
             "created": created,
             "model": body.model,
-            "system_fingerprint": f"maas-{session.version.ref}",
+            "system_fingerprint": fingerprint,
             "choices": [
                 {
-                    "index": i,
-                    "text": apply_output(output_policy, r["text"]),
-                    "logprobs": legacy_logprobs(r["logprobs"]) if top is not None else None,
-                    "finish_reason": r["finish_reason"],
+                    "index": index,
+                    "text": "".join(result.text),
+                    "logprobs": _legacy_logprobs(result.logprobs) if top is not None else None,
+                    "finish_reason": result.finish_reason,
                 }
-                for i, r in enumerate(results)
+                for index, result in enumerate(results)
             ],
-            "usage": _usage(len(prompt_ids), completion),
+            "usage": _usage(generation.prompt_tokens, sum(r.tokens for r in results)),
         }
 
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
-    def piece(index: int, c: Chunk) -> dict[str, Any]:
+    def piece(c: Chunk) -> dict[str, Any]:
         payload: dict[str, Any] = {
             "id": ident,
             "object": "text_completion",
             "created": created,
             "model": body.model,
-            "system_fingerprint": f"maas-{session.version.ref}",
+            "system_fingerprint": fingerprint,
             "choices": [
                 {
-                    "index": index,
+                    "index": c.index,
                     "text": c.text,
-                    "logprobs": legacy_logprobs(c.logprobs)
+                    "logprobs": _legacy_logprobs(c.logprobs)
                     if top is not None and c.logprobs
                     else None,
                     "finish_reason": c.finish_reason,
@@ -313,116 +292,74 @@ async def completions(
         return payload
 
     return _streaming_response(
-        stack,
-        session,
-        prompt_ids,
-        params,
-        body.n,
-        [],
-        piece,
-        include_usage,
-        ident,
-        created,
-        body.model,
-        "text_completion",
-        output_policy,
+        generation,
+        first=[],
+        piece=piece,
+        final=_final_usage(
+            include_usage, ident, "text_completion", created, body.model, fingerprint
+        ),
     )
 
 
-def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-    }
+# ------------------------------------------------------------------- streaming
+
+
+def _final_usage(
+    include: bool, ident: str, object_name: str, created: int, model: str, fingerprint: str
+) -> Callable[[int, int], dict[str, Any]] | None:
+    """The last event of ``stream_options.include_usage``: no choices, the token counts."""
+    if not include:
+        return None
+
+    def final(prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+        return {
+            "id": ident,
+            "object": object_name,
+            "created": created,
+            "model": model,
+            "system_fingerprint": fingerprint,
+            "choices": [],
+            "usage": _usage(prompt_tokens, completion_tokens),
+        }
+
+    return final
 
 
 def _streaming_response(
-    stack: AsyncExitStack,
-    session: GenerationSession,
-    prompt_ids: list[int],
-    params: SamplingParams,
-    n: int,
+    generation: Generation,
+    *,
     first: list[dict[str, Any]],
-    piece: Any,
-    include_usage: bool,
-    ident: str,
-    created: int,
-    model: str,
-    object_name: str,
-    output_policy: PiiPolicy,
+    piece: Callable[[Chunk], dict[str, Any]],
+    final: Callable[[int, int], dict[str, Any]] | None,
 ) -> StreamingResponse:
-    buffered = output_policy.applies_to_output  # redaction needs whole texts: send at the end
-
     async def events() -> AsyncIterator[bytes]:
-        queue: asyncio.Queue[tuple[int, Chunk] | BaseException | None] = asyncio.Queue()
-        tokens = [0] * n
-
-        async def pump(index: int) -> None:
+        tokens: dict[int, int] = {}
+        try:
+            for payload in first:
+                yield _sse(payload)
             try:
-                async for c in session.engine.stream(prompt_ids, params):
-                    await queue.put((index, c))
-            except BaseException as exc:
-                await queue.put(exc)
-                raise
-            finally:
-                await queue.put(None)
-
-        async with stack:
-            tasks = [asyncio.create_task(pump(i)) for i in range(n)]
-            try:
-                for payload in first:
-                    yield _sse(payload)
-                open_streams = n
-                held: dict[int, list[Chunk]] = {i: [] for i in range(n)}
-                while open_streams:
-                    item = await queue.get()
-                    if item is None:
-                        open_streams -= 1
-                        continue
-                    if isinstance(item, BaseException):
-                        message = (
-                            item.message if isinstance(item, MaasError) else "generation failed"
-                        )
-                        yield _sse(
-                            {
-                                "error": {
-                                    "message": message,
-                                    "type": "server_error",
-                                    "param": None,
-                                    "code": "generation_failed",
-                                }
-                            }
-                        )
-                        break
-                    index, c = item
-                    tokens[index] = c.completion_tokens
-                    session.record.completion_tokens = sum(tokens)
-                    if buffered:
-                        held[index].append(c)
-                        if c.finish_reason is None:
-                            continue
-                        text = apply_output(output_policy, "".join(h.text for h in held[index]))
-                        c = Chunk(text, c.finish_reason, c.completion_tokens, [])
-                    yield _sse(piece(index, c))
-                if include_usage:
-                    yield _sse(
-                        {
-                            "id": ident,
-                            "object": object_name,
-                            "created": created,
-                            "model": model,
-                            "system_fingerprint": f"maas-{session.version.ref}",
-                            "choices": [],
-                            "usage": _usage(len(prompt_ids), sum(tokens)),
-                        }
-                    )
-                yield _sse("[DONE]")
-            finally:
-                # A client that disconnected lands here too: stop its sequences now.
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+                async for c in generation:
+                    tokens[c.index] = c.completion_tokens
+                    yield _sse(piece(c))
+            except Exception as exc:  # the stream has started: report it in-band
+                if isinstance(exc, MaasError):
+                    message = exc.message
+                else:
+                    log.exception("generation failed mid-stream")
+                    message = "generation failed"
+                error = {
+                    "message": message,
+                    "type": "server_error",
+                    "param": None,
+                    "code": "generation_failed",
+                }
+                yield _sse({"error": error})
+            if final is not None:
+                yield _sse(final(generation.prompt_tokens, sum(tokens.values())))
+            yield _sse("[DONE]")
+        finally:
+            # A client that disconnected lands here too: stop its sequences now.
+            await generation.aclose()
 
     return StreamingResponse(
         events(),

@@ -14,6 +14,7 @@ from maas import __version__
 from maas.cli import audit, jobs, keys, models
 from maas.cli.common import cli_errors, settings_from
 from maas.cli.output import err, out
+from maas.cli.serve import run_server
 from maas.cli.usage import usage
 from maas.config import Settings
 from maas.errors import NotFoundError
@@ -226,16 +227,20 @@ def serve(
             help="Register the bundled MiniLM as 'minilm' and SmolLM2 as 'smollm2' if absent."
         ),
     ] = False,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="HTTP worker processes (MAAS_WORKERS); with more than one, the models live "
+            "in one engine process shared by all workers.",
+        ),
+    ] = None,
 ) -> None:
     """Run the API server."""
-    import uvicorn
-
-    from maas.api.app import create_app
-
     base = settings_from(ctx)
-    settings = base.model_copy(
-        update={k: v for k, v in {"host": host, "port": port}.items() if v is not None}
-    )
+    overrides = {"host": host, "port": port, "workers": workers}
+    settings = base.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    settings.check_auth_bind()
     registry = Registry(settings)
     try:
         if default_model:
@@ -262,9 +267,7 @@ def serve(
         f"use: export MAAS_API_KEY=$(cat {settings.admin_key_file}))"
     )
     logging.basicConfig(level=settings.log_level.upper())
-    uvicorn.run(
-        create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level
-    )
+    run_server(settings)
 
 
 def main() -> None:  # pragma: no cover - console script shim

@@ -1,29 +1,34 @@
 """Decoder-only Hugging Face language models (``text-generation``, format ``hf``).
 
-The runtime loads the weights, the tokenizer and its chat template, and knows
-the model's limits (context length, end-of-sequence ids). Token generation
-itself — continuous batching, sampling, streaming — is the serving layer's
-``GenerationEngine``, which drives ``model`` directly; ``predict`` is not the
-way in for this task.
+The runtime loads the weights, the tokenizer and its chat template, and owns
+everything about a prompt: rendering a conversation with the chat template,
+tokenizing a plain prompt, and the model's limits (context length,
+end-of-sequence ids, how many new tokens a prompt leaves room for). Token
+generation itself — continuous batching, sampling, streaming — is the serving
+layer's ``GenerationEngine``, which drives ``model`` directly; ``predict`` is
+not the way in for this task.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from maas.errors import InvalidRequestError
-from maas.runtimes.base import Runtime, TensorSpec, module_bytes, sequence_limit
+from maas.runtimes.base import Runtime, RuntimeContext, TensorSpec, module_bytes, sequence_limit
+
+# New tokens a request gets when it names no max_tokens (fewer when the context is short).
+DEFAULT_MAX_TOKENS = 512
 
 
 class HFTextGenerationRuntime(Runtime):
     task = "text-generation"
     formats = ("hf",)
 
-    def __init__(self, context: Any) -> None:
+    def __init__(self, context: RuntimeContext) -> None:
         super().__init__(context)
-        self.model: Any = None
-        self.tokenizer: Any = None
+        self.model: Any = None  # transformers PreTrainedModel, once loaded
+        self.tokenizer: Any = None  # transformers PreTrainedTokenizerBase, once loaded
         self.context_length = 2048
         self.eos_token_ids: list[int] = []
         self.pad_token_id = 0
@@ -61,12 +66,14 @@ class HFTextGenerationRuntime(Runtime):
         self.model = None
         self.tokenizer = None
 
+    # ----------------------------------------------------------------- prompts
+
     @property
     def has_chat_template(self) -> bool:
         return bool(getattr(self.tokenizer, "chat_template", None))
 
-    def encode_chat(self, messages: list[dict[str, Any]]) -> list[int]:
-        """The prompt token ids for a conversation, rendered with the model's chat template."""
+    def encode_chat(self, messages: Sequence[Mapping[str, str]]) -> list[int]:
+        """The prompt token ids of a conversation (``role``/``content`` maps), templated."""
         if not self.has_chat_template:
             raise InvalidRequestError(
                 f"model {self.version.model} has no chat template; use /v1/completions with a "
@@ -75,18 +82,43 @@ class HFTextGenerationRuntime(Runtime):
             )
         try:
             rendered = self.tokenizer.apply_chat_template(
-                messages, add_generation_prompt=True, tokenize=False
+                [dict(m) for m in messages], add_generation_prompt=True, tokenize=False
             )
         except Exception as exc:  # jinja errors: a template that refuses these messages
             raise InvalidRequestError(
                 f"the chat template refused these messages: {exc}", param="messages"
             ) from exc
+        # The template already wrote the special tokens it wants (BOS included).
         ids: list[int] = self.tokenizer(rendered, add_special_tokens=False)["input_ids"]
         return ids
 
     def encode_text(self, text: str) -> list[int]:
+        """The prompt token ids of a plain prompt, with the tokenizer's special tokens."""
         ids: list[int] = self.tokenizer(text)["input_ids"]
+        if not ids:
+            raise InvalidRequestError("prompt must not be empty", param="prompt")
         return ids
+
+    def completion_budget(
+        self, prompt_tokens: int, max_tokens: int | None, *, prompt_param: str = "prompt"
+    ) -> int:
+        """How many new tokens a prompt may get: ``max_tokens``, or by default what the
+        context leaves (at most ``DEFAULT_MAX_TOKENS``); refused when it does not fit."""
+        limit = self.context_length
+        wanted = (
+            max_tokens
+            if max_tokens is not None
+            else min(DEFAULT_MAX_TOKENS, max(1, limit - prompt_tokens))
+        )
+        if prompt_tokens + wanted > limit:
+            raise InvalidRequestError(
+                f"this model's context length is {limit} tokens; the prompt has {prompt_tokens} "
+                f"and max_tokens asks for {wanted} more ({prompt_tokens + wanted} in all)",
+                param="max_tokens" if prompt_tokens < limit else prompt_param,
+            )
+        return wanted
+
+    # ------------------------------------------------------------- Runtime API
 
     async def predict(self, batch: Sequence[Any]) -> Sequence[Any]:
         error = InvalidRequestError("text-generation models are served by the generation engine")

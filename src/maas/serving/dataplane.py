@@ -14,8 +14,8 @@ named output tensors.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Sequence
+from contextlib import aclosing, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,10 +29,10 @@ from maas.registry.schemas import VersionInfo
 from maas.registry.store import Registry
 from maas.runtimes.base import TensorSpec
 from maas.runtimes.embeddings import Embedding
-from maas.security.pii import PiiPolicy, apply_input, strictest
+from maas.security.pii import PiiPolicy, apply_input, apply_output, strictest
 from maas.serving.context import RequestContext
-from maas.serving.generation import GenerationEngine
-from maas.serving.hosts import LocalHost, ModelHost
+from maas.serving.generation import Chunk, GenerationRequest, Prepared
+from maas.serving.hosts import ModelHost
 from maas.serving.metrics import ServingMetrics
 
 RESOLVE_TTL_SECONDS = 1.0
@@ -56,11 +56,49 @@ class InferResult:
 
 
 @dataclass(frozen=True, slots=True)
-class GenerationSession:
+class _Accepted:
     version: VersionInfo
-    runtime: Any  # HFTextGenerationRuntime: tokenizer, chat template, limits
-    engine: GenerationEngine
-    record: RequestContext
+    prepared: Prepared
+
+
+class Generation:
+    """A generation the model accepted: its version and prompt size, then its chunks.
+
+    Iterate it for ``Chunk``s (``Chunk.index`` tells the ``n`` sequences apart;
+    each ends with a chunk that has a ``finish_reason``). An error raised while
+    iterating ends it mid-way. Close it (``aclose`` or ``async with``) when
+    stopping early: that cancels the sequences still running and frees their
+    slots in the batch.
+    """
+
+    def __init__(
+        self,
+        version: VersionInfo,
+        prepared: Prepared,
+        chunks: AsyncGenerator[_Accepted | Chunk, None],
+    ) -> None:
+        self.version = version
+        self.prompt_tokens = prepared.prompt_tokens
+        self.max_tokens = prepared.max_tokens  # per sequence
+        self._chunks = chunks
+
+    def __aiter__(self) -> Generation:
+        return self
+
+    async def __anext__(self) -> Chunk:
+        chunk = await anext(self._chunks)
+        if not isinstance(chunk, Chunk):
+            raise TypeError("a generation accepts once")
+        return chunk
+
+    async def aclose(self) -> None:
+        await self._chunks.aclose()
+
+    async def __aenter__(self) -> Generation:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
 
 
 class DataPlane:
@@ -125,7 +163,7 @@ class DataPlane:
     def _expect_task(self, version: VersionInfo, task: str) -> None:
         if version.task != task:
             raise InvalidRequestError(
-                f"model {version.model} is a {version.task} model, not {task}", param="model"
+                f"model {version.model} is for {version.task}, not {task}", param="model"
             )
 
     # --------------------------------------------------------------- embeddings
@@ -255,27 +293,82 @@ class DataPlane:
             "probabilities": np.array(rows, dtype=np.float32).reshape(len(results), len(order)),
         }
 
-    @asynccontextmanager
-    async def generation(
-        self, ctx: RequestContext, ref: str, route: str
-    ) -> AsyncIterator[GenerationSession]:
-        """Hold a loaded text-generation model (and its metrics record) for one request.
+    # --------------------------------------------------------------- generation
 
-        The caller encodes its prompt, streams from ``session.engine`` and fills
-        ``session.record`` with token counts; the model cannot be evicted meanwhile.
+    async def generate(
+        self,
+        ctx: RequestContext,
+        ref: str,
+        request: GenerationRequest,
+        *,
+        route: str = "generate",
+        check_tokens: Callable[[int], Awaitable[None]] | None = None,
+    ) -> Generation:
+        """Start generating text; the answer streams from the returned ``Generation``.
+
+        Everything that refuses the request raises here, before the caller has
+        sent a byte: resolution, a model of another task, input PII (screened or
+        blocked by the caller's and the model's policy), no chat template, a prompt
+        past the context, a full queue, and ``check_tokens``, which is awaited with
+        the most tokens the request may use (prompt + ``n`` x ``max_tokens``) and
+        raises to refuse it (the transport's TPM window). Then the chunks come out
+        as the caller may see them: with an output PII policy each sequence's text
+        is held to its end and comes out as one chunk, redacted (or the stream
+        fails, blocked), and without logprobs, whose tokens would show what was
+        redacted. ``ctx`` gets the version, items (``n``), prompt tokens, and the
+        completion tokens as they are produced.
         """
+        stream = self._generation(ctx, ref, request, route, check_tokens)
+        accepted = await anext(stream)  # raising ends the stream: nothing to close
+        if not isinstance(accepted, _Accepted):
+            await stream.aclose()
+            raise TypeError("a generation must start with its acceptance")
+        return Generation(accepted.version, accepted.prepared, stream)
+
+    async def _generation(
+        self,
+        ctx: RequestContext,
+        ref: str,
+        request: GenerationRequest,
+        route: str,
+        check_tokens: Callable[[int], Awaitable[None]] | None,
+    ) -> AsyncGenerator[_Accepted | Chunk, None]:
+        """One ``_Accepted`` (once every check passed), then the chunks to release."""
         with self.track(ctx, route, ref) as tracking:
             version = await self.resolve(ref)
             tracking.version = str(version.version)
             self._expect_task(version, "text-generation")
-            if not isinstance(self.host, LocalHost):
-                raise UnavailableError(
-                    "generation needs the models in this process; "
-                    "serve text-generation models with --workers 1"
-                )
-            async with self.host.generation(version) as model:
-                assert model.engine is not None
-                yield GenerationSession(version, model.runtime, model.engine, tracking)
+            texts = request.texts()
+            screened = await self.screen(version, texts, ctx.pii)
+            if screened != texts:
+                request = request.with_texts(screened)
+            policy = self.pii_policy(version, ctx.pii)
+            async with aclosing(self.host.generate(version, request)) as events:
+                prepared = await anext(events)
+                if not isinstance(prepared, Prepared):
+                    raise UnavailableError("the model host broke the generation protocol")
+                if check_tokens is not None:
+                    await check_tokens(prepared.prompt_tokens + prepared.max_tokens * request.n)
+                # Only now: a request refused above has used no tokens.
+                tracking.prompt_tokens = prepared.prompt_tokens
+                tracking.items = request.n
+                yield _Accepted(version, prepared)
+                produced: dict[int, int] = {}
+                held: dict[int, list[str]] = {}
+                async for chunk in events:
+                    if not isinstance(chunk, Chunk):
+                        raise UnavailableError("the model host broke the generation protocol")
+                    produced[chunk.index] = chunk.completion_tokens
+                    tracking.completion_tokens = sum(produced.values())
+                    if policy.applies_to_output:
+                        held.setdefault(chunk.index, []).append(chunk.text)
+                        if chunk.finish_reason is None:
+                            continue
+                        text = await _apply_output(policy, "".join(held.pop(chunk.index)))
+                        chunk = Chunk(
+                            text, chunk.finish_reason, chunk.completion_tokens, (), chunk.index
+                        )
+                    yield chunk
 
     async def signature(self, ref: str) -> tuple[VersionInfo, list[TensorSpec], list[TensorSpec]]:
         """Inputs and outputs of a version, loading it when the registry does not know them."""
@@ -293,6 +386,13 @@ class DataPlane:
     async def is_loaded(self, ref: str) -> bool:
         version = await self.resolve(ref)
         return await self.host.is_loaded(version.ref)
+
+
+async def _apply_output(policy: PiiPolicy, text: str) -> str:
+    """The model's text as the caller may see it (long texts scanned on a worker thread)."""
+    if len(text) < 4096:
+        return apply_output(policy, text)
+    return await anyio.to_thread.run_sync(apply_output, policy, text)
 
 
 def _bytes_items(inputs: dict[str, np.ndarray], name: str) -> list[bytes]:

@@ -1,5 +1,11 @@
 """GenerationEngine: continuous batching, sampling, streaming and cancellation for one model.
 
+A generation is asked for in plain data (``GenerationRequest``) and answered
+as a stream of plain data (``Prepared``, then ``Chunk``s), so that the same
+calls work in this process (``LocalHost``) and across a process boundary
+(the engine process's ``RemoteHost``): no callbacks, runtimes or futures
+cross it.
+
 Two paths, picked per request:
 
 * **Batched** (the default): transformers' continuous-batching manager, which
@@ -17,10 +23,8 @@ Why transformers' manager rather than a step loop of our own for the batched
 path: measured here it reaches several times serial ``generate`` at 32 streams,
 and its greedy output is token-for-token what ``generate`` gives (tested).
 
-Text is detokenized incrementally and only released once it is valid UTF-8
-(a Chinese character split over byte tokens waits for its last byte); stop
-strings are matched on the text, never sent, and text that could still turn
-into a stop string is held back until it cannot.
+Text leaves through ``detokenize``: whole UTF-8 characters only, stop strings
+cut and never sent.
 """
 
 from __future__ import annotations
@@ -32,22 +36,35 @@ import logging
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from contextlib import aclosing
+from dataclasses import dataclass, replace
 from typing import Any
 
-from maas.errors import InvalidRequestError, RateLimitedError, UnavailableError
+import anyio.to_thread
+
+from maas.errors import RateLimitedError, UnavailableError
+from maas.runtimes.base import Runtime
+from maas.runtimes.text_generation import HFTextGenerationRuntime
+from maas.serving.detokenize import IncrementalDecoder, StopMatcher
 from maas.serving.metrics import ServingMetrics
 
 log = logging.getLogger(__name__)
 
 _ids = itertools.count()
 
+# Prompts longer than this (characters) are templated and tokenized on a worker thread.
+_ENCODE_ON_LOOP_CHARS = 4096
+
+# The dataclasses below are the generation interface of ``ModelHost``: plain values
+# only. msgpack brings tuples back as lists, so the tuple fields are made tuples again.
+
 
 @dataclass(frozen=True, slots=True)
 class SamplingParams:
-    max_tokens: int
+    # None: what the context leaves after the prompt, at most DEFAULT_MAX_TOKENS.
+    max_tokens: int | None = None
     temperature: float = 1.0  # 0 = greedy (deterministic)
     top_p: float = 1.0
     top_k: int = 0  # 0 = off
@@ -55,100 +72,100 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     top_logprobs: int | None = None  # None = no alternatives; needs the exact path
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.stop, tuple):
+            object.__setattr__(self, "stop", tuple(self.stop))
+
     @property
     def exact_path(self) -> bool:
         return self.top_logprobs is not None or (self.seed is not None and self.temperature > 0)
 
 
 @dataclass(frozen=True, slots=True)
+class Message:
+    """One turn of a conversation, as the chat template reads it."""
+
+    role: str  # system | developer | user | assistant
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    """What to generate from: a conversation (chat template) or a plain prompt, ``n`` times."""
+
+    messages: tuple[Message, ...] = ()
+    prompt: str | None = None
+    params: SamplingParams = SamplingParams()
+    n: int = 1  # completions of the same prompt, generated side by side in the running batch
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.messages, tuple):
+            object.__setattr__(self, "messages", tuple(self.messages))
+        if bool(self.messages) == (self.prompt is not None):
+            raise ValueError("a generation request has either messages or a prompt")
+        if self.n < 1:
+            raise ValueError("n must be at least 1")
+
+    def texts(self) -> list[str]:
+        """The caller's texts, in order (what PII screening reads and rewrites)."""
+        return [m.content for m in self.messages] if self.messages else [self.prompt or ""]
+
+    def with_texts(self, texts: list[str]) -> GenerationRequest:
+        """The same request over rewritten texts (``texts()`` order)."""
+        if self.messages:
+            messages = tuple(Message(m.role, t) for m, t in zip(self.messages, texts, strict=True))
+            return replace(self, messages=messages)
+        (prompt,) = texts
+        return replace(self, prompt=prompt)
+
+
+@dataclass(frozen=True, slots=True)
 class TokenLogprob:
     token: str
     logprob: float
-    top: list[tuple[str, float]] = field(default_factory=list)
+    top: tuple[tuple[str, float], ...] = ()  # the most likely tokens at this step, best first
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.top, tuple):
+            object.__setattr__(self, "top", tuple((t, lp) for t, lp in self.top))
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """The first event of every generation: the prompt is encoded and fits.
+
+    Nothing is generating yet when it arrives; a consumer that closes the stream
+    here (a refused token budget) leaves nothing running.
+    """
+
+    prompt_tokens: int
+    max_tokens: int  # per sequence, resolved for this prompt
+
+
+@dataclass(frozen=True, slots=True)
 class Chunk:
     """A piece of one completion: new text, and at the end why it stopped."""
 
     text: str
     finish_reason: str | None = None  # "stop" | "length" on the last chunk
-    completion_tokens: int = 0  # so far
-    logprobs: list[TokenLogprob] = field(default_factory=list)
+    completion_tokens: int = 0  # of this sequence, so far
+    logprobs: tuple[TokenLogprob, ...] = ()
+    index: int = 0  # which of the request's n sequences
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.logprobs, tuple):
+            object.__setattr__(self, "logprobs", tuple(self.logprobs))
 
 
-class StopMatcher:
-    """Releases text as it arrives, cutting at the first stop string and never leaking one."""
-
-    def __init__(self, stops: tuple[str, ...]) -> None:
-        self.stops = tuple(s for s in stops if s)
-        self.text = ""
-        self.released = 0
-        self.stopped = False
-
-    def feed(self, delta: str) -> str:
-        self.text += delta
-        if not self.stops:
-            out, self.released = self.text[self.released :], len(self.text)
-            return out
-        window = max(0, self.released - max(len(s) for s in self.stops))
-        hits = [i for i in (self.text.find(s, window) for s in self.stops) if i >= 0]
-        if hits:
-            cut = min(hits)
-            self.stopped = True
-            out = self.text[self.released : max(cut, self.released)]
-            self.released = max(cut, self.released)
-            return out
-        safe = len(self.text) - self._partial_suffix()
-        out = self.text[self.released : max(safe, self.released)]
-        self.released = max(safe, self.released)
-        return out
-
-    def flush(self) -> str:
-        out, self.released = self.text[self.released :], len(self.text)
-        return out if not self.stopped else ""
-
-    def _partial_suffix(self) -> int:
-        """Length of the longest end of the text that begins some stop string."""
-        best = 0
-        for stop in self.stops:
-            for size in range(min(len(stop) - 1, len(self.text)), best, -1):
-                if self.text.endswith(stop[:size]):
-                    best = size
-                    break
-        return best
-
-
-class IncrementalDecoder:
-    """Token ids in, complete UTF-8 text out."""
-
-    def __init__(self, tokenizer: Any) -> None:
-        self.tokenizer = tokenizer
-        self.ids: list[int] = []
-        self.emitted = ""
-
-    def push(self, new_ids: list[int]) -> str:
-        self.ids.extend(new_ids)
-        text: str = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        if text.endswith("\ufffd"):
-            return ""  # the last character's bytes are not all here yet
-        if not text.startswith(self.emitted):  # a tokenizer re-spaced earlier text
-            return ""
-        delta, self.emitted = text[len(self.emitted) :], text
-        return delta
-
-    def flush(self) -> str:
-        """What is left at the end, even bytes that never formed a character (as U+FFFD)."""
-        text: str = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        delta = text[len(self.emitted) :] if text.startswith(self.emitted) else ""
-        self.emitted = text
-        return delta
+GenerationEvent = Prepared | Chunk
 
 
 class GenerationEngine:
+    """Generation for one loaded text-generation model: ``prepare``, then ``generate``."""
+
     def __init__(
         self,
-        runtime: Any,
+        runtime: Runtime,
         *,
         metrics: ServingMetrics,
         model_label: str,
@@ -157,7 +174,9 @@ class GenerationEngine:
         max_queued: int,
         kv_cache_tokens: int,
     ) -> None:
-        self.runtime = runtime
+        if not isinstance(runtime, HFTextGenerationRuntime):
+            raise TypeError(f"{type(runtime).__name__} is not a text-generation runtime")
+        self.runtime: HFTextGenerationRuntime = runtime
         self.metrics = metrics
         self.label = model_label
         self.executor = executor
@@ -226,26 +245,95 @@ class GenerationEngine:
 
     # ------------------------------------------------------------ requests
 
-    def check_context(self, prompt_tokens: int, max_tokens: int) -> None:
-        limit = self.runtime.context_length
-        if prompt_tokens + max_tokens > limit:
-            raise InvalidRequestError(
-                f"this model's context length is {limit} tokens; the prompt has {prompt_tokens} "
-                f"and max_tokens asks for {max_tokens} more ({prompt_tokens + max_tokens} in all)",
-                param="max_tokens" if prompt_tokens < limit else "messages",
-            )
+    async def prepare(self, request: GenerationRequest) -> tuple[list[int], SamplingParams]:
+        """The prompt's token ids and the request's sampling with ``max_tokens`` resolved.
 
-    async def stream(self, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[Chunk]:
-        """Generate one completion, chunk by chunk; closing the iterator cancels it."""
+        Raises every refusal a request can get before it generates: no chat
+        template, an empty prompt, a prompt and budget past the context length,
+        no room in the queue for its ``n`` sequences, an unloading model.
+        """
+        self._check_open()
+        runtime = self.runtime
+        if request.messages:
+            turns = [{"role": m.role, "content": m.content} for m in request.messages]
+            encode: Callable[[], list[int]] = functools.partial(runtime.encode_chat, turns)
+        else:
+            encode = functools.partial(runtime.encode_text, request.prompt or "")
+        if sum(len(t) for t in request.texts()) < _ENCODE_ON_LOOP_CHARS:
+            prompt_ids = encode()
+        else:
+            prompt_ids = await anyio.to_thread.run_sync(encode)
+        max_tokens = runtime.completion_budget(
+            len(prompt_ids),
+            request.params.max_tokens,
+            prompt_param="messages" if request.messages else "prompt",
+        )
+        self._check_room(request.n)
+        return prompt_ids, replace(request.params, max_tokens=max_tokens)
+
+    async def generate(
+        self, prompt_ids: list[int], params: SamplingParams, n: int = 1
+    ) -> AsyncGenerator[Chunk, None]:
+        """``n`` completions of one prompt, side by side, their chunks as they come.
+
+        Each chunk's ``index`` says which sequence it belongs to. A sequence that
+        fails ends the whole stream with its error. Closing the iterator cancels
+        every sequence still running (their slots in the batch are freed).
+        """
+        if n == 1:
+            async with aclosing(self.stream(prompt_ids, params)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+            return
+        queue: asyncio.Queue[Chunk | Exception | None] = asyncio.Queue()
+
+        async def pump(index: int) -> None:
+            try:
+                async with aclosing(self.stream(prompt_ids, params, index=index)) as chunks:
+                    async for chunk in chunks:
+                        queue.put_nowait(chunk)
+            except Exception as exc:  # handed to the consumer, which raises it
+                queue.put_nowait(exc)
+            finally:
+                queue.put_nowait(None)
+
+        tasks = [asyncio.create_task(pump(i)) for i in range(n)]
+        try:
+            open_streams = n
+            while open_streams:
+                item = await queue.get()
+                if item is None:
+                    open_streams -= 1
+                elif isinstance(item, Exception):
+                    raise item
+                else:
+                    yield item
+        finally:
+            # Cancelling is synchronous, so the sequences stop even if this await is
+            # itself cancelled (a client that went away).
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _check_open(self) -> None:
         if self._closed:
             raise UnavailableError(f"model {self.label} is unloading; retry")
-        self.check_context(len(prompt_ids), params.max_tokens)
-        if self.inflight >= self.max_running + self.max_queued:
+
+    def _check_room(self, sequences: int) -> None:
+        if self.inflight + sequences > self.max_running + self.max_queued:
             raise RateLimitedError(
                 f"model {self.label} has {self.inflight} requests in flight, the most it queues "
                 "(MAAS_MAX_QUEUED_REQUESTS); retry shortly",
                 retry_after=1,
             )
+
+    async def stream(
+        self, prompt_ids: list[int], params: SamplingParams, *, index: int = 0
+    ) -> AsyncGenerator[Chunk, None]:
+        """Generate one completion, chunk by chunk; closing the iterator cancels it."""
+        self._check_open()
+        max_tokens = self.runtime.completion_budget(len(prompt_ids), params.max_tokens)
+        self._check_room(1)
         self.inflight += 1
         self._gauges()
         source = self._exact if params.exact_path else self._batched
@@ -256,8 +344,10 @@ class GenerationEngine:
         produced = 0
         first = True
         pending: list[TokenLogprob] = []  # logprobs of tokens whose text is not out yet
+        # aclosing: closing this stream (a stop string, a caller gone) frees the slot at once.
+        steps = source(prompt_ids, params, max_tokens)
         try:
-            async for new_ids, logprobs, finished in source(prompt_ids, params):
+            async for new_ids, logprobs, finished in steps:
                 now = time.perf_counter()
                 if new_ids:
                     if first:
@@ -275,23 +365,26 @@ class GenerationEngine:
                 text = matcher.feed(decoder.push(new_ids)) if new_ids else ""
                 pending.extend(logprobs)
                 if matcher.stopped:
-                    yield Chunk(text, "stop", produced, pending)
+                    yield Chunk(text, "stop", produced, tuple(pending), index)
                     return
                 if finished is not None:
                     text += matcher.feed(decoder.flush())
                     if matcher.stopped:
-                        yield Chunk(text, "stop", produced, pending)
+                        yield Chunk(text, "stop", produced, tuple(pending), index)
                         return
-                    yield Chunk(text + matcher.flush(), finished, produced, pending)
+                    yield Chunk(text + matcher.flush(), finished, produced, tuple(pending), index)
                     return
                 if text:
-                    yield Chunk(text, None, produced, pending)
+                    yield Chunk(text, None, produced, tuple(pending), index)
                     pending = []
         finally:
-            self.inflight -= 1
-            if not first:
-                self.running -= 1
-            self._gauges()
+            try:
+                await steps.aclose()
+            finally:  # counted even when the close is itself cancelled
+                self.inflight -= 1
+                if not first:
+                    self.running -= 1
+                self._gauges()
 
     def _gauges(self) -> None:
         self.metrics.gen_running.labels(self.label).set(self.running)
@@ -308,8 +401,8 @@ class GenerationEngine:
     # ------------------------------------------------------------ batched path
 
     async def _batched(
-        self, prompt_ids: list[int], params: SamplingParams
-    ) -> AsyncIterator[tuple[list[int], list[TokenLogprob], str | None]]:
+        self, prompt_ids: list[int], params: SamplingParams, max_tokens: int
+    ) -> AsyncGenerator[tuple[list[int], list[TokenLogprob], str | None], None]:
         greedy = params.temperature == 0
         loop = asyncio.get_running_loop()
         kind = "greedy" if greedy else "sample"
@@ -332,7 +425,7 @@ class GenerationEngine:
         manager.add_request(
             list(prompt_ids),
             request_id=request_id,
-            max_new_tokens=params.max_tokens,
+            max_new_tokens=max_tokens,
             streaming=True,
             eos_token_id=self.runtime.eos_token_ids or None,
             **kwargs,
@@ -356,9 +449,7 @@ class GenerationEngine:
                 if result.is_finished():
                     done = True
                     ended_on_eos = bool(tokens) and tokens[-1] in self.runtime.eos_token_ids
-                    finished = (
-                        "stop" if ended_on_eos or len(tokens) < params.max_tokens else "length"
-                    )
+                    finished = "stop" if ended_on_eos or len(tokens) < max_tokens else "length"
                 yield new, logprobs, finished
                 if finished is not None:
                     return
@@ -369,8 +460,8 @@ class GenerationEngine:
     # ------------------------------------------------------------ exact path
 
     async def _exact(
-        self, prompt_ids: list[int], params: SamplingParams
-    ) -> AsyncIterator[tuple[list[int], list[TokenLogprob], str | None]]:
+        self, prompt_ids: list[int], params: SamplingParams, max_tokens: int
+    ) -> AsyncGenerator[tuple[list[int], list[TokenLogprob], str | None], None]:
         loop = asyncio.get_running_loop()
         outputs: asyncio.Queue[tuple[list[int], list[TokenLogprob], str | None] | BaseException] = (
             asyncio.Queue()
@@ -381,7 +472,7 @@ class GenerationEngine:
             loop.call_soon_threadsafe(outputs.put_nowait, item)
 
         work = loop.run_in_executor(
-            self.executor, _step_loop, self.runtime, prompt_ids, params, emit, cancel
+            self.executor, _step_loop, self.runtime, prompt_ids, params, max_tokens, emit, cancel
         )
         try:
             while True:
@@ -397,9 +488,10 @@ class GenerationEngine:
 
 
 def _step_loop(
-    runtime: Any,
+    runtime: HFTextGenerationRuntime,
     prompt_ids: list[int],
     params: SamplingParams,
+    max_tokens: int,
     emit: Callable[[Any], None],
     cancel: threading.Event,
 ) -> None:
@@ -415,7 +507,7 @@ def _step_loop(
         ids = torch.tensor([prompt_ids], dtype=torch.long)  # (1, prompt)
         past: Any = None
         with torch.inference_mode():
-            for step in range(params.max_tokens):
+            for step in range(max_tokens):
                 if cancel.is_set():
                     return
                 # logits_to_keep=1: only the last position's logits (vocab-sized rows are
@@ -440,18 +532,18 @@ def _step_loop(
                         probs = torch.where(mask, probs, torch.zeros_like(probs))
                         probs = probs / probs.sum()
                     token = int(torch.multinomial(probs, 1, generator=generator))
-                top: list[tuple[str, float]] = []
+                top: tuple[tuple[str, float], ...] = ()
                 if params.top_logprobs:
                     values, indices = torch.topk(logp, params.top_logprobs)
-                    top = [
+                    top = tuple(
                         (tokenizer.decode([int(i)]), float(v))
                         for v, i in zip(values, indices, strict=True)
-                    ]
+                    )
                 entry = TokenLogprob(tokenizer.decode([token]), float(logp[token]), top)
                 finished: str | None = None
                 if token in eos:
                     finished = "stop"
-                elif step == params.max_tokens - 1:
+                elif step == max_tokens - 1:
                     finished = "length"
                 emit(([token], [entry], finished))
                 if finished is not None:

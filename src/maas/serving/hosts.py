@@ -12,24 +12,27 @@ batcher itself. Two hosts implement the same calls:
 
 Everything that crosses this boundary is plain data (numpy arrays, dataclasses
 of the runtimes, ``VersionInfo``) so that the remote host can carry it.
+Generation too: ``generate`` takes a ``GenerationRequest`` and answers with an
+async stream of ``Prepared`` then ``Chunk`` dataclasses (``serving.generation``).
 """
 
 from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from maas.errors import InvalidRequestError, UnavailableError
+from maas.errors import InvalidRequestError
 from maas.registry.schemas import VersionInfo
 from maas.runtimes.base import TensorSpec
 from maas.runtimes.explain import ExplainableRuntime, Explanation
 from maas.serving.batching import RequestCost
+from maas.serving.generation import GenerationEvent, GenerationRequest, Prepared
 from maas.serving.manager import LoadedModel, ModelManager
 
 
@@ -82,6 +85,24 @@ class ModelHost(ABC):
     async def explain(
         self, version: VersionInfo, text: str, *, target: str | int | None, steps: int
     ) -> Explanation: ...
+
+    @abstractmethod
+    def generate(
+        self, version: VersionInfo, request: GenerationRequest
+    ) -> AsyncGenerator[GenerationEvent, None]:
+        """Generate text with a text-generation version, as a stream of events.
+
+        The first event is ``Prepared`` (the prompt's token count and the resolved
+        ``max_tokens``); every refusal that comes before generation (unknown or
+        unloadable model, no chat template, prompt too long, queue full) is raised
+        by the first ``__anext__`` instead, so it can become a status code. Nothing
+        generates until the second ``__anext__``: a caller may close the stream
+        after ``Prepared`` (a refused token budget) at no cost. Then come ``Chunk``s
+        of the ``n`` sequences (``Chunk.index``) until each has one with a
+        ``finish_reason``; an error raised later ends the stream mid-way. Closing
+        the iterator (``aclose``) cancels every sequence still running and frees
+        its slot in the running batch.
+        """
 
     @abstractmethod
     async def load(self, version: VersionInfo, *, pinned: bool = False) -> LoadedView:
@@ -155,13 +176,24 @@ class LocalHost(ModelHost):
                 )
             return await runtime.explain(text, target=target, steps=steps)
 
-    @asynccontextmanager
-    async def generation(self, version: VersionInfo) -> AsyncIterator[LoadedModel]:
-        """Hold a loaded text-generation model for one request (in-process only)."""
+    async def generate(
+        self, version: VersionInfo, request: GenerationRequest
+    ) -> AsyncGenerator[GenerationEvent, None]:
+        # The model stays borrowed (not evictable) until the stream ends or is closed.
         async with self.manager.use(version) as model:
-            if model.engine is None:
-                raise UnavailableError(f"model {version.ref} has no generation engine")
-            yield model
+            engine = model.engine
+            if engine is None:
+                raise InvalidRequestError(
+                    f"model {version.ref} is for {version.task}, not text-generation",
+                    param="model",
+                )
+            prompt_ids, params = await engine.prepare(request)
+            assert params.max_tokens is not None  # prepare resolves it
+            yield Prepared(len(prompt_ids), params.max_tokens)
+            # aclosing: a caller that closes this stream closes the sequences now, not at GC.
+            async with aclosing(engine.generate(prompt_ids, params, request.n)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
 
     async def load(self, version: VersionInfo, *, pinned: bool = False) -> LoadedView:
         model = await self.manager.get(version, pinned=pinned)

@@ -1,0 +1,191 @@
+"""The engine process: one per machine, it holds the loaded models of every HTTP worker.
+
+``maas serve --workers N`` starts N HTTP worker processes and this one engine
+process. The workers authenticate, validate and encode; each model's weights,
+its batcher and its generation engine live here, once, so requests from every
+worker share the same batches.
+
+Protocol (ZeroMQ ROUTER socket on a local ``ipc://`` path; ``wire`` encodes):
+a request is ``[call id, op, args]``; the answer is ``[call id, "ok", value]``
+or ``[call id, "error", MaasError]``. Each request runs as its own task, so a
+slow load never holds up other models' requests. ``generate`` answers with a
+stream: ``[call id, "event", Prepared]``, then (after the worker's ``resume``,
+so a worker that refuses the token budget costs no generation) one
+``[call id, "event", Chunk]`` per chunk and ``[call id, "end", None]``; a
+``cancel`` (the HTTP client went away) closes the stream and frees its slots. ``predict`` and
+``predict_tensors`` also send back the queue and compute seconds the batcher
+measured, for usage metering in the worker.
+
+Run as ``python -m maas.serving.engine ADDRESS``; settings come from the
+environment like every maas process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from maas.config import Settings
+from maas.errors import MaasError
+from maas.registry.store import Registry
+from maas.serving.batching import RequestCost
+from maas.serving.engine import wire
+from maas.serving.generation import Prepared
+from maas.serving.hosts import LocalHost
+from maas.serving.manager import ModelManager
+from maas.serving.metrics import ServingMetrics
+
+log = logging.getLogger("maas.engine")
+
+
+class EngineServer:
+    """Answers ``RemoteHost`` calls from a ``LocalHost``."""
+
+    def __init__(self, host: LocalHost, metrics: ServingMetrics, address: str) -> None:
+        self.host = host
+        self.metrics = metrics
+        self.address = address
+        self._context = zmq.asyncio.Context()
+        self._socket = self._context.socket(zmq.ROUTER)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._tasks: set[asyncio.Task[None]] = set()
+        # Running generation streams by (worker identity, call id): resume and cancel.
+        self._streams: dict[tuple[bytes, int], tuple[asyncio.Task[None], asyncio.Event]] = {}
+        self._send_lock = asyncio.Lock()
+        self._ops: dict[str, Callable[..., Awaitable[Any]]] = {
+            "predict": self._predict,
+            "predict_tensors": self._predict_tensors,
+            "labels": host.labels,
+            "signature": host.signature,
+            "explain": self._explain,
+            "load": self._load,
+            "unload": host.unload,
+            "status": host.status,
+            "is_loaded": host.is_loaded,
+            "metrics": self._metrics,
+            "ping": self._ping,
+        }
+
+    async def _predict(self, version: Any, items: list[Any]) -> tuple[Any, float, float]:
+        cost = RequestCost()
+        results = await self.host.predict(version, items, cost)
+        return results, cost.queue_seconds, cost.compute_seconds
+
+    async def _predict_tensors(self, version: Any, inputs: Any) -> tuple[Any, float, float]:
+        cost = RequestCost()
+        outputs = await self.host.predict_tensors(version, inputs, cost)
+        return outputs, cost.queue_seconds, cost.compute_seconds
+
+    async def _explain(self, version: Any, text: str, target: Any, steps: int) -> Any:
+        return await self.host.explain(version, text, target=target, steps=steps)
+
+    async def _load(self, version: Any, pinned: bool) -> Any:
+        return await self.host.load(version, pinned=pinned)
+
+    async def _metrics(self) -> bytes:
+        return self.metrics.render()
+
+    async def _ping(self) -> str:
+        return "pong"
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        self._socket.bind(self.address)
+        log.info("engine listening on %s", self.address)
+        receiving = asyncio.ensure_future(self._receive())
+        await stop.wait()
+        receiving.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await receiving
+        for task in list(self._tasks):
+            task.cancel()
+        self._socket.close()
+        self._context.term()
+
+    async def _receive(self) -> None:
+        while True:
+            identity, payload = await self._socket.recv_multipart(copy=True)
+            task = asyncio.ensure_future(self._handle(identity, payload))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, identity: bytes, answer: list[Any]) -> None:
+        async with self._send_lock:
+            await self._socket.send_multipart([identity, wire.packb(answer)])
+
+    async def _stream(
+        self, identity: bytes, call_id: int, version: Any, request: Any, resume: asyncio.Event
+    ) -> None:
+        stream = self.host.generate(version, request)
+        try:
+            async for event in stream:
+                await self._send(identity, [call_id, "event", event])
+                if isinstance(event, Prepared):
+                    await resume.wait()
+            await self._send(identity, [call_id, "end", None])
+        except MaasError as exc:
+            await self._send(identity, [call_id, "error", exc])
+        except Exception as exc:
+            log.exception("engine: generation failed")
+            error = MaasError(f"engine error: {type(exc).__name__}: {exc}")
+            await self._send(identity, [call_id, "error", error])
+        finally:
+            await stream.aclose()
+            self._streams.pop((identity, call_id), None)
+
+    def _control(self, identity: bytes, op: str, call_id: int, args: list[Any]) -> bool:
+        """Generation stream control; True when ``op`` was one."""
+        if op == "generate":
+            resume = asyncio.Event()
+            version, request = args
+            task = asyncio.ensure_future(self._stream(identity, call_id, version, request, resume))
+            self._streams[(identity, call_id)] = (task, resume)
+            return True
+        if op in ("resume", "cancel"):
+            running = self._streams.get((identity, int(args[0])))
+            if running is not None:
+                if op == "resume":
+                    running[1].set()
+                else:
+                    running[0].cancel()
+            return True
+        return False
+
+    async def _handle(self, identity: bytes, payload: bytes) -> None:
+        call_id: int = -1
+        try:
+            call_id, op, args = wire.unpackb(payload)
+            if self._control(identity, op, call_id, args):
+                return
+            handler = self._ops.get(op)
+            if handler is None:
+                raise MaasError(f"engine: unknown operation {op!r}")
+            answer = [call_id, "ok", await handler(*args)]
+        except MaasError as exc:
+            answer = [call_id, "error", exc]
+        except Exception as exc:
+            log.exception("engine: %s failed", payload[:64])
+            answer = [call_id, "error", MaasError(f"engine error: {type(exc).__name__}: {exc}")]
+        await self._send(identity, answer)
+
+
+async def run_engine(settings: Settings, address: str) -> None:
+    registry = Registry(settings)
+    metrics = ServingMetrics()
+    host = LocalHost(ModelManager(registry, settings, metrics))
+    server = EngineServer(host, metrics, address)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await server.serve(stop)
+    finally:
+        await host.close()
+        registry.close()
