@@ -275,3 +275,17 @@ def test_streams_from_both_workers_share_one_running_batch(workers_server: LiveS
     # The sequences decoded side by side in the engine's one running batch, whichever
     # worker took their connection (a few may finish before the last one starts).
     assert peak >= 6.0
+
+
+def test_a_keys_requests_per_minute_hold_across_workers(workers_server: LiveServer) -> None:
+    created = httpx.post(
+        f"{workers_server.url}/admin/v1/keys",
+        json={"name": "rpm-5", "scopes": ["infer"], "rpm_limit": 5},
+        headers=_auth(workers_server),
+    ).json()
+    # Fresh connections land on both workers; the window lives in the engine.
+    statuses = [_infer(workers_server, [1, 0, 0, 0], created["key"]) for _ in range(12)]
+    assert [r.status_code for r in statuses] == [200] * 5 + [429] * 7
+    refused = statuses[-1]
+    assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+    assert 1 <= int(refused.headers["retry-after"]) <= 60

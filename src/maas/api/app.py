@@ -33,10 +33,10 @@ from maas.registry.store import Registry
 from maas.security.admission import Admission
 from maas.security.audit import AuditLog
 from maas.security.keys import KeyStore
-from maas.security.limits import RATE_WORDS, RateLimiter
+from maas.security.limits import RATE_WORDS, Limiter, RateLimiter
 from maas.security.usage import UsageRecorder
 from maas.serving.dataplane import DataPlane
-from maas.serving.engine.client import RemoteHost
+from maas.serving.engine.client import RemoteHost, RemoteLimiter
 from maas.serving.hosts import LocalHost, ModelHost
 from maas.serving.manager import ModelManager
 from maas.serving.metrics import ServingMetrics
@@ -58,18 +58,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.warning("created the bootstrap admin key; it is in %s (mode 0600)", created)
         serving_metrics = ServingMetrics()
         host: ModelHost
+        limiter: Limiter
         if settings.engine_address:
-            # One of `maas serve --workers N`'s workers: models live in the engine process.
+            # One of `maas serve --workers N`'s workers: models live in the engine process,
+            # and so do the rate-limit windows unless Redis holds them for everyone.
             host = RemoteHost(settings.engine_address)
+            limiter = RateLimiter(settings.redis_url) if settings.redis_url else RemoteLimiter(host)
         else:
             host = LocalHost(ModelManager(registry, settings, serving_metrics))
+            limiter = RateLimiter(settings.redis_url)
         app.state.settings = settings
         app.state.registry = registry
         app.state.keys = keys
         app.state.audit = AuditLog(registry.db)
         app.state.metrics = serving_metrics
         app.state.dataplane = DataPlane(registry, host, serving_metrics)
-        app.state.limiter = RateLimiter(settings.redis_url)
+        app.state.limiter = limiter
         app.state.usage = UsageRecorder(registry.db, watts=settings.energy_watts)
         admission = Admission(keys, app.state.limiter, app.state.usage, enabled=settings.auth)
         await admission.start()

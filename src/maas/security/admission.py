@@ -33,7 +33,7 @@ import anyio.to_thread
 
 from maas.errors import ForbiddenError, NotFoundError, UnauthorizedError
 from maas.security.keys import EPOCH_POLL_SECONDS, KeyInfo, KeyStore
-from maas.security.limits import RateLimiter, rate_headers
+from maas.security.limits import Limiter, rate_headers
 from maas.security.pii import PiiPolicy
 from maas.security.usage import UsageEvent, UsageRecorder
 
@@ -84,7 +84,7 @@ class Admission:
     def __init__(
         self,
         keys: KeyStore,
-        limiter: RateLimiter,
+        limiter: Limiter,
         usage: UsageRecorder,
         *,
         enabled: bool = True,

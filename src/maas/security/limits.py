@@ -17,6 +17,7 @@ import inspect
 import math
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 from limits import RateLimitItemPerMinute
 from limits.aio.strategies import MovingWindowRateLimiter
@@ -54,6 +55,20 @@ def rate_headers(requests: WindowState | None, tokens: WindowState | None) -> di
         headers[f"x-ratelimit-remaining-{kind}"] = str(max(0, state.remaining))
         headers[f"x-ratelimit-reset-{kind}"] = _duration(state.reset_seconds)
     return headers
+
+
+class Limiter(Protocol):
+    """What admission needs of a limiter: this module's ``RateLimiter``, or with
+    ``maas serve --workers N`` and no Redis, the engine process's one reached over IPC
+    (``serving.engine.client.RemoteLimiter``), so that every worker counts in one window."""
+
+    async def acquire_request(self, key_id: int, limit: int) -> WindowState: ...
+
+    async def check_tokens(self, key_id: int, limit: int, needed: int) -> WindowState: ...
+
+    async def record_tokens(self, key_id: int, limit: int, used: int) -> WindowState: ...
+
+    async def close(self) -> None: ...
 
 
 class RateLimiter:

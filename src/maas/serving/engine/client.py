@@ -29,6 +29,7 @@ from maas.errors import MaasError, UnavailableError
 from maas.registry.schemas import VersionInfo
 from maas.runtimes.base import TensorSpec
 from maas.runtimes.explain import Explanation
+from maas.security.limits import WindowState
 from maas.serving.batching import RequestCost
 from maas.serving.engine import wire
 from maas.serving.generation import GenerationEvent, GenerationRequest, Prepared
@@ -204,3 +205,25 @@ class RemoteHost(ModelHost):
 def _add_cost(cost: RequestCost, queued: float, computed: float) -> None:
     cost.queue_seconds = max(cost.queue_seconds, queued)
     cost.compute_seconds += computed
+
+
+class RemoteLimiter:
+    """Rate limits counted in the engine process, shared by every worker (no Redis needed)."""
+
+    def __init__(self, host: RemoteHost) -> None:
+        self._host = host
+
+    async def acquire_request(self, key_id: int, limit: int) -> WindowState:
+        state: WindowState = await self._host._call("acquire_request", key_id, limit)
+        return state
+
+    async def check_tokens(self, key_id: int, limit: int, needed: int) -> WindowState:
+        state: WindowState = await self._host._call("check_tokens", key_id, limit, needed)
+        return state
+
+    async def record_tokens(self, key_id: int, limit: int, used: int) -> WindowState:
+        state: WindowState = await self._host._call("record_tokens", key_id, limit, used)
+        return state
+
+    async def close(self) -> None:
+        """Nothing to release: the windows live in the engine."""

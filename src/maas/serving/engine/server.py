@@ -8,7 +8,9 @@ worker share the same batches.
 Protocol (ZeroMQ ROUTER socket on a local ``ipc://`` path; ``wire`` encodes):
 a request is ``[call id, op, args]``; the answer is ``[call id, "ok", value]``
 or ``[call id, "error", MaasError]``. Each request runs as its own task, so a
-slow load never holds up other models' requests. ``generate`` answers with a
+slow load never holds up other models' requests. Without Redis, the engine also
+keeps the rate-limit windows (``acquire_request``, ``check_tokens``,
+``record_tokens``), so a key's RPM/TPM hold across every worker. ``generate`` answers with a
 stream: ``[call id, "event", Prepared]``, then (after the worker's ``resume``,
 so a worker that refuses the token budget costs no generation) one
 ``[call id, "event", Chunk]`` per chunk and ``[call id, "end", None]``; a
@@ -35,6 +37,7 @@ import zmq.asyncio
 from maas.config import Settings
 from maas.errors import MaasError
 from maas.registry.store import Registry
+from maas.security.limits import RateLimiter
 from maas.serving.batching import RequestCost
 from maas.serving.engine import wire
 from maas.serving.generation import Prepared
@@ -50,6 +53,8 @@ class EngineServer:
 
     def __init__(self, host: LocalHost, metrics: ServingMetrics, address: str) -> None:
         self.host = host
+        # Rate-limit windows shared by every worker (used when there is no Redis).
+        self.limiter = RateLimiter()
         self.metrics = metrics
         self.address = address
         self._context = zmq.asyncio.Context()
@@ -70,6 +75,9 @@ class EngineServer:
             "status": host.status,
             "is_loaded": host.is_loaded,
             "metrics": self._metrics,
+            "acquire_request": self.limiter.acquire_request,
+            "check_tokens": self.limiter.check_tokens,
+            "record_tokens": self.limiter.record_tokens,
             "ping": self._ping,
         }
 

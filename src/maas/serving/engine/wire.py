@@ -29,6 +29,7 @@ from maas.runtimes.embeddings import Embedding
 from maas.runtimes.explain import Explanation
 from maas.runtimes.image_classification import ImageClassification
 from maas.runtimes.text_classification import Classification
+from maas.security.limits import WindowState
 from maas.serving.generation import (
     Chunk,
     GenerationRequest,
@@ -58,6 +59,7 @@ _CLASSES: dict[str, type[Any]] = {
         TokenLogprob,
         Prepared,
         Chunk,
+        WindowState,
     )
 }
 _ERRORS: dict[str, type[errors.MaasError]] = {
