@@ -6,9 +6,11 @@ import base64
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, Depends, Request
+import orjson
+from fastapi import APIRouter, Depends, Request, Response
 
 from maas.api.admin import run_sync
+from maas.api.bodies import openapi_body, read_body
 from maas.api.deps import AdmittedDep, CtxDep, RegistryDep, require_key
 from maas.api.schemas.openai import MAX_EMBEDDING_INPUTS, EmbeddingsRequest
 from maas.errors import InvalidRequestError, NotFoundError
@@ -81,12 +83,13 @@ def _normalise_input(raw: EmbeddingsRequest) -> list[str | list[int]]:
     return items
 
 
-@router.post("/embeddings")
+@router.post("/embeddings", openapi_extra=openapi_body(EmbeddingsRequest))
 async def create_embeddings(
-    body: EmbeddingsRequest,
+    request: Request,
     ctx: CtxDep,
     dataplane: Annotated[DataPlane, Depends(get_dataplane)],
-) -> dict[str, Any]:
+) -> Response:
+    body = await read_body(request, EmbeddingsRequest)
     ctx.ensure_model(model_name(body.model))
     items = _normalise_input(body)
     result = await dataplane.embed(ctx, body.model, items, dimensions=body.dimensions)
@@ -96,11 +99,14 @@ async def create_embeddings(
         if body.encoding_format == "base64":
             embedding = base64.b64encode(vector.astype("<f4", copy=False).tobytes()).decode()
         else:
-            embedding = np.asarray(vector, dtype=np.float32).tolist()
+            embedding = np.asarray(vector, dtype=np.float32)  # orjson writes it directly
         data.append({"object": "embedding", "index": index, "embedding": embedding})
-    return {
+    payload = {
         "object": "list",
         "data": data,
         "model": body.model,
         "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
     }
+    return Response(
+        orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json"
+    )
