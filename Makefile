@@ -3,8 +3,10 @@ PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-HOST   ?= 127.0.0.1
-PORT   ?= 8000
+# `make run PORT=9002` wins; otherwise MAAS_HOST/MAAS_PORT, the variables `maas serve`
+# itself reads, are honoured (`MAAS_PORT=9001 make run`), then the defaults.
+HOST   ?= $(or $(MAAS_HOST),127.0.0.1)
+PORT   ?= $(or $(MAAS_PORT),8000)
 
 .PHONY: install run test test-fast lint bench clean
 

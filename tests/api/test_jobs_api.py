@@ -282,13 +282,14 @@ def test_promotion_moves_the_alias_only_when_every_gate_holds(
 
     r = client.post(
         url,
-        json={"alias": "production", "require": ["accuracy>=0.9", "latency_ms_bs1<=20"]},
+        json={"alias": "canary", "require": ["accuracy>=0.9", "latency_ms_bs1<=20"]},
         headers=auth,
     )
     assert r.status_code == 409, r.text
     message = r.json()["error"]["message"]
     assert "latency_ms_bs1<=20 (is 25)" in message and "accuracy" not in message.split(":", 1)[1]
-    assert client.get(f"{A}/models/m/aliases", headers=auth).json() == []
+    aliases = client.get(f"{A}/models/m/aliases", headers=auth).json()
+    assert [a["alias"] for a in aliases] == ["production"]  # the first version's; no canary
 
     for gates, status in (
         (["accuracy>>0.9"], 400),
@@ -301,14 +302,15 @@ def test_promotion_moves_the_alias_only_when_every_gate_holds(
 
     r = client.post(
         url,
-        json={"alias": "production", "require": ["accuracy>=0.9", "test.f1>0.85"]},
+        json={"alias": "canary", "require": ["accuracy>=0.9", "test.f1>0.85"]},
         headers=auth,
     )
     assert r.status_code == 200, r.text
     result = r.json()
-    assert result["version"]["aliases"] == ["production"] and result["previous"] is None
+    assert result["version"]["aliases"] == ["canary", "production"]
+    assert result["previous"] is None
     assert [g["passed"] for g in result["gates"]] == [True, True]
-    history = client.get(f"{A}/models/m/aliases/production/history", headers=auth).json()
+    history = client.get(f"{A}/models/m/aliases/canary/history", headers=auth).json()
     assert history[-1]["to_version"] == 1
     assert "accuracy>=0.9" in history[-1]["reason"]
 

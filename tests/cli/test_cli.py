@@ -53,7 +53,8 @@ def test_alias_rollback_history_archive_delete_gc(home: Path, hf_dir: Path) -> N
     assert code == 0 and out.strip() == "m@production → m:3"
     code, out, _ = maas(home, "models", "history", "m", "production", "--json")
     assert [(e["from_version"], e["to_version"]) for e in json.loads(out)] == [
-        (None, 3),
+        (None, 1),  # the first version's production alias
+        (1, 3),
         (3, 2),
         (2, 3),
     ]
@@ -166,3 +167,56 @@ def test_keys_create_with_a_policy_update_rotate_and_usage(settings: Settings) -
     r = runner.invoke(app, ["usage", "--group-by", "model", "--json"], env=env)
     assert r.exit_code == 0, r.output
     assert '"group_by": "model"' in r.stdout
+
+
+def test_keys_list_and_show_give_the_allowlist_and_limits(home: Path) -> None:
+    code, _, err = maas(
+        home, "keys", "create", "-n", "team-a", "-s", "infer", "-m", "team-a-*", "-m", "minilm",
+        "--rpm", "60", "--tpm", "5000", "--monthly-requests", "900",
+    )  # fmt: skip
+    assert code == 0, err
+    code, out, _ = maas(home, "keys", "list")
+    assert code == 0
+    header, *rows = [line for line in out.splitlines() if line.strip()]
+    for column in ("models", "rpm", "tpm", "monthly"):
+        assert column in header
+    (row,) = [r for r in rows if "team-a " in r or r.split()[1:2] == ["team-a"]]
+    assert "team-a-*,minilm" in row and " 60 " in row and "5000" in row and "900 req" in row
+    key_id = row.split()[0]
+    code, out, _ = maas(home, "keys", "show", key_id)
+    assert code == 0
+    assert "models: team-a-*, minilm" in out
+    assert "requests per minute: 60" in out and "tokens per minute: 5000" in out
+    assert "monthly requests: 900" in out and "monthly tokens: none" in out
+    assert json.loads(maas(home, "keys", "show", key_id, "--json")[1])["rpm_limit"] == 60
+    code, _, err = maas(home, "keys", "show", "999")
+    assert code == 1 and "key 999 not found" in err
+
+
+def test_usage_by_key_shows_the_key_names(settings: Settings) -> None:
+    from datetime import UTC, datetime
+
+    from maas.registry.models import UsageRow
+    from maas.security.keys import KeyPolicy, KeyStore
+
+    registry = Registry(settings)
+    try:
+        info, _ = KeyStore(registry.db).create("ci-bot", None, KeyPolicy())
+        with registry.db.write() as s:
+            for key_id in (info.id, info.id, None):
+                s.add(
+                    UsageRow(
+                        ts=datetime.now(UTC), key_id=key_id, model="minilm", version=1,
+                        route="embeddings", status=200, prompt_tokens=3,
+                    )
+                )  # fmt: skip
+    finally:
+        registry.close()
+    code, out, _ = maas(settings.home, "usage", "--group-by", "key")
+    assert code == 0
+    assert f"{info.id} (ci-bot)" in out and "no key" in out
+    data = json.loads(maas(settings.home, "usage", "--group-by", "key", "--json")[1])["data"]
+    assert [(row["key"], row["key_name"], row["requests"]) for row in data] == [
+        (info.id, "ci-bot", 2),
+        (None, None, 1),
+    ]

@@ -58,18 +58,18 @@ def test_gates_read_flat_and_nested_metrics(versions: Registry) -> None:
 
 def test_promote_moves_the_alias_only_if_every_gate_holds(versions: Registry) -> None:
     with pytest.raises(GatesFailedError) as refused:
-        promote(versions, "m:1", "production", ["accuracy>=0.9", "accuracy>0.5"], actor="ci")
+        promote(versions, "m:1", "canary", ["accuracy>=0.9", "accuracy>0.5"], actor="ci")
     assert "accuracy>=0.9 (is 0.8)" in refused.value.message
     assert "accuracy>0.5" not in refused.value.message
     assert [r.passed for r in refused.value.results] == [False, True]
-    assert versions.list_aliases("m") == {}
+    assert versions.list_aliases("m") == {"production": 1}  # the first version's, unmoved
 
     result = promote(versions, "m:2", "production", ["accuracy>=0.9", "latency_ms_bs1<=20"])
-    assert result.version.ref == "m:2" and result.previous is None
+    assert result.version.ref == "m:2" and result.previous == 1
     assert versions.resolve("m").version == 2
     again = promote(versions, "m:1", "production", [])  # no gates: a plain, recorded move
     assert again.previous == 2
-    assert versions.alias_history("m", "production")[0].reason.startswith("promoted; gates:")
+    assert versions.alias_history("m", "production")[1].reason.startswith("promoted; gates:")
 
 
 def test_lineage_follows_parents_across_models(versions: Registry) -> None:

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import re
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from maas.cli.main import app
 from maas.config import Settings
 from maas.jobs.runner import JobRunner
 from maas.registry.store import Registry
+from tests.jobs.ml_fixtures import sentiment_records
 
 runner = CliRunner()
 
@@ -91,3 +95,116 @@ def test_models_promote_exits_1_listing_the_failing_gates(home: Path, hf_dir: Pa
     assert out.strip() == "m@production → m:1"
     code, _, err = maas(home, "models", "promote", "m:1", "--require", "recall>=0.8")
     assert code == 1 and "no metric 'recall'" in err
+
+
+def test_follow_without_a_terminal_prints_a_line_per_event_then_the_job_metrics(
+    home: Path, hf_dir: Path
+) -> None:
+    settings = Settings(home=home)
+    registry = Registry(settings)
+    try:
+        registry.push(hf_dir, "m", task="text-classification")
+        spec = {"model": "m:1", "sleep": 0.5, "metrics": {"accuracy": 0.93, "loss": 0.123456}}
+        job = JobRunner(registry, settings).submit("selftest", spec)
+    finally:
+        registry.close()
+    code, out, err = maas(home, "jobs", "follow", job.id)  # CliRunner: stderr is no terminal
+    assert code == 0, err
+    assert out.strip() == "m:2"  # stdout stays the bare reference, for scripts
+    lines = [line for line in err.splitlines() if line.startswith(f"selftest {job.id[:8]} step")]
+    assert len(lines) >= 2, err
+    step, total = lines[-1].rpartition(" ")[2].split("/")
+    assert step == total  # the last event: done
+    assert "selftest metrics: selftest_files 3  accuracy 0.93  loss 0.1235" in err
+
+
+def test_job_specs_are_checked_before_the_job_is_queued(home: Path) -> None:
+    code, _, err = maas(home, "prune", "--model", "m:1", "--set", "sparsity=0.5")
+    assert code == 1
+    assert "unknown prune spec key 'sparsity'" in err and "ffn_fraction" in err
+    code, _, err = maas(home, "quantize", "--model", "m:1", "--set", "method=dynamic")
+    assert code == 1
+    assert "unknown quantize method 'dynamic'; expected one of: onnx-int8, torch-int8" in err
+    code, _, err = maas(home, "train", "--dataset", "d", "--set", "epoch=2")
+    assert code == 1 and "(did you mean 'epochs'?)" in err
+    code, out, _ = maas(home, "jobs", "list", "--json")
+    assert json.loads(out) == []  # nothing was queued
+
+
+def test_the_documented_job_examples_are_accepted(home: Path) -> None:
+    for args in (
+        ["quantize", "--model", "m:1", "--set", "method=onnx-int8"],
+        ["prune", "--model", "m:1", "--set", "ffn_fraction=0.5"],
+        ["export", "--model", "m:1", "--set", "opset=17"],
+    ):
+        code, out, err = maas(home, *args, "--detach", "--json")
+        assert code == 0, (args, err)
+        assert json.loads(out)["status"] == "queued"
+    for command, example in (
+        ("quantize", "--set method=onnx-int8"),
+        ("prune", "--set ffn_fraction=0.5"),
+    ):
+        assert example in maas(home, command, "--help")[1]
+        assert example in maas(home, "--help")[1]
+    assert "ffn_fraction: share of FFN neurons" in maas(home, "prune", "--help")[1]
+
+
+def test_a_refused_promotion_over_url_lists_every_gate_like_local_mode(
+    home: Path, hf_dir: Path
+) -> None:
+    from tests.e2e.conftest import start_server
+
+    registry = Registry(Settings(home=home))
+    try:
+        registry.push(hf_dir, "m", task="text-classification")
+        registry.push(hf_dir, "m", metrics={"accuracy": 0.85})
+    finally:
+        registry.close()
+    servers = start_server(home)
+    live = next(servers)
+    try:
+        result = runner.invoke(
+            app,
+            ["--url", live.url, "--api-key", live.key, "models", "promote", "m:2",
+             "--require", "accuracy>=0.9", "--require", "accuracy>0"],
+        )  # fmt: skip
+    finally:
+        servers.close()
+    assert result.exit_code == 1
+    assert "FAIL accuracy>=0.9 (is 0.85)" in result.stderr
+    assert "pass accuracy>0 (is 0.85)" in result.stderr
+    assert "m:2 was not promoted to production" in result.stderr
+
+
+@pytest.mark.slow
+def test_the_documented_walkthrough_chains_and_prints_metrics(
+    home: Path, tmp_path: Path, tiny_bert_dir: Path
+) -> None:
+    source = tmp_path / "reviews.csv"
+    with source.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["review", "stars"])
+        writer.writerows([r["text"], r["label"]] for r in sentiment_records(120, seed=5))
+    code, _, err = maas(home, "models", "push", str(tiny_bert_dir), "--name", "tiny")
+    assert code == 0, err
+    code, _, err = maas(
+        home, "datasets", "add", str(source), "--name", "reviews", "--text-column", "review",
+        "--label-column", "stars", "--label-map", '{"0": "neg", "1": "pos"}', "--dedup",
+    )  # fmt: skip
+    assert code == 0, err
+    code, out, err = maas(
+        home, "train", "--base", "tiny", "--dataset", "reviews", "--epochs", "1",
+        "--output", "reviews-clf", "--follow",
+    )  # fmt: skip
+    assert code == 0, err
+    assert out.strip() == "reviews-clf:1"
+    assert re.search(r"^train [0-9a-f]{8} step \d+/\d+ loss=", err, re.M), err
+    assert re.search(r"^train metrics: .*\baccuracy \d", err, re.M), err
+    code, out, err = maas(home, "evaluate", "--model", "reviews-clf:1", "--dataset", "reviews")
+    assert code == 0, err
+    assert out.strip() == "reviews-clf:1"
+    assert re.search(r"^evaluate metrics: accuracy \S+  macro_f1 \S+ .*latency_ms_bs1", err, re.M)
+    code, out, _ = maas(home, "models", "show", "reviews-clf", "--json")
+    shown = json.loads(out)
+    assert shown["model"]["aliases"] == {"production": 1}
+    assert shown["version"]["version"] == 1 and "accuracy" in shown["version"]["metrics"]

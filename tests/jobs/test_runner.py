@@ -89,6 +89,19 @@ def test_selftest_job_creates_a_version_with_lineage_and_reports(
     assert not (workdir / "output").exists()  # the files live in the blob store now
 
 
+def test_a_job_version_of_a_served_model_waits_for_promotion_and_a_new_model_is_served(
+    runner: JobRunner, registry: Registry, model_ref: str
+) -> None:
+    derived = runner.wait(runner.submit("selftest", {"model": model_ref}).id, timeout=30)
+    assert derived.status == "succeeded", derived.error
+    assert derived.result_ref == "m:2"
+    assert registry.resolve("m").version == 1  # still the version served before the job
+    fresh = runner.submit("selftest", {"model": model_ref, "output": "m-copy"})
+    info = runner.wait(fresh.id, timeout=30)
+    assert info.result_ref == "m-copy:1"
+    assert registry.get_version("m-copy:1").aliases == ["production"]
+
+
 def test_evaluate_style_output_annotates_the_parent_instead_of_pushing(
     runner: JobRunner, registry: Registry, model_ref: str
 ) -> None:

@@ -141,7 +141,7 @@ def test_gc_removes_unreferenced_encrypted_blobs(
 ) -> None:
     encrypted_registry.push(hf_dir, "a", task="text-classification")
     encrypted_registry.push(make_hf_dir(tmp_path / "b", seed=1), "b", task="text-classification")
-    encrypted_registry.delete_version("b:1")
+    encrypted_registry.delete_model("b", force=True)  # its only version, and its alias
     result = encrypted_registry.gc(grace_seconds=0)
     assert result.removed_blobs == 1
     assert result.freed_bytes > 0

@@ -51,6 +51,8 @@ def test_bare_name_resolves_production_alias_else_latest_ready(
 ) -> None:
     for _ in range(3):
         registry.push(hf_dir, "m", task="text-classification")
+    assert registry.resolve("m").version == 1  # the first version carries production
+    registry.delete_alias("m", "production")
     assert registry.resolve("m").version == 3
     registry.archive_version("m:3")
     assert registry.resolve("m").version == 2
@@ -66,19 +68,57 @@ def test_bare_name_resolves_production_alias_else_latest_ready(
         registry.resolve("nope")
 
 
+def test_first_version_gets_production_so_later_versions_wait_for_promotion(
+    registry: Registry, hf_dir: Path
+) -> None:
+    first = registry.push(hf_dir, "m", task="text-classification", created_by="alice")
+    assert first.aliases == ["production"]
+    second = registry.push(hf_dir, "m")
+    assert second.aliases == []
+    assert registry.resolve("m").version == 1  # v2 is not served under the bare name yet
+    [event] = registry.alias_history("m", "production")
+    assert (event.from_version, event.to_version, event.actor, event.reason) == (
+        None,
+        1,
+        "alice",
+        "first version",
+    )
+    registry.set_alias("m", "production", 2)
+    assert registry.resolve("m").version == 2
+
+
+def test_a_model_that_already_has_versions_gets_no_new_alias(
+    registry: Registry, hf_dir: Path
+) -> None:
+    registry.push(hf_dir, "m", task="text-classification")
+    registry.push(hf_dir, "m")
+    registry.delete_alias("m", "production")
+    assert registry.push(hf_dir, "m").aliases == []
+    assert registry.resolve("m").version == 3  # no production alias: latest ready
+
+
+def test_datasets_get_no_production_alias(registry: Registry, tmp_path: Path) -> None:
+    root = tmp_path / "ds"
+    root.mkdir()
+    (root / "dataset.json").write_text('{"kind": "text", "label_names": ["a"]}')
+    (root / "train.jsonl").write_text('{"text": "x", "label": "a"}\n')
+    assert registry.push(root, "reviews").aliases == []
+
+
 def test_alias_moves_are_recorded_with_actor_and_reason(registry: Registry, hf_dir: Path) -> None:
     for _ in range(3):
         registry.push(hf_dir, "m", task="text-classification")
-    registry.set_alias("m", "production", 1, actor="alice", reason="launch")
-    registry.set_alias("m", "production", 1, actor="alice")  # no-op: not a move
+    registry.set_alias("m", "production", 2, actor="alice", reason="launch")
+    registry.set_alias("m", "production", 2, actor="alice")  # no-op: not a move
     registry.set_alias("m", "production", 3, actor="bob", reason="better f1")
     registry.set_alias("m", "canary", 2)
     history = registry.alias_history("m", "production")
     assert [(e.from_version, e.to_version, e.actor, e.reason) for e in history] == [
-        (None, 1, "alice", "launch"),
-        (3 - 2, 3, "bob", "better f1"),
+        (None, 1, None, "first version"),
+        (1, 2, "alice", "launch"),
+        (2, 3, "bob", "better f1"),
     ]
-    assert len(registry.alias_history("m")) == 3
+    assert len(registry.alias_history("m")) == 4
     assert registry.list_aliases("m") == {"canary": 2, "production": 3}
     assert registry.get_version("m:3").aliases == ["production"]
 
@@ -142,6 +182,7 @@ def test_gc_removes_only_unreferenced_blobs(
     registry.push(other, "b", task="text-classification")
     before = blob_count(settings.home)
     registry.materialize("b:1")
+    registry.delete_alias("b", "production")  # given to the first version
     registry.delete_version("b:1")
     result = registry.gc(grace_seconds=0)
     # config.json and vocab.txt are shared with "a"; only b's weights go.

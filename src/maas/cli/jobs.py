@@ -24,7 +24,7 @@ from maas.cli.common import cli_errors, fail, settings_from
 from maas.cli.output import err, human_bytes, out, print_json, table
 from maas.client.sync import raise_for_error
 from maas.config import Settings
-from maas.errors import InvalidRequestError
+from maas.errors import InvalidRequestError, NotFoundError
 from maas.jobs.datasets import (
     BUILTIN_SOURCES,
     DatasetInfo,
@@ -33,9 +33,11 @@ from maas.jobs.datasets import (
     import_dataset,
     list_datasets,
 )
-from maas.jobs.gates import GatesFailedError, PromotionResult, promote
+from maas.jobs.gates import GatesFailedError, PromotionResult, check_gates, promote
 from maas.jobs.runner import JobInfo, JobRunner
+from maas.jobs.specs import describe_keys
 from maas.registry.refs import ModelRef
+from maas.registry.schemas import VersionInfo
 from maas.registry.store import Registry
 
 jobs_app = typer.Typer(help="Follow and manage jobs (train, evaluate, ...).", no_args_is_help=True)
@@ -51,6 +53,7 @@ class JobsBackend(Protocol):
     def list_jobs(self, status: str | None, kind: str | None, limit: int) -> list[JobInfo]: ...
     def cancel(self, job_id: str) -> JobInfo: ...
     def log_text(self, job_id: str) -> str: ...
+    def report(self, job_id: str) -> dict[str, Any] | None: ...
     def follow(self, job_id: str, on_event: EventHandler) -> JobInfo: ...
     def add_dataset(
         self, source: str, name: str, options: DatasetOptions, description: str
@@ -89,6 +92,14 @@ class LocalJobs:
 
     def log_text(self, job_id: str) -> str:
         return self.runner.log_text(job_id)
+
+    def report(self, job_id: str) -> dict[str, Any] | None:
+        try:
+            path = self.runner.report_path(job_id, html=False)
+        except NotFoundError:
+            return None
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        return doc if isinstance(doc, dict) else None
 
     def follow(self, job_id: str, on_event: EventHandler) -> JobInfo:
         self.runner.recover_orphans(at_start=True)
@@ -159,6 +170,14 @@ class RemoteJobs:
         response = self.http.get(f"/admin/v1/jobs/{job_id}/log")
         raise_for_error(response)
         return response.text
+
+    def report(self, job_id: str) -> dict[str, Any] | None:
+        response = self.http.get(f"/admin/v1/jobs/{job_id}/report.json")
+        if response.status_code == 404:
+            return None
+        raise_for_error(response)
+        doc = response.json()
+        return doc if isinstance(doc, dict) else None
 
     def follow(self, job_id: str, on_event: EventHandler) -> JobInfo:
         """Read the Server-Sent Events stream to its ``end`` event."""
@@ -239,7 +258,11 @@ class RemoteJobs:
         response = self.http.post(f"/admin/v1/models/{name}/versions/{selector}/promote", json=body)
         if response.status_code == 409:
             message = response.json().get("error", {}).get("message", "promotion refused")
-            raise GatesFailedError(message, [])
+            # The refusal names the failing gates only; evaluate them all against the
+            # version's metrics, so the listing matches local mode's pass/FAIL lines.
+            version = self._call("GET", f"/models/{name}/versions/{selector}")
+            results = check_gates(VersionInfo.model_validate(version), require)
+            raise GatesFailedError(message, results)
         raise_for_error(response)
         return PromotionResult.model_validate(response.json())
 
@@ -309,10 +332,25 @@ def _describe(event: dict[str, Any]) -> str:
     return " ".join(values)
 
 
+def _progress_line(info: JobInfo, event: dict[str, Any]) -> str:
+    step, total = event.get("step"), event.get("total")
+    where = f"step {step}/{total}" if total else f"step {step}"
+    return " ".join(
+        part for part in (f"{info.kind} {info.id[:8]}", where, _describe(event)) if part
+    )
+
+
 def _follow(backend: JobsBackend, info: JobInfo, *, show_progress: bool) -> JobInfo:
-    """Wait for the job, with a progress bar from its events when asked."""
+    """Wait for the job; with ``show_progress``, a bar on a terminal, else a line per event."""
     if not show_progress:
         return backend.follow(info.id, lambda _event: None)
+    if not err.is_terminal:  # a log or a pipe: a bar would show nothing; lines are readable
+
+        def print_event(event: dict[str, Any]) -> None:
+            if event.get("type") == "progress":
+                err.print(_progress_line(info, event), markup=False, highlight=False)
+
+        return backend.follow(info.id, print_event)
     with Progress(
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
@@ -336,11 +374,30 @@ def _follow(backend: JobsBackend, info: JobInfo, *, show_progress: bool) -> JobI
         return backend.follow(info.id, on_event)
 
 
-def _finish(info: JobInfo, as_json: bool) -> None:
+def _metrics_line(metrics: dict[str, Any]) -> str:
+    """The job's scalar metrics as ``name value`` pairs (nested ones are in the report)."""
+    shown = []
+    for name, value in metrics.items():
+        if isinstance(value, bool):
+            shown.append(f"{name} {str(value).lower()}")
+        elif isinstance(value, float):
+            shown.append(f"{name} {value:.4g}")
+        elif isinstance(value, int):
+            shown.append(f"{name} {value}")
+    return "  ".join(shown)
+
+
+def _finish(backend: JobsBackend, info: JobInfo, as_json: bool) -> None:
+    """Print the result (its reference on stdout, the job's metrics on stderr) or fail."""
     if as_json:
         print_json(info)
     elif info.status == "succeeded":
         out.print(info.result_ref or info.id)
+        report = backend.report(info.id) or {}
+        metrics = report.get("metrics")
+        line = _metrics_line(metrics) if isinstance(metrics, dict) else ""
+        if line:
+            err.print(f"{info.kind} metrics: {line}", markup=False, highlight=False)
     if info.status != "succeeded":
         raise fail(f"job {info.id} {info.status}: {info.error or ''}".rstrip(": "))
 
@@ -370,7 +427,7 @@ def _run_job(
             err.print(f"interrupted: cancelling job {info.id}")
             backend.cancel(info.id)
             raise typer.Exit(128 + signal.SIGINT) from None
-    _finish(info, as_json)
+        _finish(backend, info, as_json)
 
 
 # ------------------------------------------------------------------- jobs
@@ -435,7 +492,7 @@ def follow(ctx: typer.Context, job_id: str, as_json: JsonOpt = False) -> None:
     """Show a job's progress until it ends (locally, this process runs it if it is queued)."""
     with jobs_from(ctx) as backend:
         info = _follow(backend, backend.get(job_id), show_progress=True)
-    _finish(info, as_json)
+        _finish(backend, info, as_json)
 
 
 # --------------------------------------------------------------- submitting
@@ -448,7 +505,13 @@ SpecFileOpt = Annotated[
     Path | None, typer.Option("--spec-file", help="JSON file with spec entries (merged first).")
 ]
 SeedOpt = Annotated[int, typer.Option(help="Seed for every random choice of the job.")]
-FollowOpt = Annotated[bool, typer.Option("--follow", help="Show a progress bar while waiting.")]
+FollowOpt = Annotated[
+    bool,
+    typer.Option(
+        "--follow",
+        help="Show progress while waiting: a bar on a terminal, else one line per event.",
+    ),
+]
 DetachOpt = Annotated[
     bool, typer.Option("--detach", help="Queue the job and return its id without waiting.")
 ]
@@ -498,7 +561,11 @@ def train(
     detach: DetachOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Fine-tune BASE on DATASET; the result is a new version with its lineage."""
+    """Fine-tune BASE on DATASET; the result is a new version with its lineage.
+
+    The version goes to --output, else to BASE's model when the task is unchanged,
+    else to a model named BASE-train. A new model's first version is its production.
+    """
     named = {
         "base": base,
         "dataset": dataset,
@@ -730,15 +797,21 @@ def promote_command(
     out.print(f"{result.model}@{result.alias} → {result.version.ref}")
 
 
+def _help(summary: str, kind: str) -> str:
+    """The command's summary, then every spec key it takes (--set KEY=VALUE)."""
+    keys = describe_keys(kind)
+    return f"{summary}\n\n\b\nSpec keys (named options or --set KEY=VALUE):\n{keys}"
+
+
 def register(app: typer.Typer, models_app: typer.Typer) -> None:
     """Add the job commands to the root app and ``promote`` to ``maas models``."""
-    app.command("train")(cli_errors(train))
-    app.command("evaluate")(cli_errors(evaluate))
+    for kind, command in (("train", train), ("evaluate", evaluate)):
+        app.command(kind, help=_help(command.__doc__ or "", kind))(cli_errors(command))
     for kind, summary in (
-        ("quantize", "Quantize MODEL (e.g. --set method=dynamic); a new version."),
-        ("prune", "Prune MODEL (e.g. --set sparsity=0.5); a new version."),
+        ("quantize", "Quantize MODEL to int8 (e.g. --set method=onnx-int8); a new version."),
+        ("prune", "Prune MODEL (e.g. --set ffn_fraction=0.5); a new version."),
         ("export", "Export MODEL to ONNX (e.g. --set opset=17); a new version."),
     ):
-        app.command(kind)(cli_errors(_model_job(kind, summary)))
-    app.command("distill")(cli_errors(distill))
+        app.command(kind, help=_help(summary, kind))(cli_errors(_model_job(kind, summary)))
+    app.command("distill", help=_help(distill.__doc__ or "", "distill"))(cli_errors(distill))
     models_app.command("promote")(promote_command)

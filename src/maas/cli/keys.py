@@ -14,7 +14,7 @@ from maas.config import decode_master_key
 from maas.registry.artifacts import ArtifactStore
 from maas.registry.store import Registry
 from maas.security import crypto
-from maas.security.keys import KeyPolicy, KeyStore
+from maas.security.keys import KeyInfo, KeyPolicy, KeyStore
 
 app = typer.Typer(help="Manage API keys (local registry).", no_args_is_help=True)
 
@@ -131,10 +131,27 @@ def rotate(ctx: typer.Context, key_id: int) -> None:
     typer.echo(f"key {key_id} rotated: new key {info.id}; the old one is revoked", err=True)
 
 
+def _stamp(value: datetime | None, none: str = "") -> str:
+    return value.strftime("%Y-%m-%d %H:%M") if value else none
+
+
+def _limit(value: int | None) -> str:
+    return "-" if value is None else str(value)
+
+
+def _quota(info: KeyInfo) -> str:
+    parts = []
+    if info.monthly_request_quota is not None:
+        parts.append(f"{info.monthly_request_quota} req")
+    if info.monthly_token_quota is not None:
+        parts.append(f"{info.monthly_token_quota} tok")
+    return ", ".join(parts) or "-"
+
+
 @app.command("list")
 @cli_errors
 def list_keys(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """List keys (never their secrets)."""
+    """List keys with their allowlist and limits (never their secrets)."""
     registry = Registry(settings_from(ctx))
     try:
         keys = KeyStore(registry.db).list()
@@ -145,19 +162,65 @@ def list_keys(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json"
         return
     table(
         None,
-        ["id", "name", "prefix", "scopes", "created", "revoked"],
+        ["id", "name", "prefix", "scopes", "models", "rpm", "tpm", "monthly", "expires", "revoked"],
         [
             [
                 k.id,
                 k.name,
                 k.prefix + "…",
                 ",".join(k.scopes),
-                k.created_at.strftime("%Y-%m-%d %H:%M"),
-                k.revoked_at.strftime("%Y-%m-%d %H:%M") if k.revoked_at else "",
+                ",".join(k.models) or "all",
+                _limit(k.rpm_limit),
+                _limit(k.tpm_limit),
+                _quota(k),
+                _stamp(k.expires_at, "never"),
+                _stamp(k.revoked_at),
             ]
             for k in keys
         ],
     )
+
+
+@app.command()
+@cli_errors
+def show(
+    ctx: typer.Context,
+    key_id: int,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Show one key's whole policy: scopes, allowlist, limits, quotas, PII, expiry, use."""
+    registry = Registry(settings_from(ctx))
+    try:
+        info = KeyStore(registry.db).get(key_id)
+    finally:
+        registry.close()
+    if as_json:
+        print_json(info)
+        return
+    none = "none"
+    fields = [
+        ("prefix", info.prefix + "…"),
+        ("owner", info.owner or "-"),
+        ("scopes", ", ".join(info.scopes)),
+        ("models", ", ".join(info.models) or "all (no allowlist)"),
+        ("requests per minute", info.rpm_limit or none),
+        ("tokens per minute", info.tpm_limit or none),
+        (
+            "monthly requests",
+            none if info.monthly_request_quota is None else info.monthly_request_quota,
+        ),
+        ("monthly tokens", none if info.monthly_token_quota is None else info.monthly_token_quota),
+        ("pii policy", info.pii_policy or "server default"),
+        ("expires", _stamp(info.expires_at, "never")),
+        ("created", _stamp(info.created_at)),
+        ("last used", _stamp(info.last_used_at, "never")),
+        ("revoked", _stamp(info.revoked_at, "no")),
+    ]
+    if info.rotated_from is not None:
+        fields.append(("rotated from", f"key {info.rotated_from}"))
+    out.print(f"[bold]key {info.id}[/bold]  {info.name}")
+    for label, value in fields:
+        out.print(f"{label}: {value}", markup=False)
 
 
 @app.command()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -11,6 +11,15 @@ from maas.cli.common import cli_errors, settings_from
 from maas.cli.output import out, table
 from maas.registry.store import Registry
 from maas.security.usage import aggregate
+
+
+def _group_label(row: dict[str, Any], group_by: str) -> object:
+    """A key group reads "3 (ci-bot)"; requests without a key read "no key"."""
+    if group_by != "key":
+        return row[group_by]
+    if row["key"] is None:
+        return "no key"
+    return f"{row['key']} ({row['key_name']})" if row.get("key_name") else row["key"]
 
 
 @cli_errors
@@ -39,7 +48,7 @@ def usage(
         [group_by, "requests", "prompt tok", "completion tok", "items", "compute s", "energy J"],
         [
             [
-                row[group_by],
+                _group_label(row, group_by),
                 row["requests"],
                 row["prompt_tokens"],
                 row["completion_tokens"],

@@ -11,11 +11,9 @@ early (a cancelled worker is killed after a grace period anyway).
 
 Spec keys the worker itself reads (every kind): ``output`` (name of the model
 that receives the new version; default: the parent's model when the task is
-unchanged, else ``<parent-name>-<kind>``) and ``description``. Conventional
-keys the CLI fills (a body may define more; ``maas train --set key=value``
-passes anything): ``base``/``model`` (the input version ref), ``dataset`` (a
-dataset ref), ``epochs``, ``lr``, ``batch_size``, ``split``; distill:
-``teacher``, ``student``.
+unchanged, else ``<parent-name>-<kind>``) and ``description``. Every key a
+kind accepts is declared in :data:`maas.jobs.specs.SPEC_KEYS`, and the runner
+refuses any other at submit time: a body that reads a new key declares it there.
 
 To call a body directly (tests, notebooks) build the context yourself and pass
 ``registry=``::
@@ -147,7 +145,7 @@ class JobContext:
         info = registry.get_version(ref)
         if info.task != DATASET_TASK:
             raise InvalidRequestError(
-                f"{ref} is a {info.task} model, not a dataset", param="dataset"
+                f"{ref} is a model (task {info.task}), not a dataset", param="dataset"
             )
         return registry.materialize(info.ref)
 

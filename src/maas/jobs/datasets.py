@@ -126,7 +126,7 @@ class DatasetInfo(BaseModel):
 def dataset_info(version: VersionInfo) -> DatasetInfo:
     if version.task != DATASET_TASK:
         raise InvalidRequestError(
-            f"{version.ref} is a {version.task} model, not a dataset", param="name"
+            f"{version.ref} is a model (task {version.task}), not a dataset", param="name"
         )
     doc = version.metadata.get("dataset") or {}
     return DatasetInfo(
@@ -452,7 +452,9 @@ def import_dataset(
     except NotFoundError:
         existing = None
     if existing is not None and existing.task != DATASET_TASK:
-        raise ConflictError(f"{name!r} is a {existing.task} model, not a dataset", param="name")
+        raise ConflictError(
+            f"{name!r} is a model (task {existing.task}), not a dataset", param="name"
+        )
     settings = registry.settings
     staging = Path(tempfile.mkdtemp(dir=settings.tmp_dir, prefix="dataset-"))
     try:

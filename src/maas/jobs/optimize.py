@@ -67,6 +67,7 @@ from maas.jobs.evaluate import (
     targets,
 )
 from maas.jobs.reports import Paragraph, Section, Table, render_report
+from maas.jobs.specs import QUANTIZE_METHODS
 from maas.registry.formats import detect_format
 
 if TYPE_CHECKING:
@@ -456,7 +457,8 @@ def quantize(ctx: JobContext) -> JobOutput:
     if method == "torch-int8":
         return _quantize_torch(ctx)
     raise InvalidRequestError(
-        f"unknown quantization method {method!r}; expected onnx-int8 or torch-int8", param="method"
+        f"unknown quantization method {method!r}; expected one of: {', '.join(QUANTIZE_METHODS)}",
+        param="method",
     )
 
 

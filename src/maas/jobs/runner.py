@@ -58,6 +58,7 @@ from maas.jobs.base import (
     STDERR_FILE,
     target_of,
 )
+from maas.jobs.specs import validate_spec
 from maas.registry.models import JobRow, utcnow
 from maas.registry.schemas import UtcDatetime
 from maas.registry.store import Registry
@@ -311,6 +312,7 @@ class JobRunner:
             json.dumps(spec)
         except (TypeError, ValueError) as exc:
             raise InvalidRequestError(f"spec must be JSON: {exc}", param="spec") from exc
+        validate_spec(kind, spec)  # an unknown key fails now, not after a silent default
         job_id = uuid.uuid4().hex
         workdir = self.workdir(job_id)
         workdir.mkdir(parents=True)

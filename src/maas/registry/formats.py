@@ -71,8 +71,8 @@ def validate_task(task: str) -> str:
     return task
 
 
-def safetensors_parameter_count(path: Path) -> int:
-    """Count parameters from a safetensors header without reading the tensors."""
+def safetensors_header(path: Path) -> dict[str, Any]:
+    """The JSON header of a safetensors file (tensor name -> dtype, shape, offsets)."""
     with path.open("rb") as f:
         raw_len = f.read(8)
         if len(raw_len) != 8:
@@ -86,8 +86,13 @@ def safetensors_parameter_count(path: Path) -> int:
             raise InvalidRequestError(f"{path.name} has a corrupt safetensors header") from exc
     if not isinstance(header, dict):
         raise InvalidRequestError(f"{path.name} has a corrupt safetensors header")
+    return header
+
+
+def safetensors_parameter_count(path: Path) -> int:
+    """Count parameters from a safetensors header without reading the tensors."""
     total = 0
-    for name, info in header.items():
+    for name, info in safetensors_header(path).items():
         if name == "__metadata__":
             continue
         total += math.prod(info.get("shape", []))

@@ -104,16 +104,72 @@ def _copy_limited(src: object, dest: Path, budget: int, max_bytes: int) -> int:
     return written
 
 
-def extract_archive(archive: Path, dest: Path, *, allow_unsafe: bool, max_bytes: int) -> None:
+# Leading bytes of the archive formats accepted (tar compressions are the ones
+# ``tarfile`` reads). Sniffed instead of ``zipfile.is_zipfile``, which searches
+# for an end-of-central-directory record near the *end* of the file and so
+# takes a tar whose last member is itself a zip (.npz, a torch .bin) for a zip.
+_COMPRESSED_TAR_MAGIC = (
+    b"\x1f\x8b",  # gzip
+    b"BZh",  # bzip2
+    b"\xfd7zXZ\x00",  # xz
+)
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip with members; an empty zip
+_TAR_MAGIC_OFFSET = 257  # "ustar" in the first header (POSIX and GNU tar)
+_CONTENT_TYPES = {
+    "application/zip": "zip",
+    "application/x-zip-compressed": "zip",
+    "application/x-tar": "tar",
+    "application/tar": "tar",
+    "application/x-gtar": "tar",
+    "application/gzip": "tar",
+    "application/x-gzip": "tar",
+    "application/x-bzip2": "tar",
+    "application/x-xz": "tar",
+}
+
+
+def archive_kind(archive: Path, content_type: str | None = None) -> str | None:
+    """``"tar"`` (any compression), ``"zip"``, or ``None``, from the file's leading bytes.
+
+    ``content_type`` counts only when the bytes do not decide (an old tar without
+    the ``ustar`` magic, a zip behind a stub); when they do, a mislabelled upload
+    is still read right.
+    """
+    with archive.open("rb") as f:
+        head = f.read(_TAR_MAGIC_OFFSET + 8)
+    if head.startswith(_ZIP_MAGIC):
+        return "zip"
+    if head.startswith(_COMPRESSED_TAR_MAGIC):
+        return "tar"
+    if head[_TAR_MAGIC_OFFSET : _TAR_MAGIC_OFFSET + 5] == b"ustar":
+        return "tar"
+    claimed = _CONTENT_TYPES.get((content_type or "").split(";")[0].strip().lower())
+    if claimed == "zip" and zipfile.is_zipfile(archive):
+        return "zip"  # data before the first member (a self-extracting zip)
+    if claimed in ("tar", None) and _is_tar(archive):
+        return "tar"  # a pre-POSIX tar: tarfile checks its header checksum
+    return None
+
+
+def extract_archive(
+    archive: Path,
+    dest: Path,
+    *,
+    allow_unsafe: bool,
+    max_bytes: int,
+    content_type: str | None = None,
+) -> None:
     """Safely extract a tar (any compression) or zip archive into ``dest``.
 
-    All members are checked first (traversal, absolute paths, links, devices,
+    The type comes from the leading bytes (see :func:`archive_kind`). All
+    members are checked first (traversal, absolute paths, links, devices,
     pickle files, declared sizes); only then is anything written. The byte
     budget is enforced again while writing, since archive headers can lie.
     """
-    if zipfile.is_zipfile(archive):
+    kind = archive_kind(archive, content_type)
+    if kind == "zip":
         _extract_zip(archive, dest, allow_unsafe=allow_unsafe, max_bytes=max_bytes)
-    elif _is_tar(archive):
+    elif kind == "tar":
         _extract_tar(archive, dest, allow_unsafe=allow_unsafe, max_bytes=max_bytes)
     else:
         raise InvalidRequestError(
@@ -129,6 +185,12 @@ def _is_tar(path: Path) -> bool:
         return tarfile.is_tarfile(path)
     except (OSError, tarfile.TarError):
         return False
+
+
+def _check_directory(name: str) -> None:
+    """A directory entry is only checked for escapes; the root itself (``./``) is fine."""
+    if name not in (".", "./"):  # what `tar -C dir -cf - .` writes for dir itself
+        check_relpath(name)
 
 
 def _check_members(names: list[tuple[str, int]], *, allow_unsafe: bool, max_bytes: int) -> None:
@@ -160,7 +222,7 @@ def _extract_tar(archive: Path, dest: Path, *, allow_unsafe: bool, max_bytes: in
                         f"refused archive member {member.name!r}: links are not allowed"
                     )
                 if member.isdir():
-                    check_relpath(member.name)
+                    _check_directory(member.name)
                     continue
                 if not member.isfile():
                     raise InvalidRequestError(
@@ -196,7 +258,7 @@ def _extract_zip(archive: Path, dest: Path, *, allow_unsafe: bool, max_bytes: in
                         f"refused archive member {info.filename!r}: links are not allowed"
                     )
                 if info.is_dir():
-                    check_relpath(info.filename)
+                    _check_directory(info.filename)
                     continue
                 files.append(info)
             _check_members(

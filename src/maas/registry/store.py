@@ -22,7 +22,8 @@ from maas.config import Settings
 from maas.errors import ConflictError, InvalidRequestError, NotFoundError
 from maas.registry.artifacts import ArtifactStore, FileEntry, Manifest
 from maas.registry.db import Database, migrate
-from maas.registry.formats import detect_format, validate_task
+from maas.registry.formats import DATASET_TASK, detect_format, validate_task
+from maas.registry.heads import require_classification_head
 from maas.registry.models import (
     AliasEventRow,
     AliasRow,
@@ -149,6 +150,13 @@ class Registry:
             validate_task(task)
         files = scan_directory(source, allow_unsafe=self.settings.allow_unsafe_formats)
         detected = detect_format(source)
+        effective_task = task or self._existing_task(name) or detected.task_hint
+        if (
+            detected.format == "hf"
+            and effective_task == "text-classification"
+            and not detected.metadata.get("unsafe_weights")
+        ):
+            require_classification_head(source)
         # Blobs first (see module docstring); rows only after all of them exist.
         entries = []
         for f in files:
@@ -171,10 +179,25 @@ class Registry:
             created_by=created_by,
         )
 
+    def _existing_task(self, name: str) -> str | None:
+        with self.db.read() as s:
+            task: str | None = s.scalar(select(ModelRow.task).where(ModelRow.name == name))
+            return task
+
     def push_archive(
-        self, archive: Path, name: str, *, filename: str | None = None, **kwargs: Any
+        self,
+        archive: Path,
+        name: str,
+        *,
+        filename: str | None = None,
+        content_type: str | None = None,
+        **kwargs: Any,
     ) -> VersionInfo:
-        """Push an uploaded tar/zip archive (or a single file named ``filename``)."""
+        """Push an uploaded tar/zip archive (or a single file named ``filename``).
+
+        The archive type is read from the file's leading bytes; ``content_type``
+        (the upload's header) only helps when those do not tell.
+        """
         validate_model_name(name)
         staging = Path(tempfile.mkdtemp(dir=self.settings.tmp_dir, prefix="upload-"))
         try:
@@ -193,6 +216,7 @@ class Registry:
                 staging,
                 allow_unsafe=self.settings.allow_unsafe_formats,
                 max_bytes=self.settings.max_upload_bytes,
+                content_type=content_type,
             )
             return self.push(staging, name, **kwargs)
         finally:
@@ -309,7 +333,43 @@ class Registry:
             ]
             s.add(row)
             s.flush()
+            if model.task != DATASET_TASK:
+                self._alias_first_version(s, model, row, actor=created_by)
             return self._version_info(s, row, with_files=True)
+
+    @staticmethod
+    def _alias_first_version(
+        s: Session, model: ModelRow, row: VersionRow, *, actor: str | None
+    ) -> None:
+        """Give a model's first version the ``production`` alias.
+
+        The bare name then keeps meaning the version that was served first:
+        versions made later (a quantized copy, a retrain, a second push) are
+        served under the bare name only once promoted. A model that already has
+        other versions keeps whatever its aliases say.
+        """
+        others = s.scalar(
+            select(func.count())
+            .select_from(VersionRow)
+            .where(VersionRow.model_id == model.id, VersionRow.id != row.id)
+        )
+        aliased = s.scalar(
+            select(AliasRow.id).where(AliasRow.model_id == model.id, AliasRow.name == DEFAULT_ALIAS)
+        )
+        if others or aliased is not None:
+            return
+        s.add(AliasRow(model_id=model.id, name=DEFAULT_ALIAS, version_id=row.id, updated_by=actor))
+        s.add(
+            AliasEventRow(
+                model_id=model.id,
+                alias=DEFAULT_ALIAS,
+                from_version=None,
+                to_version=row.number,
+                actor=actor,
+                reason="first version",
+            )
+        )
+        s.flush()
 
     def list_versions(self, name: str) -> list[VersionInfo]:
         with self.db.read() as s:
@@ -361,7 +421,7 @@ class Registry:
                 if names:
                     raise ConflictError(
                         f"{row.model.name}:{row.number} is the target of alias(es) "
-                        f"{', '.join(names)}; move them before archiving",
+                        f"{', '.join(names)}; move or remove them before archiving",
                     )
             row.status = status
             return self._version_info(s, row)
@@ -384,7 +444,7 @@ class Registry:
             if names:
                 raise ConflictError(
                     f"{row.model.name}:{row.number} is the target of alias(es) "
-                    f"{', '.join(names)}; move them before deleting",
+                    f"{', '.join(names)}; move or remove them before deleting",
                 )
             info = self._version_info(s, row)
             s.delete(row)

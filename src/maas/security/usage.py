@@ -192,7 +192,7 @@ def aggregate(
     until: datetime | None = None,
     group_by: str = "day",
 ) -> list[dict[str, Any]]:
-    """Sums of usage per group, oldest/smallest group first."""
+    """Sums of usage per group, oldest/smallest group first (``key_name`` too by key)."""
     if group_by not in GROUP_BY:
         raise InvalidRequestError(
             f"group_by must be one of {', '.join(GROUP_BY)}", param="group_by"
@@ -234,6 +234,12 @@ def aggregate(
             entry["requests"] += 1
             for name in _SUMS:
                 entry[name] += getattr(row, name)
+        if group_by == "key":  # ids alone mean little to a reader: add each key's name
+            ids = [k for k in groups if k is not None]
+            query_names = select(ApiKeyRow.id, ApiKeyRow.name).where(ApiKeyRow.id.in_(ids))
+            names = {key_id: name for key_id, name in s.execute(query_names)}
+            for key, entry in groups.items():
+                entry["key_name"] = names.get(key)
     out = [groups[k] for k in sorted(groups, key=lambda g: (g is None, str(g)))]
     for entry in out:
         entry["total_tokens"] = entry["prompt_tokens"] + entry["completion_tokens"]

@@ -31,7 +31,7 @@ async def explain_text(
         tracking.version = str(version.version)
         if version.task != EXPLAINABLE_TASK:
             raise InvalidRequestError(
-                f"model {version.model} is a {version.task} model; explanations are available "
+                f"model {version.model} is for {version.task}; explanations are available "
                 f"for {EXPLAINABLE_TASK} models only",
                 param="model",
             )
