@@ -289,3 +289,16 @@ def test_a_keys_requests_per_minute_hold_across_workers(workers_server: LiveServ
     refused = statuses[-1]
     assert refused.headers["x-ratelimit-remaining-requests"] == "0"
     assert 1 <= int(refused.headers["retry-after"]) <= 60
+
+
+def test_a_killed_http_worker_is_replaced(workers_server: LiveServer) -> None:
+    _, _, workers = _topology(workers_server)
+    os.kill(workers[0], signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while True:
+        _, _, now = _topology(workers_server)
+        if len(now) == 2 and workers[0] not in now:
+            break
+        assert time.monotonic() < deadline, "the worker was not replaced"
+        time.sleep(0.1)
+    assert all(_infer(workers_server, [1, 2, 3, 4]).status_code == 200 for _ in range(10))
