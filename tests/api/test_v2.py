@@ -188,13 +188,19 @@ def test_unknown_models_and_versions_are_404s(
     assert r.status_code == 400
 
 
-def test_model_ready_reflects_loading(
+def test_a_servable_model_is_ready_before_its_first_request_and_says_if_loaded(
     client: TestClient, auth: dict[str, str], affine: str
 ) -> None:
-    assert client.get("/v2/models/affine/ready", headers=auth).status_code == 400
+    before = client.get("/v2/models/affine/ready", headers=auth)
+    assert before.status_code == 200
+    assert before.json() == {"name": "affine", "ready": True, "loaded": False}
     assert _infer(client, auth, _x([0.0] * 4, [1, 4])).status_code == 200
-    assert client.get("/v2/models/affine/ready", headers=auth).status_code == 200
-    assert client.get("/v2/models/affine/versions/1/ready", headers=auth).status_code == 200
+    after = client.get("/v2/models/affine/versions/1/ready", headers=auth)
+    assert after.status_code == 200
+    assert after.json()["loaded"] is True
+    missing = client.get("/v2/models/nothing/ready", headers=auth)
+    assert missing.status_code == 404
+    assert "nothing" in missing.json()["error"]
 
 
 def test_oversized_body_is_413(registry: Registry, tmp_path: Path) -> None:

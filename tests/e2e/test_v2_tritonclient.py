@@ -83,6 +83,10 @@ def test_health_and_metadata(triton: tuple[object, dict[str, str]]) -> None:
     client, headers = triton
     assert client.is_server_live(headers=headers)  # type: ignore[attr-defined]
     assert client.is_server_ready(headers=headers)  # type: ignore[attr-defined]
+    # Servable but never loaded: ready (it loads on the first request), so a client
+    # that waits for readiness before its first request does not wait forever.
+    assert client.is_model_ready("minilm", headers=headers)  # type: ignore[attr-defined]
+    assert not client.is_model_ready("no-such-model", headers=headers)  # type: ignore[attr-defined]
     server = client.get_server_metadata(headers=headers)  # type: ignore[attr-defined]
     assert server["name"] == "maas"
     assert "binary_tensor_data" in server["extensions"]

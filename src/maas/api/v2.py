@@ -82,13 +82,14 @@ async def version_metadata(model: str, version: str, dataplane: DataPlaneDep) ->
 
 
 async def _ready(dataplane: DataPlane, ref: str) -> JSONResponse:
-    # V2: 200 means ready, a 4xx means not. "Ready" is "loaded": a model that is
-    # servable but not loaded yet would load on its first request (cold start).
-    if await dataplane.is_loaded(ref):
-        return JSONResponse({"name": ref, "ready": True})
-    return JSONResponse(
-        {"error": f"model {ref} is not loaded; it loads on its first request"}, status_code=400
-    )
+    # V2: 200 means ready, a 4xx means not. Ready means servable: the reference
+    # resolves to a version in status "ready". Such a version loads on its first
+    # request, so a client that waits for readiness before its first request
+    # (tritonclient's is_model_ready) must not wait for a load that only a request
+    # would start. "loaded" tells whether that first request will pay a cold start.
+    version = await dataplane.resolve(ref)  # 404 when unknown or not servable
+    loaded = await dataplane.host.is_loaded(version.ref)
+    return JSONResponse({"name": version.model, "ready": True, "loaded": loaded})
 
 
 @router.get("/models/{model}/ready")

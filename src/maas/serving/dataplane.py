@@ -266,10 +266,7 @@ class DataPlane:
                 images = _bytes_items(inputs, _IMAGE_INPUT[version.task])
                 outputs = await self._run_items(version, images, tracking)
             else:
-                raise InvalidRequestError(
-                    f"model {version.model} ({version.task}) has no tensor interface",
-                    param="model",
-                )
+                raise _no_tensor_interface(version)
             return InferResult(version, outputs)
 
     async def _run_items(
@@ -371,10 +368,17 @@ class DataPlane:
                     yield chunk
 
     async def signature(self, ref: str) -> tuple[VersionInfo, list[TensorSpec], list[TensorSpec]]:
-        """Inputs and outputs of a version, loading it when the registry does not know them."""
+        """What ``infer`` takes and returns for a version (loading it unless it is a graph).
+
+        Only a ``tensor`` model's stored signature is its request's: task models
+        take text or images (versions pushed before ``metadata_for_task`` may
+        still hold their graph's tensors, which requests never send).
+        """
         version = await self.resolve(ref)
+        if version.task != "tensor" and version.task not in _TEXT_INPUT | _IMAGE_INPUT:
+            raise _no_tensor_interface(version)
         meta: dict[str, Any] = version.metadata
-        if "inputs" in meta and "outputs" in meta:
+        if version.task == "tensor" and "inputs" in meta and "outputs" in meta:
             return (
                 version,
                 [TensorSpec(i["name"], i["datatype"], i["shape"]) for i in meta["inputs"]],
@@ -383,9 +387,16 @@ class DataPlane:
         inputs, outputs = await self.host.signature(version)
         return version, inputs, outputs
 
-    async def is_loaded(self, ref: str) -> bool:
-        version = await self.resolve(ref)
-        return await self.host.is_loaded(version.ref)
+
+def _no_tensor_interface(version: VersionInfo) -> InvalidRequestError:
+    hint = (
+        ": use /v1/completions or /v1/chat/completions"
+        if version.task == "text-generation"
+        else ""
+    )
+    return InvalidRequestError(
+        f"model {version.model} ({version.task}) has no tensor interface{hint}", param="model"
+    )
 
 
 async def _apply_output(policy: PiiPolicy, text: str) -> str:
