@@ -46,10 +46,11 @@ class Settings(BaseSettings):
         "loopback address.",
     )
     workers: int = Field(
-        default=1,
-        ge=1,
-        description="HTTP worker processes of `maas serve`; with more than one, the loaded "
-        "models live in one engine process that every worker shares (weights once per machine).",
+        default=0,
+        ge=0,
+        description="HTTP worker processes of `maas serve`; 0 = one per CPU core. With more "
+        "than one, the loaded models live in one engine process that every worker shares "
+        "(weights once per machine).",
     )
     engine_address: str | None = Field(
         default=None,
@@ -229,6 +230,13 @@ class Settings(BaseSettings):
             return self.torch_threads
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
         return max(1, cores // self.compute_threads)
+
+    @property
+    def effective_workers(self) -> int:
+        """HTTP worker processes: the setting, or one per core the process may run on."""
+        if self.workers:
+            return self.workers
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
 
     @property
     def blobs_dir(self) -> Path:

@@ -34,7 +34,14 @@ class LiveServer:
 
 def start_server(home: Path, extra_env: dict[str, str] | None = None) -> Iterator[LiveServer]:
     port = free_port()
-    env = {**os.environ, "MAAS_HOME": str(home), "MAAS_LOG_LEVEL": "warning", **(extra_env or {})}
+    # One process unless a test asks for workers (tests/e2e/test_workers.py): faster to start.
+    env = {
+        **os.environ,
+        "MAAS_HOME": str(home),
+        "MAAS_LOG_LEVEL": "warning",
+        "MAAS_WORKERS": "1",
+        **(extra_env or {}),
+    }
     log = (home / "server.log").open("w") if home.exists() else None
     proc = subprocess.Popen(
         [sys.executable, "-m", "maas", "serve", "--port", str(port)],

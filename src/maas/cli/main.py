@@ -230,9 +230,9 @@ def serve(
     workers: Annotated[
         int | None,
         typer.Option(
-            min=1,
-            help="HTTP worker processes (MAAS_WORKERS); with more than one, the models live "
-            "in one engine process shared by all workers.",
+            min=0,
+            help="HTTP worker processes (MAAS_WORKERS; default 0 = one per core); with more "
+            "than one, the models live in one engine process shared by all workers.",
         ),
     ] = None,
 ) -> None:
@@ -261,7 +261,11 @@ def serve(
             "put a TLS proxy in front or bind to 127.0.0.1"
         )
     key_note = "created now" if created else "created earlier"
-    err.print(f"maas {__version__} serving at [bold]{url}[/bold]  (API docs: {url}/docs)")
+    workers = settings.effective_workers
+    topology = f"{workers} HTTP workers + 1 model engine process" if workers > 1 else "one process"
+    err.print(
+        f"maas {__version__} serving at [bold]{url}[/bold]  (API docs: {url}/docs; {topology})"
+    )
     err.print(
         f"admin key: {settings.admin_key_file} ({key_note}; "
         f"use: export MAAS_API_KEY=$(cat {settings.admin_key_file}))"

@@ -1,10 +1,12 @@
 """Process topology of ``maas serve``: one process, or N HTTP workers and one engine.
 
-``--workers 1``: uvicorn serves the app in this process, models included.
+``--workers 1`` (or a one-core machine): uvicorn serves the app in this
+process, models included.
 
-``--workers N`` (N > 1): this process becomes a supervisor. It starts the
-engine process (``serving.engine``: every loaded model, its batcher and its
-generation engine, once per machine) and restarts it if it dies, then starts N
+``--workers N`` (N > 1; the default is one per core): this process becomes a
+supervisor. It starts the engine process (``serving.engine``: every loaded
+model, its batcher and its generation engine, once per machine) and restarts
+it if it dies, then starts N
 HTTP worker processes and restarts any that dies. Each worker binds its own
 listening socket to the same address with ``SO_REUSEPORT``, so the kernel
 spreads connections over the workers evenly: with one shared socket (uvicorn's
@@ -38,7 +40,7 @@ RESTART_PAUSE_SECONDS = 0.5
 def run_server(settings: Settings) -> None:
     import uvicorn
 
-    if settings.workers <= 1:
+    if settings.effective_workers <= 1:
         from maas.api.app import create_app
 
         uvicorn.run(
@@ -103,7 +105,7 @@ def _supervise_workers(settings: Settings) -> None:
         stopping.set()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    workers = [start() for _ in range(settings.workers)]
+    workers = [start() for _ in range(settings.effective_workers)]
     try:
         while not stopping.wait(RESTART_PAUSE_SECONDS):
             for index, worker in enumerate(workers):
