@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -81,6 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         runner = JobRunner(registry, settings)
         await runner.start()
         app.state.jobs = runner
+        gc.freeze()  # startup's objects live as long as the app: never scan them again
         try:
             yield
         finally:
@@ -113,17 +115,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(TrustMiddleware, settings=settings)
     # Outermost: management requests refused by the trust layer (413, 504) are audited too.
     app.add_middleware(audit.AuditMiddleware)
+    # Inference routes first: routing tries routes in order (measured: scanning the
+    # management routes first cost ~0.26 ms per V2 request); paths never overlap.
+    app.include_router(v2.router)
+    app.include_router(openai.router)
+    app.include_router(chat.router)
+    app.include_router(v2.public)
     app.include_router(health.router)
+    app.include_router(explain.router)
+    app.include_router(redact.router)
     app.include_router(admin.router)
     app.include_router(loading.router)
     app.include_router(keys.router)
     app.include_router(audit.router)
     app.include_router(jobs.router)
-    app.include_router(openai.router)
-    app.include_router(chat.router)
-    app.include_router(explain.router)
-    app.include_router(redact.router)
-    app.include_router(v2.public)
-    app.include_router(v2.router)
     app.include_router(metrics.router)
     return app

@@ -48,6 +48,7 @@ def run_server(settings: Settings) -> None:
             host=settings.host,
             port=settings.port,
             log_level=settings.log_level,
+            access_log=settings.access_log,
         )
         return
 
@@ -77,13 +78,18 @@ def _listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _worker_main(host: str, port: int, log_level: str) -> None:
+def _worker_main(host: str, port: int, log_level: str, access_log: bool) -> None:
     """One HTTP worker: its own SO_REUSEPORT socket, the app built from the environment."""
     import uvicorn
 
     sock = _listening_socket(host, port)
     config = uvicorn.Config(
-        "maas.api.app:create_app", factory=True, log_level=log_level, host=host, port=port
+        "maas.api.app:create_app",
+        factory=True,
+        log_level=log_level,
+        access_log=access_log,
+        host=host,
+        port=port,
     )
     uvicorn.Server(config).run(sockets=[sock])
 
@@ -95,7 +101,7 @@ def _supervise_workers(settings: Settings) -> None:
     def start() -> BaseProcess:
         process = context.Process(
             target=_worker_main,
-            args=(settings.host, settings.port, settings.log_level),
+            args=(settings.host, settings.port, settings.log_level, settings.access_log),
             name="maas-http-worker",
         )
         process.start()
