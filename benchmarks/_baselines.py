@@ -4,7 +4,8 @@ Modes (``python benchmarks/_baselines.py MODE ...``):
 
 * ``embed-worker``: load all-MiniLM-L6-v2 with transformers, then answer JSON
   commands on stdin, one per line: ``{"cmd": "run", "seconds": S, "batch": B}``
-  measures batched throughput (sentences/s); ``{"cmd": "rss"}`` reports the
+  measures batched throughput (sentences/s) and the p50 / p99 time of one
+  ``embed`` call (at batch 1: one sentence's latency); ``{"cmd": "rss"}`` reports the
   process RSS; ``{"cmd": "quit"}`` ends. Staying alive lets the driver
   interleave raw and served measurements, so slow drifts in machine load hit
   both sides alike.
@@ -12,6 +13,12 @@ Modes (``python benchmarks/_baselines.py MODE ...``):
   one forward; print how long each step took.
 * ``bare-rss``: ``import torch, transformers`` and print the RSS.
 * ``onnx-direct PATH``: ``InferenceSession.run`` on one [1, 4] input, p50 per call.
+* ``floor --port P``: the HTTP floor, a bare Starlette app under uvicorn (the
+  server maas runs on, same venv: uvloop + httptools) answering V2
+  ``POST /v2/models/{model}/infer`` for the affine graph with the same JSON a
+  V2 server sends, computed in plain Python; orjson when the venv has it, else
+  the standard ``json``. No middleware, no auth, no access log: what any Python
+  server on this stack pays at least.
 
 Every mode prints its answer as one JSON line. Without a mode it does nothing,
 so ``make bench`` (which runs every ``benchmarks/*.py``) passes over it.
@@ -99,20 +106,26 @@ def embed_worker(torch_threads: int) -> None:
             continue
         batch, seconds = int(command["batch"]), float(command["seconds"])
         done = 0
+        calls: list[float] = []
         cpu = time.process_time()
         started = time.perf_counter()
         while (elapsed := time.perf_counter() - started) < seconds:
             # Rotate through the pool so batches differ (and pad differently).
             texts = [sentences[(offset + i) % len(sentences)] for i in range(batch)]
             offset += batch + 1
+            call_started = time.perf_counter()
             model.embed(texts)
+            calls.append(time.perf_counter() - call_started)
             done += batch
+        calls.sort()
         _emit(
             {
                 "sentences": done,
                 "seconds": elapsed,
                 "sentences_per_s": done / elapsed,
                 "cpu_seconds": time.process_time() - cpu,
+                "call_p50_ms": 1000 * calls[len(calls) // 2],
+                "call_p99_ms": 1000 * calls[min(len(calls) - 1, int(len(calls) * 0.99))],
             }
         )
 
@@ -169,6 +182,57 @@ def onnx_direct(path: str, calls: int) -> None:
     )
 
 
+AFFINE_W = [[float(3 * row + col) for col in range(3)] for row in range(4)]  # tests.helpers
+AFFINE_B = [1.0, 1.0, 1.0]
+
+
+def floor(port: int) -> None:
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse, Response
+    from starlette.routing import Route
+
+    try:
+        import orjson  # type: ignore[import-not-found]
+
+        loads, dumps, codec = orjson.loads, orjson.dumps, "orjson"
+    except ImportError:
+        loads, codec = json.loads, "json"
+
+        def dumps(value: Any) -> bytes:
+            return json.dumps(value, separators=(",", ":")).encode()
+
+    async def infer(request: Request) -> Response:
+        body = loads(await request.body())
+        tensor = body["inputs"][0]
+        rows, width = tensor["shape"]
+        data = tensor["data"]
+        y = []
+        for r in range(rows):
+            x = data[r * width : (r + 1) * width]
+            y.extend(
+                sum(x[i] * AFFINE_W[i][j] for i in range(width)) + AFFINE_B[j] for j in range(3)
+            )
+        answer = {
+            "model_name": request.path_params["model"],
+            "model_version": "1",
+            "outputs": [{"name": "y", "datatype": "FP32", "shape": [rows, 3], "data": y}],
+        }
+        return Response(dumps(answer), media_type="application/json")
+
+    async def healthz(request: Request) -> Response:
+        return PlainTextResponse(codec)
+
+    app = Starlette(
+        routes=[
+            Route("/v2/models/{model}/infer", infer, methods=["POST"]),
+            Route("/healthz", healthz),
+        ]
+    )
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     sub = parser.add_subparsers(dest="mode")
@@ -180,6 +244,8 @@ def main(argv: list[str]) -> int:
     direct = sub.add_parser("onnx-direct")
     direct.add_argument("path")
     direct.add_argument("--calls", type=int, default=5000)
+    floor_app = sub.add_parser("floor")
+    floor_app.add_argument("--port", type=int, required=True)
     args = parser.parse_args(argv)
     if args.mode == "embed-worker":
         embed_worker(args.torch_threads)
@@ -189,6 +255,8 @@ def main(argv: list[str]) -> int:
         bare_rss()
     elif args.mode == "onnx-direct":
         onnx_direct(args.path, args.calls)
+    elif args.mode == "floor":
+        floor(args.port)
     else:
         print("helper of benchmarks/serving.py; run that instead")
     return 0

@@ -6,10 +6,12 @@ every ``benchmarks/*.py``, helpers included).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import resource
+import signal
 import socket
 import statistics
 import subprocess
@@ -29,6 +31,7 @@ MAAS = VENV_BIN / "maas"
 PYTHON = VENV_BIN / "python"
 WRK = Path("/usr/bin/wrk")
 WRK_SCRIPT = BENCH_DIR / "post.lua"
+NO_KEY = "-"  # post.lua: send no Authorization header
 
 # Realistic short inputs (6 to 20 words, 8 to 30 tokens): what a search box, a
 # support-ticket title or a product line sends one at a time.
@@ -99,6 +102,93 @@ def machine_busy_seconds() -> float:
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its live descendants (children, grandchildren, ...), from ``/proc``."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # the process ended while we looked
+        children.setdefault(ppid, []).append(int(entry.name))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(children.get(current, []))
+    return tree
+
+
+def _status_kb(path: Path, field: str) -> int:
+    for line in path.read_text().splitlines():
+        if line.startswith(field):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def tree_memory(pid: int) -> dict[str, int]:
+    """RSS and PSS summed over a process tree, in bytes, and how many processes it holds.
+
+    RSS sums count shared pages (libtorch, libpython) once per process; PSS splits
+    them among the processes that map them, so it is the fairer total for a tree.
+    """
+    rss = pss = count = 0
+    for member in process_tree(pid):
+        try:
+            rss += _status_kb(Path(f"/proc/{member}/status"), "VmRSS:")
+            pss += _status_kb(Path(f"/proc/{member}/smaps_rollup"), "Pss:")
+        except OSError:
+            continue
+        count += 1
+    return {"rss": rss, "pss": pss, "processes": count}
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process tree (live processes, all threads)."""
+    total = 0.0
+    for member in process_tree(pid):
+        try:
+            total += cpu_seconds(member)
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
+def wait_http_ok(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 180) -> None:
+    """Poll ``url`` until it answers 200; raise (with the log's tail) if ``proc`` dies first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            raise RuntimeError(f"{url} never answered 200; see {log}:\n{log.read_text()[-2000:]}")
+        time.sleep(0.1)
+
+
+def stop_process(proc: subprocess.Popen[bytes], grace: float = 30) -> None:
+    """SIGTERM, then SIGKILL after ``grace`` seconds; children in its own session go too."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    # Started with process_group=0: its process group id is its pid. (Not a new session:
+    # that would be a new scheduler autogroup, outside any `nice` the benchmark runs under.)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
 def has_mapped(pid: int, needle: str) -> bool:
     """Whether a shared library whose path contains ``needle`` is mapped (e.g. libtorch)."""
     return needle in Path(f"/proc/{pid}/maps").read_text()
@@ -148,41 +238,30 @@ class Server:
         return text
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
 
-def start_server(home: Path, extra_env: dict[str, str] | None = None) -> Server:
-    """``maas serve --port <free>`` with ``MAAS_HOME=home``; returns once /readyz answers 200."""
+def start_server(
+    home: Path, extra_env: dict[str, str] | None = None, args: Sequence[str] = ()
+) -> Server:
+    """``maas serve --port <free> ARGS`` with ``MAAS_HOME=home``; returns once /readyz is 200."""
     port = free_port()
     env = {**os.environ, "MAAS_HOME": str(home), **(extra_env or {})}
     log = home / f"server-{port}.log"
     with log.open("wb") as log_file:
         proc = subprocess.Popen(
-            [str(MAAS), "serve", "--port", str(port)],
+            [str(MAAS), "serve", "--port", str(port), *args],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=log_file,
             stderr=subprocess.STDOUT,
+            process_group=0,  # its own group, so that stopping it also ends its workers
         )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as resp:
-                if resp.status == 200:
-                    break
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"server did not start; see {log}:\n{log.read_text()[-2000:]}")
-        time.sleep(0.1)
+    try:
+        wait_http_ok(f"{url}/readyz", proc, log, timeout=120)
+    except RuntimeError as exc:
+        raise RuntimeError(f"maas serve did not start: {exc}") from exc
     key = (home / "admin.key").read_text().strip()
     return Server(proc, url, key, home, log)
 
@@ -240,7 +319,10 @@ def write_bodies(path: Path, bodies: Sequence[dict[str, Any]]) -> Path:
 def run_wrk(
     url: str, key: str, bodies: Path, *, connections: int, seconds: float, threads: int = 1
 ) -> WrkResult:
-    """One ``wrk`` run; ``post.lua`` prints a JSON summary line prefixed ``WRK_JSON``."""
+    """One ``wrk`` run; ``post.lua`` prints a JSON summary line prefixed ``WRK_JSON``.
+
+    ``key`` goes out as ``Authorization: Bearer <key>``; ``NO_KEY`` sends no such header.
+    """
     cmd = [
         str(WRK),
         f"-t{min(threads, connections)}",

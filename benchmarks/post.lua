@@ -1,8 +1,9 @@
 -- wrk script for benchmarks/serving.py.
 --   wrk ... -s benchmarks/post.lua URL -- BODIES_FILE API_KEY
 -- POSTs the JSON bodies of BODIES_FILE (one per line) round-robin, with
--- "Authorization: Bearer API_KEY", and prints one machine-readable summary
--- line "WRK_JSON {...}" (latencies in microseconds) when the run is done.
+-- "Authorization: Bearer API_KEY" (no such header when API_KEY is "-"), and
+-- prints one machine-readable summary line "WRK_JSON {...}" (latencies in
+-- microseconds) when the run is done.
 
 local prepared = {}
 local next_index = 0
@@ -11,7 +12,9 @@ function init(args)
   local path, key = args[1], args[2]
   wrk.method = "POST"
   wrk.headers["Content-Type"] = "application/json"
-  wrk.headers["Authorization"] = "Bearer " .. key
+  if key ~= "-" then
+    wrk.headers["Authorization"] = "Bearer " .. key
+  end
   for line in io.lines(path) do
     if #line > 0 then
       prepared[#prepared + 1] = wrk.format(nil, nil, nil, line)
