@@ -235,3 +235,37 @@ def make_tiny_llm(root: Path, *, arch: str = "llama", seed: int = 0, chat: bool 
             model = GPT2LMHeadModel(config)
         model.save_pretrained(root, safe_serialization=True)  # type: ignore[operator]
     return root
+
+
+TINY_BERT_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "good", "bad", "film", "day"]
+
+
+def make_tiny_bert(
+    root: Path, *, classifier: bool, labels: tuple[str, ...] = ("neg", "pos")
+) -> Path:
+    """A random one-layer BERT, hidden size 16: an encoder, or a classifier with its head.
+
+    Saved the Hugging Face way with a WordPiece tokenizer from a ten-word vocabulary.
+    """
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertModel, BertTokenizerFast
+
+    root.mkdir(parents=True)
+    (root / "vocab.txt").write_text("\n".join(TINY_BERT_VOCAB) + "\n")
+    BertTokenizerFast(vocab_file=str(root / "vocab.txt")).save_pretrained(str(root))
+    config = BertConfig(
+        vocab_size=len(TINY_BERT_VOCAB),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+    )
+    with torch.random.fork_rng():  # seeded weights without touching the global RNG
+        torch.manual_seed(0)
+        model = BertForSequenceClassification(config) if classifier else BertModel(config)
+    model.save_pretrained(str(root))
+    return root

@@ -11,7 +11,7 @@ from maas.registry.store import Registry
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.M | re.S)
+FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```", re.M | re.S)  # "```python run" too
 # The one way a snippet may name the default address: as the fallback of MAAS_URL.
 URL_FROM_ENV = 'os.environ.get("MAAS_URL", "http://127.0.0.1:8000")'
 

@@ -381,8 +381,16 @@ def test_header_length_outside_the_body_is_rejected(header_length: int) -> None:
 
 @pytest.mark.parametrize("body", [b"{not json", b"[1, 2]", b"\xff\xfe\x00", b""])
 def test_invalid_json_is_rejected(body: bytes) -> None:
-    with pytest.raises(InvalidRequestError, match="request JSON"):
+    with pytest.raises(InvalidRequestError, match=r"request body is not valid JSON|request JSON"):
         decode_request(body, None)
+
+
+def test_invalid_json_names_the_line_and_column() -> None:
+    with pytest.raises(InvalidRequestError) as info:
+        decode_request(b'{"inputs": [\n  {"name": "x"}\n  {"name": "y"}]}', None)
+    assert info.value.message == (
+        "the request body is not valid JSON (line 3, column 3: Expecting ',' delimiter)"
+    )
 
 
 def test_binary_tail_without_header_length_hints_at_the_header() -> None:

@@ -15,6 +15,7 @@ import anyio.to_thread
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 
+from maas.api.bodies import JsonBodyRoute
 from maas.api.deps import AdmittedDep, KeyDep, RegistryDep, SettingsDep, actor, require_key
 from maas.api.schemas.admin import (
     AliasInfo,
@@ -29,7 +30,12 @@ from maas.errors import InvalidRequestError, PayloadTooLargeError
 from maas.registry.refs import ModelRef, validate_model_name
 from maas.registry.schemas import AliasEvent, GcResult, ModelInfo, VersionInfo
 
-router = APIRouter(prefix="/admin/v1", tags=["admin"], dependencies=[Depends(require_key)])
+router = APIRouter(
+    prefix="/admin/v1",
+    tags=["admin"],
+    dependencies=[Depends(require_key)],
+    route_class=JsonBodyRoute,
+)
 
 T = TypeVar("T")
 

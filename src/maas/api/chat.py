@@ -21,13 +21,13 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
-from maas.api.deps import CtxDep, get_admission, require_key
-from maas.api.openai import get_dataplane
+from maas.api.bodies import JsonBodyRoute
+from maas.api.deps import CtxDep, DataPlaneDep, get_admission, require_key
 from maas.api.schemas.chat import ChatCompletionRequest, CompletionRequest
 from maas.errors import InvalidRequestError, MaasError
 from maas.registry.refs import model_name
@@ -43,9 +43,12 @@ from maas.serving.generation import (
 
 log = logging.getLogger("maas.api")
 
-router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Depends(require_key)])
-
-DataPlaneDep = Annotated[DataPlane, Depends(get_dataplane)]
+router = APIRouter(
+    prefix="/v1",
+    tags=["openai"],
+    dependencies=[Depends(require_key)],
+    route_class=JsonBodyRoute,
+)
 
 
 def _refuse_unsupported(found: dict[str, Any]) -> None:

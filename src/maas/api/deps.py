@@ -24,23 +24,28 @@ from maas.registry.store import Registry
 from maas.security.admission import Admission, Admitted
 from maas.security.keys import KeyInfo, KeyStore
 from maas.serving.context import RequestContext
+from maas.serving.dataplane import DataPlane
 
 log = logging.getLogger(__name__)
 
 _bearer = HTTPBearer(auto_error=False, description="An API key: maas-sk-...")
 
 
-def get_settings(request: Request) -> Settings:
+# Every dependency here is ``async def`` although none awaits: FastAPI runs a plain
+# ``def`` dependency on a worker thread, a hop that cost more than the work itself.
+
+
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_registry(request: Request) -> Registry:
+async def get_registry(request: Request) -> Registry:
     registry: Registry = request.app.state.registry
     return registry
 
 
-def get_keys(request: Request) -> KeyStore:
+async def get_keys(request: Request) -> KeyStore:
     keys: KeyStore = request.app.state.keys
     return keys
 
@@ -83,23 +88,31 @@ async def require_key(
 AdmittedDep = Annotated[Admitted, Depends(require_key)]
 
 
-def request_context(request: Request, admitted: AdmittedDep) -> RequestContext:
+async def request_context(request: Request, admitted: AdmittedDep) -> RequestContext:
     """The one context of an inference request, passed down to the data plane."""
-    settings = get_settings(request)
+    settings: Settings = request.app.state.settings
     timeout = settings.request_timeout_seconds
     ctx = RequestContext(admitted, deadline=time.monotonic() + timeout if timeout else None)
     request.state.ctx = ctx
     return ctx
 
 
-def current_key(admitted: AdmittedDep) -> KeyInfo | None:
+async def current_key(admitted: AdmittedDep) -> KeyInfo | None:
     """The calling key; None only with the trust layer off (MAAS_AUTH=off)."""
     return admitted.key
 
 
 RegistryDep = Annotated[Registry, Depends(get_registry)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+async def get_dataplane(request: Request) -> DataPlane:
+    dataplane: DataPlane = request.app.state.dataplane
+    return dataplane
+
+
 KeyDep = Annotated[KeyInfo | None, Depends(current_key)]
+DataPlaneDep = Annotated[DataPlane, Depends(get_dataplane)]
 CtxDep = Annotated[RequestContext, Depends(request_context)]
 
 

@@ -91,15 +91,37 @@ async def _maas_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+# pydantic's "not an object" errors for a whole body (a list, a string, raw bytes).
+_NOT_AN_OBJECT = frozenset({"model_attributes_type", "dict_type", "model_type"})
+
+
+def _json_invalid_message(error: Any, document: Any) -> str:
+    """ "the request body is not valid JSON (line 1, column 62: Expecting ',' delimiter)"."""
+    reason = str((error.get("ctx") or {}).get("error") or error.get("msg") or "")
+    loc = tuple(error.get("loc", ()))
+    position = loc[1] if len(loc) > 1 and isinstance(loc[1], int) else None
+    if position is None or not isinstance(document, str):
+        return f"the request body is not valid JSON ({reason})"
+    # The same line/column arithmetic as json.JSONDecodeError, from the offset FastAPI keeps.
+    line = document.count("\n", 0, position) + 1
+    column = position - document.rfind("\n", 0, position)
+    return f"the request body is not valid JSON (line {line}, column {column}: {reason})"
+
+
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = exc.errors()
     first = errors[0] if errors else {}
+    if first.get("type") == "json_invalid":
+        # FastAPI puts the character offset in ``loc``: it is no parameter.
+        return error_response(request, 400, _json_invalid_message(first, exc.body))
     loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "header")]
     param = ".".join(loc) or None
     message = first.get("msg", "invalid request")
     if param:
         message = f"{param}: {message}"
+    elif first.get("type") in _NOT_AN_OBJECT and tuple(first.get("loc", ())) == ("body",):
+        message = "the request body must be a JSON object"
     return error_response(request, 400, message, param=param)
 
 

@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
 
-from maas.api.deps import CtxDep, require_key
-from maas.api.openai import get_dataplane
+from maas.api.bodies import JsonBodyRoute
+from maas.api.deps import CtxDep, DataPlaneDep, require_key
 from maas.registry.refs import model_name
 from maas.runtimes.explain import DEFAULT_STEPS, MAX_STEPS, METHOD
-from maas.serving.dataplane import DataPlane
 from maas.serving.explain import explain_text
 
 # Longer texts are truncated to the model's maximum length in tokens anyway.
 MAX_INPUT_CHARS = 16_384
 
-router = APIRouter(prefix="/v1", tags=["explain"], dependencies=[Depends(require_key)])
+router = APIRouter(
+    prefix="/v1",
+    tags=["explain"],
+    dependencies=[Depends(require_key)],
+    route_class=JsonBodyRoute,
+)
 
 
 class ExplainRequest(BaseModel):
@@ -74,7 +78,7 @@ class ExplanationResponse(BaseModel):
 async def create_explanation(
     body: ExplainRequest,
     ctx: CtxDep,
-    dataplane: Annotated[DataPlane, Depends(get_dataplane)],
+    dataplane: DataPlaneDep,
 ) -> ExplanationResponse:
     ctx.ensure_model(model_name(body.model))
     version, explanation = await explain_text(

@@ -20,6 +20,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Str
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from maas.api.admin import run_sync, spooled_upload, version_ref
+from maas.api.bodies import JsonBodyRoute
 from maas.api.deps import AdmittedDep, KeyDep, RegistryDep, SettingsDep, actor, require_key
 from maas.errors import InvalidRequestError, UnavailableError
 from maas.jobs.base import JOB_KINDS, SELFTEST_KIND
@@ -36,7 +37,12 @@ from maas.jobs.runner import JobInfo, JobRunner
 from maas.registry.refs import model_name, validate_model_name
 from maas.registry.schemas import VersionInfo
 
-router = APIRouter(prefix="/admin/v1", tags=["jobs"], dependencies=[Depends(require_key)])
+router = APIRouter(
+    prefix="/admin/v1",
+    tags=["jobs"],
+    dependencies=[Depends(require_key)],
+    route_class=JsonBodyRoute,
+)
 
 # Spec keys that name registry versions: the caller's model allowlist applies to them.
 REF_KEYS = ("base", "model", "teacher", "student", "dataset", "output")
@@ -45,7 +51,7 @@ SSE_KEEPALIVE_SECONDS = 15.0
 MAX_SEED = 2**31 - 1
 
 
-def get_runner(request: Request) -> JobRunner:
+async def get_runner(request: Request) -> JobRunner:
     runner: JobRunner | None = getattr(request.app.state, "jobs", None)
     if runner is None:
         raise UnavailableError("the job runner is not running on this server")

@@ -9,19 +9,20 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from maas.api.admin import run_sync
-from maas.api.deps import require_key
+from maas.api.bodies import JsonBodyRoute
+from maas.api.deps import get_keys, require_key
 from maas.security.keys import KeyInfo, KeyPolicy, KeyStore
 from maas.security.usage import GROUP_BY, aggregate
 
-router = APIRouter(prefix="/admin/v1", tags=["keys"], dependencies=[Depends(require_key)])
+router = APIRouter(
+    prefix="/admin/v1",
+    tags=["keys"],
+    dependencies=[Depends(require_key)],
+    route_class=JsonBodyRoute,
+)
 
 
-def _keys(request: Request) -> KeyStore:
-    keys: KeyStore = request.app.state.keys
-    return keys
-
-
-KeysDep = Annotated[KeyStore, Depends(_keys)]
+KeysDep = Annotated[KeyStore, Depends(get_keys)]
 MAX_ID = 2**31 - 1  # ids are 32-bit in every database we support; larger is a 404 anyway
 KeyId = Annotated[int, Path(ge=1, le=MAX_ID, description="Key id")]
 

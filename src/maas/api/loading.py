@@ -5,21 +5,12 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query
 
 from maas.api.admin import version_ref
-from maas.api.deps import require_key
-from maas.serving.dataplane import DataPlane
+from maas.api.deps import DataPlaneDep, require_key
 
 router = APIRouter(prefix="/admin/v1", tags=["serving"], dependencies=[Depends(require_key)])
-
-
-def _dataplane(request: Request) -> DataPlane:
-    dataplane: DataPlane = request.app.state.dataplane
-    return dataplane
-
-
-DataPlaneDep = Annotated[DataPlane, Depends(_dataplane)]
 
 
 @router.get("/loaded")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-from typing import Annotated, Any
+from typing import Any
 
 import numpy as np
 import orjson
@@ -11,20 +11,14 @@ from fastapi import APIRouter, Depends, Request, Response
 
 from maas.api.admin import run_sync
 from maas.api.bodies import openapi_body, read_body
-from maas.api.deps import AdmittedDep, CtxDep, RegistryDep, require_key
+from maas.api.deps import AdmittedDep, CtxDep, DataPlaneDep, RegistryDep, require_key
 from maas.api.schemas.openai import MAX_EMBEDDING_INPUTS, EmbeddingsRequest
 from maas.errors import InvalidRequestError, NotFoundError
 from maas.registry.formats import DATASET_TASK
 from maas.registry.refs import model_name
 from maas.registry.schemas import ModelInfo
-from maas.serving.dataplane import DataPlane
 
 router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Depends(require_key)])
-
-
-def get_dataplane(request: Request) -> DataPlane:
-    dataplane: DataPlane = request.app.state.dataplane
-    return dataplane
 
 
 def _model_object(model: ModelInfo) -> dict[str, Any]:
@@ -87,7 +81,7 @@ def _normalise_input(raw: EmbeddingsRequest) -> list[str | list[int]]:
 async def create_embeddings(
     request: Request,
     ctx: CtxDep,
-    dataplane: Annotated[DataPlane, Depends(get_dataplane)],
+    dataplane: DataPlaneDep,
 ) -> Response:
     body = await read_body(request, EmbeddingsRequest)
     ctx.ensure_model(model_name(body.model))

@@ -12,11 +12,17 @@ import anyio.to_thread
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
+from maas.api.bodies import JsonBodyRoute
 from maas.api.deps import CtxDep, require_key
 from maas.errors import InvalidRequestError, PayloadTooLargeError
 from maas.security.pii import PiiKind, RedactionResult, parse_kinds, redact
 
-router = APIRouter(prefix="/v1", tags=["safety"], dependencies=[Depends(require_key)])
+router = APIRouter(
+    prefix="/v1",
+    tags=["safety"],
+    dependencies=[Depends(require_key)],
+    route_class=JsonBodyRoute,
+)
 
 MAX_INPUT_BYTES = 1024 * 1024  # UTF-8 bytes over all items
 

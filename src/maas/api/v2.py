@@ -9,7 +9,7 @@ Health routes are public, like ``/healthz``: orchestrators probe them without a 
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 import anyio.to_thread
 from fastapi import APIRouter, Depends, Request, Response
@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 
 from maas import __version__
 from maas.api.admin import version_ref
-from maas.api.deps import CtxDep, RegistryDep, require_key
+from maas.api.deps import CtxDep, DataPlaneDep, RegistryDep, require_key
 from maas.errors import InvalidRequestError, MaasError
 from maas.serving.context import RequestContext
 from maas.serving.dataplane import DataPlane
@@ -30,14 +30,6 @@ _PLATFORMS = {"onnx": "onnxruntime_onnx", "hf": "pytorch_huggingface"}
 
 public = APIRouter(prefix="/v2", tags=["v2"])
 router = APIRouter(prefix="/v2", tags=["v2"], dependencies=[Depends(require_key)])
-
-
-def get_dataplane(request: Request) -> DataPlane:
-    dataplane: DataPlane = request.app.state.dataplane
-    return dataplane
-
-
-DataPlaneDep = Annotated[DataPlane, Depends(get_dataplane)]
 
 
 @public.get("/health/live")

@@ -73,7 +73,13 @@ def list_entries(
     after_id: Annotated[int | None, typer.Option(help="Entries after this id (paging).")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """List entries, oldest first."""
+    """List entries, oldest first.
+
+    \b
+    Examples:
+      maas audit list
+      maas audit list --action alias.set --limit 20 --json
+    """
     entries = fetch_entries(
         settings_from(ctx),
         actor=actor,
@@ -106,7 +112,12 @@ def list_entries(
 @app.command()
 @cli_errors
 def verify(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Recompute the hash chain: exit 0 when intact, 1 naming the first bad entry."""
+    """Recompute the hash chain: exit 0 when intact, 1 naming the first bad entry.
+
+    \b
+    Examples:
+      maas audit verify
+    """
     report = fetch_report(settings_from(ctx))
     if as_json:
         print_json(report)

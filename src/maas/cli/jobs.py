@@ -442,7 +442,13 @@ def list_jobs(
     limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,
     as_json: JsonOpt = False,
 ) -> None:
-    """List jobs, newest first."""
+    """List jobs, newest first.
+
+    \b
+    Examples:
+      maas jobs list
+      maas jobs list --status succeeded --kind evaluate --json
+    """
     with jobs_from(ctx) as backend:
         jobs = backend.list_jobs(status, kind, limit)
     if as_json:
@@ -458,7 +464,12 @@ def list_jobs(
 @jobs_app.command()
 @cli_errors
 def show(ctx: typer.Context, job_id: str, as_json: JsonOpt = False) -> None:
-    """Show one job."""
+    """Show one job.
+
+    \b
+    Examples:
+      maas jobs show JOB_ID
+    """
     with jobs_from(ctx) as backend:
         info = backend.get(job_id)
     if as_json:
@@ -470,7 +481,12 @@ def show(ctx: typer.Context, job_id: str, as_json: JsonOpt = False) -> None:
 @jobs_app.command()
 @cli_errors
 def logs(ctx: typer.Context, job_id: str) -> None:
-    """Print a job's log (and the worker's stderr, if it wrote any)."""
+    """Print a job's log (and the worker's stderr, if it wrote any).
+
+    \b
+    Examples:
+      maas jobs logs JOB_ID
+    """
     with jobs_from(ctx) as backend:
         text = backend.log_text(job_id)
     out.print(text, end="", markup=False, highlight=False)
@@ -479,7 +495,12 @@ def logs(ctx: typer.Context, job_id: str) -> None:
 @jobs_app.command()
 @cli_errors
 def cancel(ctx: typer.Context, job_id: str) -> None:
-    """Cancel a job (a running one is stopped: SIGTERM, then SIGKILL after a grace)."""
+    """Cancel a job (a running one is stopped: SIGTERM, then SIGKILL after a grace).
+
+    \b
+    Examples:
+      maas jobs cancel JOB_ID
+    """
     with jobs_from(ctx) as backend:
         info = backend.cancel(job_id)
     state = info.status if info.finished else "cancellation requested"
@@ -489,7 +510,12 @@ def cancel(ctx: typer.Context, job_id: str) -> None:
 @jobs_app.command()
 @cli_errors
 def follow(ctx: typer.Context, job_id: str, as_json: JsonOpt = False) -> None:
-    """Show a job's progress until it ends (locally, this process runs it if it is queued)."""
+    """Show a job's progress until it ends (locally, this process runs it if it is queued).
+
+    \b
+    Examples:
+      maas jobs follow JOB_ID
+    """
     with jobs_from(ctx) as backend:
         info = _follow(backend, backend.get(job_id), show_progress=True)
         _finish(backend, info, as_json)
@@ -677,7 +703,14 @@ def add_dataset(
     description: str = "",
     as_json: JsonOpt = False,
 ) -> None:
-    """Import SOURCE as the next version of dataset NAME."""
+    """Import SOURCE as the next version of dataset NAME.
+
+    \b
+    Examples:
+      maas datasets add reviews.csv --name reviews --text-column review \\
+          --label-column stars --label-map '{"0": "neg", "1": "pos"}'
+      maas datasets add sklearn:digits --name digits --max-records 300
+    """
     try:
         mapping = json.loads(label_map) if label_map else {}
         fractions = [float(part) for part in splits.split(",")]
@@ -719,7 +752,12 @@ def add_dataset(
 @datasets_app.command("list")
 @cli_errors
 def datasets_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
-    """List datasets (newest version of each)."""
+    """List datasets (newest version of each).
+
+    \b
+    Examples:
+      maas datasets list
+    """
     with jobs_from(ctx) as backend:
         items = backend.list_datasets()
     if as_json:
@@ -751,7 +789,13 @@ def datasets_show(
     ref: Annotated[str, typer.Argument(help="name or name:3")],
     as_json: JsonOpt = False,
 ) -> None:
-    """Show a dataset version: labels, splits, and the preprocessing applied."""
+    """Show a dataset version: labels, splits, and the preprocessing applied.
+
+    \b
+    Examples:
+      maas datasets show reviews
+      maas datasets show reviews:1 --json
+    """
     with jobs_from(ctx) as backend:
         info = backend.get_dataset(ref)
     if as_json:
@@ -780,7 +824,13 @@ def promote_command(
     reason: Annotated[str, typer.Option(help="Recorded in the alias history.")] = "",
     as_json: JsonOpt = False,
 ) -> None:
-    """Move ALIAS to REF only if every --require gate holds against its metrics."""
+    """Move ALIAS to REF only if every --require gate holds against its metrics.
+
+    \b
+    Examples:
+      maas models promote reviews-clf:2 --alias production \\
+          --require "accuracy>=0.9" --require "latency_ms_bs1<=20"
+    """
     with jobs_from(ctx) as backend:
         try:
             result = backend.promote(ref, alias, require or [], reason)
@@ -797,10 +847,36 @@ def promote_command(
     out.print(f"{result.model}@{result.alias} → {result.version.ref}")
 
 
+# Shown under "Examples:" in each job command's --help (tests/cli/test_help_examples.py runs
+# them): the walkthrough of docs/jobs.md, one command at a time.
+_KIND_EXAMPLES = {
+    "train": [
+        "maas train --base minilm --dataset reviews --epochs 2 --output reviews-clf",
+        "maas train --base minilm --dataset reviews --set learning_rate=5e-4 --follow",
+    ],
+    "evaluate": [
+        "maas evaluate --model reviews-clf:1 --dataset reviews",
+        "maas evaluate --model reviews-clf@production --dataset reviews \\",
+        "    --split validation",
+    ],
+    "quantize": [
+        "maas quantize --model reviews-clf:1 --dataset reviews \\",
+        "    --set method=onnx-int8",
+    ],
+    "prune": ["maas prune --model reviews-clf:1 --dataset reviews --set ffn_fraction=0.5"],
+    "export": ["maas export --model reviews-clf:1 --set opset=17"],
+    "distill": ["maas distill --teacher reviews-clf:1 --student minilm --dataset reviews"],
+}
+
+
 def _help(summary: str, kind: str) -> str:
-    """The command's summary, then every spec key it takes (--set KEY=VALUE)."""
+    """The command's summary, every spec key it takes (--set KEY=VALUE), then examples."""
     keys = describe_keys(kind)
-    return f"{summary}\n\n\b\nSpec keys (named options or --set KEY=VALUE):\n{keys}"
+    examples = "".join(f"\n  {line}" for line in _KIND_EXAMPLES[kind])
+    return (
+        f"{summary}\n\n\b\nSpec keys (named options or --set KEY=VALUE):\n{keys}"
+        f"\n\n\b\nExamples:{examples}"
+    )
 
 
 def register(app: typer.Typer, models_app: typer.Typer) -> None:

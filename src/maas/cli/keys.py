@@ -74,7 +74,13 @@ def create(
     monthly_requests: MonthlyRequestsOpt = None,
     pii: PiiOpt = None,
 ) -> None:
-    """Create a key and print it once; only its hash is stored."""
+    """Create a key and print it once; only its hash is stored.
+
+    \b
+    Examples:
+      maas keys create --name team-a --scope infer --model "team-a-*" --rpm 600
+      maas keys create --name ci --scope deploy --scope read --pii redact
+    """
     options = _policy_options(
         scope, model, owner, expires, rpm, tpm, monthly_tokens, monthly_requests, pii
     )
@@ -106,7 +112,13 @@ def update(
     monthly_requests: MonthlyRequestsOpt = None,
     pii: PiiOpt = None,
 ) -> None:
-    """Change a key's policy (its secret stays)."""
+    """Change a key's policy (its secret stays).
+
+    \b
+    Examples:
+      maas keys update 2 --rpm 1200 --tpm 200000
+      maas keys update 2 --model minilm --model "team-a-*"
+    """
     options = _policy_options(
         scope, model, owner, expires, rpm, tpm, monthly_tokens, monthly_requests, pii
     )
@@ -121,7 +133,12 @@ def update(
 @app.command()
 @cli_errors
 def rotate(ctx: typer.Context, key_id: int) -> None:
-    """Issue a new secret with the same policy and revoke the old one; prints the secret once."""
+    """Issue a new secret with the same policy and revoke the old one; prints the secret once.
+
+    \b
+    Examples:
+      maas keys rotate 2
+    """
     registry = Registry(settings_from(ctx))
     try:
         info, plaintext = KeyStore(registry.db).rotate(key_id)
@@ -151,7 +168,13 @@ def _quota(info: KeyInfo) -> str:
 @app.command("list")
 @cli_errors
 def list_keys(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """List keys with their allowlist and limits (never their secrets)."""
+    """List keys with their allowlist and limits (never their secrets).
+
+    \b
+    Examples:
+      maas keys list
+      maas keys list --json
+    """
     registry = Registry(settings_from(ctx))
     try:
         keys = KeyStore(registry.db).list()
@@ -188,7 +211,12 @@ def show(
     key_id: int,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Show one key's whole policy: scopes, allowlist, limits, quotas, PII, expiry, use."""
+    """Show one key's whole policy: scopes, allowlist, limits, quotas, PII, expiry, use.
+
+    \b
+    Examples:
+      maas keys show 2
+    """
     registry = Registry(settings_from(ctx))
     try:
         info = KeyStore(registry.db).get(key_id)
@@ -226,7 +254,12 @@ def show(
 @app.command()
 @cli_errors
 def revoke(ctx: typer.Context, key_id: int) -> None:
-    """Revoke a key; it fails from the next request on."""
+    """Revoke a key; it fails from the next request on.
+
+    \b
+    Examples:
+      maas keys revoke 2
+    """
     registry = Registry(settings_from(ctx))
     try:
         info = KeyStore(registry.db).revoke(key_id)
@@ -252,6 +285,11 @@ def rotate_master(
 
     The current key comes from MAAS_MASTER_KEY or MAAS_MASTER_KEY_FILE. Stop
     servers that write to this store first, and restart them with the new key.
+
+    \b
+    Examples:
+      MAAS_MASTER_KEY_FILE=master.key maas keys rotate-master \\
+          --new-key-file master-2.key
     """
     settings = settings_from(ctx)
     old_key = settings.master_key_bytes

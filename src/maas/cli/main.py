@@ -23,7 +23,15 @@ from maas.security.keys import KeyStore
 
 app = typer.Typer(
     name="maas",
-    help="maas: versioned model registry and model serving.",
+    help=(
+        "maas: versioned model registry and model serving. Each command's --help shows "
+        "its examples.\n\n"
+        "\b\nExamples:\n"
+        "  maas models push ./my-model --name encoder\n"
+        "  maas models list\n"
+        "  maas --home ./elsewhere models list     # another MAAS_HOME\n"
+        "  maas quantize --help"
+    ),
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
@@ -66,7 +74,12 @@ def root(
 
 @app.command()
 def version() -> None:
-    """Print the maas version."""
+    """Print the maas version.
+
+    \b
+    Examples:
+      maas version
+    """
     out.print(__version__)
 
 

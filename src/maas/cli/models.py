@@ -58,6 +58,13 @@ def push(
     """Store PATH as the next version of NAME and print its reference (name:version).
 
     A .gguf file is converted first, exactly as by ``maas models import-gguf``.
+
+    \b
+    Examples:
+      maas models push ./my-model --name encoder
+      maas models push ./my-model --name encoder --description "second"
+      maas models push model.onnx --name affine --task tensor
+      maas models push model.gguf --name tiny-llama
     """
     if not path.exists():
         raise fail(f"{path} does not exist")
@@ -102,7 +109,13 @@ def import_gguf_command(
     parent: Annotated[str | None, typer.Option(help="Reference of the parent version.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Convert a GGUF file to float32 safetensors and store it as a text-generation version."""
+    """Convert a GGUF file to float32 safetensors and store it as a text-generation version.
+
+    \b
+    Examples:
+      maas models import-gguf model.gguf --name tiny-llama
+      maas models import-gguf model.gguf --name tiny-llama --description "Q8_0"
+    """
     if not path.is_file():
         raise fail(f"{path} is not a file")
     _import_gguf(ctx, path, name, description=description, parent=parent, as_json=as_json)
@@ -160,7 +173,13 @@ def list_models(
     task: Annotated[str | None, typer.Option(help="Only models of this task.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """List models."""
+    """List models.
+
+    \b
+    Examples:
+      maas models list
+      maas models list --task embeddings --json
+    """
     with backend_from(ctx) as backend:
         models = backend.list_models(task=task)
     if as_json:
@@ -190,7 +209,14 @@ def show(
     ref: Annotated[str, typer.Argument(help="name, name:3 or name@alias")],
     as_json: JsonOpt = False,
 ) -> None:
-    """Show a model (bare name) and the version a reference resolves to."""
+    """Show a model (bare name) and the version a reference resolves to.
+
+    \b
+    Examples:
+      maas models show reviews-clf
+      maas models show reviews-clf:2
+      maas models show reviews-clf@production --json
+    """
     parsed = ModelRef.parse(ref)
     with backend_from(ctx) as backend:
         model = backend.get_model(parsed.name)
@@ -238,7 +264,12 @@ def show(
 @app.command()
 @cli_errors
 def versions(ctx: typer.Context, name: str, as_json: JsonOpt = False) -> None:
-    """List the versions of a model."""
+    """List the versions of a model.
+
+    \b
+    Examples:
+      maas models versions reviews-clf
+    """
     with backend_from(ctx) as backend:
         items = backend.list_versions(name)
     if as_json:
@@ -260,7 +291,13 @@ def alias(
     version: int,
     reason: Annotated[str, typer.Option(help="Recorded in the alias history.")] = "",
 ) -> None:
-    """Point ALIAS of NAME at VERSION (history is kept)."""
+    """Point ALIAS of NAME at VERSION (history is kept).
+
+    \b
+    Examples:
+      maas models alias reviews-clf production 2 --reason "new release"
+      maas models alias reviews-clf canary 2
+    """
     with backend_from(ctx) as backend:
         info = backend.set_alias(name, alias_name, version, reason=reason)
     out.print(f"{name}@{alias_name} → {info.ref}")
@@ -271,7 +308,13 @@ def alias(
 def unalias(
     ctx: typer.Context, name: str, alias_name: Annotated[str, typer.Argument(metavar="ALIAS")]
 ) -> None:
-    """Remove ALIAS from NAME."""
+    """Remove ALIAS from NAME.
+
+    \b
+    Examples:
+      maas models alias reviews-clf canary 2
+      maas models unalias reviews-clf canary
+    """
     with backend_from(ctx) as backend:
         backend.delete_alias(name, alias_name)
     out.print(f"removed {name}@{alias_name}")
@@ -282,7 +325,13 @@ def unalias(
 def rollback(
     ctx: typer.Context, name: str, alias_name: Annotated[str, typer.Argument(metavar="ALIAS")]
 ) -> None:
-    """Move ALIAS back to the version it pointed at before its last move."""
+    """Move ALIAS back to the version it pointed at before its last move.
+
+    \b
+    Examples:
+      maas models alias reviews-clf production 2
+      maas models rollback reviews-clf production          # back to 1
+    """
     with backend_from(ctx) as backend:
         info = backend.rollback(name, alias_name)
     out.print(f"{name}@{alias_name} → {info.ref}")
@@ -296,7 +345,13 @@ def history(
     alias_name: Annotated[str | None, typer.Argument(metavar="[ALIAS]")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Show every alias move of NAME (or of one alias)."""
+    """Show every alias move of NAME (or of one alias).
+
+    \b
+    Examples:
+      maas models history reviews-clf
+      maas models history reviews-clf production --json
+    """
     with backend_from(ctx) as backend:
         events = backend.alias_history(name, alias_name)
     if as_json:
@@ -322,7 +377,12 @@ def history(
 @app.command()
 @cli_errors
 def archive(ctx: typer.Context, ref: str) -> None:
-    """Archive a version (kept, but no longer resolved as latest or aliasable)."""
+    """Archive a version (kept, but no longer resolved as latest or aliasable).
+
+    \b
+    Examples:
+      maas models archive reviews-clf:2
+    """
     with backend_from(ctx) as backend:
         info = backend.archive(ref)
     out.print(f"archived {info.ref}")
@@ -331,7 +391,13 @@ def archive(ctx: typer.Context, ref: str) -> None:
 @app.command()
 @cli_errors
 def restore(ctx: typer.Context, ref: str) -> None:
-    """Bring an archived version back to ready."""
+    """Bring an archived version back to ready.
+
+    \b
+    Examples:
+      maas models archive reviews-clf:2
+      maas models restore reviews-clf:2
+    """
     with backend_from(ctx) as backend:
         info = backend.restore(ref)
     out.print(f"restored {info.ref}")
@@ -344,7 +410,13 @@ def delete(
     ref: Annotated[str, typer.Argument(help="name:version, or a bare name for the model")],
     force: Annotated[bool, typer.Option(help="Delete a model that still has versions.")] = False,
 ) -> None:
-    """Delete a version (name:3) or a whole model (name). Blobs go at the next gc."""
+    """Delete a version (name:3) or a whole model (name). Blobs go at the next gc.
+
+    \b
+    Examples:
+      maas models delete reviews-clf:2
+      maas models delete reviews-clf --force
+    """
     parsed = ModelRef.parse(ref)
     with backend_from(ctx) as backend:
         if parsed.alias is not None:
@@ -359,7 +431,12 @@ def delete(
 @app.command()
 @cli_errors
 def pull(ctx: typer.Context, ref: str, dest: Path) -> None:
-    """Download a version's files into DEST (digests verified)."""
+    """Download a version's files into DEST (digests verified).
+
+    \b
+    Examples:
+      maas models pull reviews-clf@production ./out
+    """
     with backend_from(ctx) as backend:
         info = backend.download(ref, dest)
     out.print(f"{info.ref} → {dest}")
@@ -373,7 +450,13 @@ def gc(
         int | None, typer.Option(help="Keep unreferenced blobs younger than this.")
     ] = None,
 ) -> None:
-    """Delete blobs no version references."""
+    """Delete blobs no version references.
+
+    \b
+    Examples:
+      maas models gc
+      maas models gc --grace-seconds 0
+    """
     with backend_from(ctx) as backend:
         result = backend.gc(grace_seconds=grace_seconds)
     out.print(

@@ -32,7 +32,14 @@ def usage(
     group_by: Annotated[str, typer.Option(help="day, month, model, key, route or status.")] = "day",
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Print usage: requests, tokens, compute seconds and energy per group."""
+    """Print usage: requests, tokens, compute seconds and energy per group.
+
+    \b
+    Examples:
+      maas usage
+      maas usage --group-by key --from 2026-01-01
+      maas usage --model minilm --group-by route --json
+    """
     registry = Registry(settings_from(ctx))
     try:
         rows = aggregate(

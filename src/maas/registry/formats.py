@@ -157,6 +157,24 @@ def _onnx_signature(path: Path) -> dict[str, Any]:
     }
 
 
+def metadata_for_task(metadata: dict[str, Any], task: str | None) -> dict[str, Any]:
+    """The metadata to store for a version served as ``task``.
+
+    ``inputs``/``outputs`` are what V2 metadata advertises. For a ``tensor``
+    model they are the graph's own; for a task model (an ONNX text classifier
+    made by ``quantize`` or ``export``) the runtime tokenizes text or decodes
+    images in front of the graph, so the graph's tensors (``input_ids`` ->
+    ``logits``) are not what a request sends: they are kept as
+    ``graph_inputs``/``graph_outputs`` and the runtime describes the rest.
+    """
+    if task == "tensor" or "inputs" not in metadata:
+        return metadata
+    kept = {k: v for k, v in metadata.items() if k not in ("inputs", "outputs")}
+    kept["graph_inputs"] = metadata["inputs"]
+    kept["graph_outputs"] = metadata.get("outputs", [])
+    return kept
+
+
 def detect_format(root: Path) -> DetectedFormat:
     """Detect the layout of a model directory (or a single ``.onnx`` file)."""
     if root.is_file():

@@ -13,12 +13,19 @@ DEFAULT_ALIAS = "production"
 MAX_VERSION = 2**31 - 1  # versions are 32-bit integers in the database
 
 
-def validate_model_name(name: str) -> str:
+def validate_model_name(name: str, *, param: str = "name") -> str:
+    """``name`` if it is a valid model name; ``param`` names the field it came from."""
     if not MODEL_NAME_RE.fullmatch(name):
+        if MODEL_NAME_RE.fullmatch(name.strip().lower()):
+            raise InvalidRequestError(
+                f"invalid model name {name!r}: model names are lower case: "
+                f"did you mean {name.strip().lower()!r}?",
+                param=param,
+            )
         raise InvalidRequestError(
             f"invalid model name {name!r}: use 1-64 characters of a-z, 0-9, '.', '_' or '-', "
             "starting with a letter or digit",
-            param="name",
+            param=param,
         )
     return name
 
@@ -51,10 +58,11 @@ class ModelRef:
 
     @classmethod
     def parse(cls, text: str) -> ModelRef:
+        """Parse ``name``, ``name:3`` or ``name@alias``; errors name the ``model`` field."""
         text = text.strip()
         if "@" in text:
             name, _, alias = text.partition("@")
-            return cls(validate_model_name(name), alias=validate_alias(alias))
+            return cls(validate_model_name(name, param="model"), alias=validate_alias(alias))
         if ":" in text:
             name, _, number = text.partition(":")
             if not (number.isascii() and number.isdigit()) or not 1 <= int(number) <= MAX_VERSION:
@@ -62,8 +70,8 @@ class ModelRef:
                     f"invalid version in reference {text!r}: expected a positive integer",
                     param="model",
                 )
-            return cls(validate_model_name(name), version=int(number))
-        return cls(validate_model_name(text))
+            return cls(validate_model_name(name, param="model"), version=int(number))
+        return cls(validate_model_name(text, param="model"))
 
     def __str__(self) -> str:
         if self.version is not None:

@@ -22,7 +22,12 @@ from maas.config import Settings
 from maas.errors import ConflictError, InvalidRequestError, NotFoundError
 from maas.registry.artifacts import ArtifactStore, FileEntry, Manifest
 from maas.registry.db import Database, migrate
-from maas.registry.formats import DATASET_TASK, detect_format, validate_task
+from maas.registry.formats import (
+    DATASET_TASK,
+    detect_format,
+    metadata_for_task,
+    validate_task,
+)
 from maas.registry.heads import require_classification_head
 from maas.registry.models import (
     AliasEventRow,
@@ -169,7 +174,7 @@ class Registry:
             fmt=detected.format,
             task=task,
             task_hint=detected.task_hint,
-            metadata=detected.metadata,
+            metadata=metadata_for_task(detected.metadata, effective_task),
             description=description,
             params=params or {},
             metrics=metrics or {},

@@ -390,9 +390,7 @@ class DataPlane:
 
 def _no_tensor_interface(version: VersionInfo) -> InvalidRequestError:
     hint = (
-        ": use /v1/completions or /v1/chat/completions"
-        if version.task == "text-generation"
-        else ""
+        ": use /v1/completions or /v1/chat/completions" if version.task == "text-generation" else ""
     )
     return InvalidRequestError(
         f"model {version.model} ({version.task}) has no tensor interface{hint}", param="model"

@@ -106,10 +106,15 @@ def decode_request(body: bytes, header_length: int | None) -> InferRequest:
         )
     try:
         document = _loads(body[:json_end])
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
-        missing = header_length is None and "Extra data" in str(exc)
-        hint = " (is Inference-Header-Content-Length missing?)" if missing else ""
-        raise InvalidRequestError(f"request JSON is invalid: {exc}{hint}") from exc
+    except json.JSONDecodeError as exc:
+        missing = header_length is None and exc.msg == "Extra data"
+        hint = "; is Inference-Header-Content-Length missing?" if missing else ""
+        raise InvalidRequestError(
+            f"the request body is not valid JSON "
+            f"(line {exc.lineno}, column {exc.colno}: {exc.msg}{hint})"
+        ) from exc
+    except UnicodeDecodeError as exc:
+        raise InvalidRequestError(f"the request body is not valid JSON: not UTF-8 ({exc})") from exc
     if not isinstance(document, dict):
         raise InvalidRequestError("request JSON must be an object")
     request_id = document.get("id")
