@@ -99,10 +99,10 @@ class Settings(BaseSettings):
     torch_threads: int = Field(
         default=0,
         ge=0,
-        description="torch / ONNX Runtime intra-op threads per forward pass; 0 = auto: the "
-        "CPU cores divided among the compute threads (at least 1), so concurrent batches do "
-        "not oversubscribe the cores (measured: 7x faster than one thread per core when the "
-        "2 cores are shared).",
+        description="torch / ONNX Runtime intra-op threads per forward pass; 0 = auto: torch "
+        "forwards follow load (a lone batch uses every core, concurrent batches split them, "
+        "docs/batching.md); ONNX Runtime sessions get the cores divided among the compute "
+        "threads. A number fixes every forward's threads.",
     )
     max_request_bytes: int = Field(
         default=64 * 1024**2,

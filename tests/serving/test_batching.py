@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from maas.errors import InvalidRequestError, UnavailableError
-from maas.serving.batching import AdaptiveBatcher, BatchStats
+from maas.serving.batching import AdaptiveBatcher, BatchContext, BatchStats
 
 
 def run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
@@ -35,13 +35,17 @@ class Doubler:
 
     def __init__(self, fail_on: frozenset[int] = frozenset()) -> None:
         self.batches: list[list[int]] = []
+        self.contexts: list[BatchContext] = []
         self.fail_on = fail_on
         self.release = asyncio.Event()  # set it to let a gated batch finish
         self.gated = False
         self.entered = asyncio.Event()
 
-    async def __call__(self, items: list[int]) -> Sequence[int | BaseException]:
+    async def __call__(
+        self, items: list[int], context: BatchContext
+    ) -> Sequence[int | BaseException]:
         self.batches.append(items)
+        self.contexts.append(context)
         self.entered.set()
         if self.gated:
             await self.release.wait()
@@ -162,7 +166,7 @@ def test_handler_exception_fails_every_item_of_the_batch() -> None:
     async def main() -> None:
         boom = RuntimeError("model crashed")
 
-        async def broken(items: list[int]) -> list[int]:
+        async def broken(items: list[int], _: BatchContext) -> list[int]:
             raise boom
 
         batcher = AdaptiveBatcher(broken, max_batch_size=8)
@@ -177,7 +181,7 @@ def test_handler_exception_fails_every_item_of_the_batch() -> None:
 
 def test_wrong_number_of_results_fails_the_batch_with_runtime_error() -> None:
     async def main() -> None:
-        async def short(items: list[int]) -> list[int]:
+        async def short(items: list[int], _: BatchContext) -> list[int]:
             return items[:-1]
 
         batcher = AdaptiveBatcher(short, max_batch_size=8, name="m:1")
@@ -348,14 +352,23 @@ def test_on_batch_failure_is_logged_not_raised(caplog: pytest.LogCaptureFixture)
     assert "on_batch callback failed" in caplog.text
 
 
-@pytest.mark.parametrize("bad", [{"max_batch_size": 0}, {"max_queue": 0}, {"max_wait_ms": -1}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"max_batch_size": 0},
+        {"max_queue": 0},
+        {"max_wait_ms": -1},
+        {"max_concurrent_batches": 0},
+        {"cores": -1},
+    ],
+)
 def test_invalid_settings_are_refused(bad: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         AdaptiveBatcher(Doubler(), **bad)
 
 
 def test_a_failed_item_is_named_by_its_position_in_its_own_request() -> None:
-    async def handler(items: list[int]) -> list[int | BaseException]:
+    async def handler(items: list[int], _: BatchContext) -> list[int | BaseException]:
         return [InvalidRequestError("negative") if i < 0 else i * 2 for i in items]
 
     async def scenario() -> tuple[list[int], str]:
@@ -383,7 +396,7 @@ def test_batches_overlap_up_to_the_concurrency_limit() -> None:
     running = 0
     peak = 0
 
-    async def handler(items: list[int]) -> list[int]:
+    async def handler(items: list[int], _: BatchContext) -> list[int]:
         nonlocal running, peak
         running += 1
         peak = max(peak, running)
@@ -405,3 +418,83 @@ def test_batches_overlap_up_to_the_concurrency_limit() -> None:
     peak = 0
     assert asyncio.run(scenario(2)) == [i * 10 for i in range(8)]
     assert peak == 2
+
+
+def test_a_lone_batch_may_use_every_core() -> None:
+    async def main() -> None:
+        handler = Doubler()
+        batcher = AdaptiveBatcher(handler, max_concurrent_batches=2, cores=4)
+        assert await batcher.submit(1) == 2
+        assert await batcher.submit_many([2, 3]) == [4, 6]
+        await batcher.close()
+        assert handler.contexts == [BatchContext(in_flight=1, threads=4)] * 2
+
+    run(main)
+
+
+def test_batches_in_flight_split_the_cores() -> None:
+    async def main() -> None:
+        handler = Doubler()
+        handler.gated = True
+        batcher = AdaptiveBatcher(handler, max_batch_size=1, max_concurrent_batches=3, cores=4)
+        tasks = [asyncio.create_task(batcher.submit(i)) for i in range(3)]
+        await until(lambda: len(handler.batches) == 3)  # all three computing at once
+        handler.release.set()
+        assert await asyncio.gather(*tasks) == [0, 2, 4]
+        assert await batcher.submit(7) == 14  # alone again: every core
+        await batcher.close()
+        # Each share is fixed when its batch starts: 4 // 1, 4 // 2, 4 // 3.
+        assert [(c.in_flight, c.threads) for c in handler.contexts] == [
+            (1, 4),
+            (2, 2),
+            (3, 1),
+            (1, 4),
+        ]
+
+    run(main)
+
+
+def test_more_batches_in_flight_than_cores_still_get_one_thread_each() -> None:
+    async def main() -> None:
+        handler = Doubler()
+        handler.gated = True
+        batcher = AdaptiveBatcher(handler, max_batch_size=1, max_concurrent_batches=3, cores=2)
+        tasks = [asyncio.create_task(batcher.submit(i)) for i in range(3)]
+        await until(lambda: len(handler.batches) == 3)
+        handler.release.set()
+        await asyncio.gather(*tasks)
+        await batcher.close()
+        assert [c.threads for c in handler.contexts] == [2, 1, 1]
+
+    run(main)
+
+
+def test_without_a_core_budget_the_handler_keeps_its_own_threads() -> None:
+    async def main() -> None:
+        handler = Doubler()
+        batcher = AdaptiveBatcher(handler)
+        assert await batcher.submit(1) == 2
+        await batcher.close()
+        assert handler.contexts == [BatchContext(in_flight=1, threads=0)]
+
+    run(main)
+
+
+def test_a_failed_batch_gives_its_cores_back() -> None:
+    async def main() -> None:
+        calls: list[BatchContext] = []
+
+        async def flaky(items: list[int], context: BatchContext) -> list[int]:
+            calls.append(context)
+            if len(calls) == 1:
+                raise RuntimeError("model crashed")
+            return items
+
+        batcher = AdaptiveBatcher(flaky, cores=2)
+        with pytest.raises(RuntimeError):
+            await batcher.submit(1)
+        assert await batcher.submit(2) == 2
+        await batcher.close()
+        assert [c.threads for c in calls] == [2, 2]
+
+    run(main)

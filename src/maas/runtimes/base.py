@@ -7,14 +7,20 @@ is given, never on the event loop.
 
 Third parties add runtimes through the ``maas.runtimes`` entry-point group; an
 entry point named ``<task>:<format>`` points at a Runtime subclass.
+
+Two optional hooks serve the batcher: ``predict_with_threads`` takes the share of
+the cores a batch may use (all of them when it computes alone), and
+``length_key`` estimates an item's tokens so that items of similar length are
+batched together.
 """
 
 from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -70,6 +76,24 @@ class Runtime(ABC):
     async def predict(self, batch: Sequence[Any]) -> Sequence[Any]:
         """One result per item; an item that fails on its own may be a BaseException."""
 
+    async def predict_with_threads(self, batch: Sequence[Any], threads: int) -> Sequence[Any]:
+        """``predict`` for a batch whose compute may use ``threads`` intra-op threads.
+
+        The batcher passes the share of the cores this batch may use: all of them
+        when it computes alone, fewer beside other batches; 0 = no budget, keep the
+        runtime's own count (``RuntimeContext.torch_threads``). The default ignores
+        the budget; runtimes whose thread count can change per call override this.
+        """
+        return await self.predict(batch)
+
+    def length_key(self) -> Callable[[Any], int] | None:
+        """An estimate of an item's length in tokens, for batching similar lengths together.
+
+        None (the default): items have no length that padding would cost. The key
+        runs on the event loop for every submitted item, so it must not tokenize.
+        """
+        return None
+
     async def unload(self) -> None:  # noqa: B027 - optional hook with a sensible default
         """Release memory. The default drops references and lets the GC do the rest."""
 
@@ -102,3 +126,50 @@ def sequence_limit(max_positions: int | None, tokenizer: Any, default: int) -> i
     if isinstance(tok_max, int) and 0 < tok_max < 1_000_000:
         limits.append(tok_max)
     return min(limits) if limits else default
+
+
+@contextmanager
+def intra_op_threads(threads: int) -> Iterator[None]:
+    """Let torch use ``threads`` intra-op threads on the calling thread, then restore the count.
+
+    torch keeps the count per OS thread (OpenMP's nthreads ICV, MKL's thread-local
+    count; checked on torch 2.13: a compute thread that sets 2 leaves the others at
+    1), so each compute thread can follow its own batch's budget. Restoring keeps
+    code that does not set a count (explanations, other runtimes on the same thread)
+    on the default. ``threads`` <= 0 changes nothing.
+    """
+    if threads <= 0:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    if before == threads:
+        yield
+        return
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+# UTF-8 bytes per token, a middle value for WordPiece (MiniLM's tokenizer): English
+# 4.8, code 2.1, German 2.8, Russian 2.2, Chinese 2.7. Bytes vary less across scripts
+# than characters (Chinese: 0.9 characters per token).
+BYTES_PER_TOKEN = 3
+
+
+def estimated_tokens(item: Any, max_tokens: int) -> int:
+    """Tokens an input will occupy, without tokenizing (about 0.1 us against 50 us-1 ms).
+
+    Token ids count exactly; text by its UTF-8 size, plus the two special tokens an
+    encoder adds; both capped at ``max_tokens`` as truncation will.
+    """
+    if isinstance(item, list | tuple):
+        count = len(item)
+    elif isinstance(item, str):
+        count = 2 + (len(item.encode()) + BYTES_PER_TOKEN - 1) // BYTES_PER_TOKEN
+    else:
+        count = 1
+    return max(1, min(count, max_tokens))

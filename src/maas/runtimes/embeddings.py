@@ -6,14 +6,22 @@ general) were trained with, so vectors match the reference implementation.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from maas.errors import InvalidRequestError
-from maas.runtimes.base import Runtime, TensorSpec, module_bytes, sequence_limit
+from maas.runtimes.base import (
+    Runtime,
+    TensorSpec,
+    estimated_tokens,
+    intra_op_threads,
+    module_bytes,
+    sequence_limit,
+)
 
 EmbeddingInput = str | list[int]
 
@@ -69,10 +77,20 @@ class HFEmbeddingRuntime(Runtime):
         ids = self._tokenizer(text, truncation=True, max_length=self._max_length)["input_ids"]
         return len(ids)
 
-    async def predict(self, batch: Sequence[Any]) -> Sequence[Embedding | BaseException]:
-        return await self.run(self._predict_sync, list(batch))
+    def length_key(self) -> Callable[[Any], int]:
+        return functools.partial(estimated_tokens, max_tokens=self._max_length)
 
-    def _predict_sync(self, batch: list[EmbeddingInput]) -> list[Embedding | BaseException]:
+    async def predict(self, batch: Sequence[Any]) -> Sequence[Embedding | BaseException]:
+        return await self.predict_with_threads(batch, 0)
+
+    async def predict_with_threads(
+        self, batch: Sequence[Any], threads: int
+    ) -> Sequence[Embedding | BaseException]:
+        return await self.run(self._predict_sync, list(batch), threads)
+
+    def _predict_sync(
+        self, batch: list[EmbeddingInput], threads: int = 0
+    ) -> list[Embedding | BaseException]:
         results: list[Embedding | BaseException] = []
         valid: list[int] = []
         for i, item in enumerate(batch):
@@ -89,7 +107,9 @@ class HFEmbeddingRuntime(Runtime):
                 results.append(InvalidRequestError("pending"))  # replaced below
                 valid.append(i)
         if valid:
-            for i, emb in zip(valid, self._embed_sync([batch[i] for i in valid]), strict=True):
+            with intra_op_threads(threads):
+                embeddings = self._embed_sync([batch[i] for i in valid])
+            for i, emb in zip(valid, embeddings, strict=True):
                 results[i] = emb
         return results
 

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from maas.errors import UnavailableError
-from maas.runtimes.base import Runtime, TensorSpec, module_bytes
+from maas.runtimes.base import (
+    Runtime,
+    TensorSpec,
+    estimated_tokens,
+    intra_op_threads,
+    module_bytes,
+)
 from maas.runtimes.explain import Explanation, explain_classification
 
 
@@ -50,16 +56,24 @@ class HFTextClassificationRuntime(Runtime):
         self._model = None
         self._tokenizer = None
 
-    async def predict(self, batch: Sequence[Any]) -> Sequence[Classification]:
-        return await self.run(self._classify, [str(x) for x in batch])
+    def length_key(self) -> Callable[[Any], int]:
+        return lambda item: estimated_tokens(str(item), self._max_length)
 
-    def _classify(self, texts: list[str]) -> list[Classification]:
+    async def predict(self, batch: Sequence[Any]) -> Sequence[Classification]:
+        return await self.predict_with_threads(batch, 0)
+
+    async def predict_with_threads(
+        self, batch: Sequence[Any], threads: int
+    ) -> Sequence[Classification]:
+        return await self.run(self._classify, [str(x) for x in batch], threads)
+
+    def _classify(self, texts: list[str], threads: int = 0) -> list[Classification]:
         import torch
 
         enc = self._tokenizer(
             texts, padding=True, truncation=True, max_length=self._max_length, return_tensors="pt"
         )
-        with torch.inference_mode():
+        with intra_op_threads(threads), torch.inference_mode():
             logits = self._model(**enc).logits  # (batch, labels)
             probs = torch.softmax(logits, dim=-1).numpy()
         counts = enc["attention_mask"].sum(dim=1).tolist()

@@ -120,6 +120,14 @@ class ServingMetrics:
             ["model"],
             registry=r,
         )
+        self.batch_padding_ratio = Histogram(
+            "maas_batch_padding_ratio",
+            "Padded tokens / real tokens per executed batch of a text model (0 = no padding; "
+            "text lengths are estimated from UTF-8 size, token-id inputs count exactly)",
+            ["model"],
+            buckets=(0, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16),
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
