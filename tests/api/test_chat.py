@@ -151,7 +151,9 @@ def test_completions_give_n_choices_with_logprobs(client: TestClient, auth: dict
     for choice in answer["choices"]:
         logprobs = choice["logprobs"]
         assert len(logprobs["tokens"]) == len(logprobs["token_logprobs"]) == 4
-        assert all(len(top) == 2 for top in logprobs["top_logprobs"])
+        # The legacy format keys alternatives by their text: two token ids that
+        # decode to the same text (common in a random tiny vocabulary) share a key.
+        assert all(1 <= len(top) <= 2 for top in logprobs["top_logprobs"])
     assert answer["usage"]["completion_tokens"] == 8
 
 
