@@ -11,7 +11,6 @@ from __future__ import annotations
 import ast
 import inspect
 import json
-import shutil
 from collections.abc import AsyncGenerator, Iterator
 from pathlib import Path
 from typing import Any
@@ -54,12 +53,8 @@ def test_the_route_module_touches_no_runtime_or_engine() -> None:
 def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("chat")
     model = make_tiny_llm(root / "m", arch="gpt2", seed=2)
-    plain = root / "plain"
-    shutil.copytree(model, plain)
-    config = json.loads((plain / "tokenizer_config.json").read_text())
-    config.pop("chat_template", None)
-    (plain / "tokenizer_config.json").write_text(json.dumps(config))
-    (plain / "chat_template.jinja").unlink(missing_ok=True)
+    # The same weights without a chat template.
+    plain = make_tiny_llm(root / "plain", arch="gpt2", seed=2, chat=False)
     home = root / "home"
     registry = Registry(Settings(home=home))
     try:

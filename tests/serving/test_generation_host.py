@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -40,12 +38,8 @@ PROMPT = "The quick fox"
 def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("gen-host")
     chat = make_tiny_llm(root / "chat", arch="gpt2", seed=2)
-    plain = root / "plain"
-    shutil.copytree(chat, plain)
-    config = json.loads((plain / "tokenizer_config.json").read_text())
-    config.pop("chat_template", None)
-    (plain / "tokenizer_config.json").write_text(json.dumps(config))
-    (plain / "chat_template.jinja").unlink(missing_ok=True)
+    # The same weights without a chat template.
+    plain = make_tiny_llm(root / "plain", arch="gpt2", seed=2, chat=False)
     home = root / "home"
     registry = Registry(Settings(home=home))
     try:
