@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
+import numpy as np
 import pytest
 
-from maas.runtimes.base import estimated_tokens, intra_op_threads
+from maas.config import Settings
+from maas.registry.store import Registry
+from maas.runtimes.base import (
+    INLINE_AFTER_CALLS,
+    RuntimeContext,
+    estimated_tokens,
+    intra_op_threads,
+)
+from maas.runtimes.onnx import OnnxTensorRuntime
+from tests.helpers import make_onnx_file
 
 
 @pytest.fixture
@@ -82,3 +96,59 @@ def test_estimates_are_capped_where_truncation_cuts() -> None:
 def test_longer_text_never_estimates_fewer_tokens() -> None:
     lengths = [estimated_tokens("x" * n, max_tokens=512) for n in range(0, 2000, 7)]
     assert lengths == sorted(lengths)
+
+
+def _onnx_runtime(tmp_path: Path) -> OnnxTensorRuntime:
+    registry = Registry(Settings(home=tmp_path / "home"))
+    try:
+        onnx = make_onnx_file(tmp_path / "m" / "model.onnx")
+        info = registry.push(onnx.parent, "affine", task="tensor")
+        path = registry.materialize(info.ref)
+    finally:
+        registry.close()
+    executor = ThreadPoolExecutor(1, thread_name_prefix="compute")
+    return OnnxTensorRuntime(RuntimeContext(path, info, executor, torch_threads=1))
+
+
+def test_tiny_compute_moves_onto_the_loop_and_slow_compute_back_to_the_executor(
+    tmp_path: Path,
+) -> None:
+    runtime = _onnx_runtime(tmp_path)
+    threads: list[str] = []
+
+    def compute(delay: float) -> int:
+        threads.append(threading.current_thread().name)
+        time.sleep(delay)
+        return 1
+
+    async def main() -> None:
+        for _ in range(INLINE_AFTER_CALLS + 2):
+            assert await runtime.run_compute(compute, 0.0) == 1
+        assert await runtime.run_compute(compute, 0.05) == 1  # slow: the mean jumps up
+        await runtime.run_compute(compute, 0.0)
+
+    asyncio.run(main())
+    loop_thread = threading.main_thread().name
+    first = threads[:INLINE_AFTER_CALLS]
+    assert all(name.startswith("compute") for name in first)  # until the mean is known
+    assert threads[INLINE_AFTER_CALLS] == loop_thread  # tiny: inline on the loop
+    assert threads[-2] == loop_thread  # the slow call was not foreseen ...
+    assert threads[-1].startswith("compute")  # ... but the next one goes back to a thread
+
+
+def test_a_tiny_onnx_graph_answers_the_same_inline(tmp_path: Path) -> None:
+    runtime = _onnx_runtime(tmp_path)
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+
+    async def main() -> list[np.ndarray]:
+        await runtime.load()
+        answers = []
+        for _ in range(INLINE_AFTER_CALLS + 4):
+            (out,) = await runtime.predict([{"x": x}])
+            answers.append(out["y"])
+        return answers
+
+    answers = asyncio.run(main())
+    expected = x @ np.arange(12, dtype=np.float32).reshape(4, 3) + 1
+    for y in answers:
+        np.testing.assert_allclose(y, expected)

@@ -17,6 +17,7 @@ batched together.
 from __future__ import annotations
 
 import asyncio
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
@@ -28,6 +29,10 @@ from typing import Any, ClassVar, TypeVar
 from maas.registry.schemas import VersionInfo
 
 T = TypeVar("T")
+
+# Runtime.run_compute: calls that average under this run inline on the event loop.
+INLINE_BELOW_SECONDS = 0.0002
+INLINE_AFTER_CALLS = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,11 +67,47 @@ class Runtime(ABC):
     def __init__(self, context: RuntimeContext) -> None:
         self.context = context
         self.version = context.version
+        self._compute_seconds = 0.0  # exponential mean of compute calls (run_compute)
+        self._compute_calls = 0
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run blocking compute on the runtime's executor."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.context.executor, fn, *args)
+
+    async def run_compute(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run one batch's compute: on the executor, or inline when it is always tiny.
+
+        Handing a call to a compute thread and back costs ~0.1-0.3 ms of wake-ups;
+        a graph like ``y = 2x + 1`` computes in ~8 us. Once ``INLINE_AFTER_CALLS``
+        calls averaged under ``INLINE_BELOW_SECONDS`` (exponential mean), calls run
+        on the event loop thread directly; a slow call moves the mean back up and
+        the next calls go to the executor again. The loop is held at most about
+        one slow call long.
+        """
+        if self._compute_calls >= INLINE_AFTER_CALLS and (
+            self._compute_seconds < INLINE_BELOW_SECONDS
+        ):
+            started = time.perf_counter()
+            result = fn(*args)
+            self._observe(time.perf_counter() - started)
+            return result
+
+        def timed() -> tuple[T, float]:
+            started = time.perf_counter()
+            value = fn(*args)
+            return value, time.perf_counter() - started
+
+        result, seconds = await self.run(timed)
+        self._observe(seconds)
+        return result
+
+    def _observe(self, seconds: float) -> None:
+        if self._compute_calls == 0:
+            self._compute_seconds = seconds
+        else:
+            self._compute_seconds += 0.2 * (seconds - self._compute_seconds)
+        self._compute_calls += 1
 
     @abstractmethod
     async def load(self) -> None:

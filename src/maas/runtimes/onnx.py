@@ -142,7 +142,8 @@ class OnnxTensorRuntime(Runtime):
         return out
 
     async def predict(self, batch: Sequence[Any]) -> Sequence[TensorDict | BaseException]:
-        return await self.run(self._predict_sync, list(batch))
+        # Tensor graphs can be tiny (microseconds): no thread hand-off for those.
+        return await self.run_compute(self._predict_sync, list(batch))
 
     def _batchable(self) -> bool:
         return all(spec.shape and spec.shape[0] == -1 for spec in self._inputs + self._outputs)
