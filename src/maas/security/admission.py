@@ -1,6 +1,6 @@
 """Admission: the one decision taken before a request runs, and its settlement after.
 
-``admit`` runs for every non-public route, in this order:
+``authenticate`` then ``authorize`` run for every non-public route, in this order:
 
 1. authenticate the key from the in-process cache (``KeyStore.cached``), or
    from the database on a miss, on a worker thread;
@@ -17,8 +17,8 @@ up a key's requests per minute (an ``openai`` client lists models on its own).
 (no I/O on the request path) and accounts the tokens used against TPM.
 
 With the trust layer switched off (``enabled=False``, a benchmark and
-local-development switch that ``Settings`` allows only on a loopback bind),
-``admit`` lets everything through with no key and ``settle`` records nothing.
+local-development switch that ``Settings`` allows only on a loopback bind), the
+caller admits everything with no key and ``settle`` records nothing.
 """
 
 from __future__ import annotations
@@ -130,23 +130,6 @@ class Admission:
         if key is None:
             key = await anyio.to_thread.run_sync(self.keys.authenticate, credential)
         return key
-
-    async def admit(
-        self,
-        credential: str | None,
-        *,
-        route: str,
-        rule: RouteRule | None,
-        path_models: Iterable[str] = (),
-        hide_models: bool = False,
-    ) -> Admitted:
-        """Authenticate, then authorize one request to ``route`` (``METHOD /template``)."""
-        if not self.enabled:
-            return Admitted(key=None, metered=False)
-        key = await self.authenticate(credential)
-        return await self.authorize(
-            key, route=route, rule=rule, path_models=path_models, hide_models=hide_models
-        )
 
     async def authorize(
         self,

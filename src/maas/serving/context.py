@@ -43,7 +43,3 @@ class RequestContext:
 
     def ensure_model(self, name: str) -> None:
         self.admitted.ensure_model(name)
-
-    @property
-    def tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens

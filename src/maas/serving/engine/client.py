@@ -57,7 +57,6 @@ class RemoteHost(ModelHost):
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._streams: dict[int, asyncio.Queue[tuple[str, Any]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
-        self.disconnects = 0
 
     def _ensure_started(self) -> None:
         if not self._tasks:
@@ -90,7 +89,6 @@ class RemoteHost(ModelHost):
         while True:
             event = await recv_monitor_message(self._monitor)
             if event["event"] == zmq.EVENT_DISCONNECTED:
-                self.disconnects += 1
                 log.warning("the model engine disconnected; failing %d calls", len(self._pending))
                 pending, self._pending = self._pending, {}
                 for future in pending.values():

@@ -28,11 +28,6 @@ class EngineProcess:
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
         self._watcher: threading.Thread | None = None
-        self.restarts = 0
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
 
     def _spawn(self) -> None:
         with self._lock:
@@ -60,7 +55,6 @@ class EngineProcess:
             if self._stopping.wait(backoff):
                 return
             backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
-            self.restarts += 1
             self._spawn()
 
     def stop(self, timeout: float = 10.0) -> None:
