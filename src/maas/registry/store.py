@@ -2,8 +2,10 @@
 
 Crash safety of a push rests on ordering: every blob is stored (fsynced and
 renamed) *before* the one transaction that creates the version row and its
-file rows. A kill at any point leaves either no row (and orphan blobs that
-``gc`` removes) or a complete version.
+file rows (:mod:`maas.registry.commit`). A kill at any point leaves either no
+row (and orphan blobs that ``gc`` removes) or a complete version. Alias moves
+and their history are in :mod:`maas.registry.aliases`; row lookups and their
+conversion to schemas in :mod:`maas.registry.rows`.
 """
 
 from __future__ import annotations
@@ -14,31 +16,22 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import selectinload
 
 from maas.config import Settings
-from maas.errors import ConflictError, InvalidRequestError, NotFoundError
+from maas.errors import ConflictError, InvalidRequestError
+from maas.registry import aliases
 from maas.registry.artifacts import ArtifactStore, FileEntry, Manifest
+from maas.registry.commit import create_version
 from maas.registry.db import Database, migrate
-from maas.registry.formats import (
-    DATASET_TASK,
-    detect_format,
-    metadata_for_task,
-    validate_task,
-)
+from maas.registry.formats import detect_format, metadata_for_task, validate_task
 from maas.registry.heads import require_classification_head
-from maas.registry.models import (
-    AliasEventRow,
-    AliasRow,
-    ModelRow,
-    VersionFileRow,
-    VersionRow,
-    utcnow,
-)
-from maas.registry.refs import DEFAULT_ALIAS, ModelRef, validate_alias, validate_model_name
-from maas.registry.schemas import AliasEvent, FileInfo, GcResult, ModelInfo, VersionInfo
+from maas.registry.models import AliasRow, ModelRow, VersionFileRow, VersionRow, utcnow
+from maas.registry.refs import ModelRef, validate_model_name
+from maas.registry.rows import aliases_of, model_info, model_row, version_info, version_row
+from maas.registry.schemas import AliasEvent, GcResult, ModelInfo, VersionInfo
 from maas.registry.sources import extract_archive, scan_directory
 
 STATUSES = ("pending", "ready", "failed", "archived")
@@ -81,20 +74,20 @@ class Registry:
                 )
                 s.add(row)
                 s.flush()
-                return self._model_info(s, row)
+                return model_info(s, row)
         except SAIntegrityError as exc:
             raise ConflictError(f"model {name!r} already exists", param="name") from exc
 
     def get_model(self, name: str) -> ModelInfo:
         with self.db.read() as s:
-            return self._model_info(s, self._model_row(s, name))
+            return model_info(s, model_row(s, name))
 
     def list_models(self, *, task: str | None = None) -> list[ModelInfo]:
         with self.db.read() as s:
             query = select(ModelRow).order_by(ModelRow.name)
             if task is not None:
                 query = query.where(ModelRow.task == task)
-            return [self._model_info(s, row) for row in s.scalars(query)]
+            return [model_info(s, row) for row in s.scalars(query)]
 
     def update_model(
         self,
@@ -105,7 +98,7 @@ class Registry:
         tags: dict[str, Any] | None = None,
     ) -> ModelInfo:
         with self.db.write() as s:
-            row = self._model_row(s, name)
+            row = model_row(s, name)
             if description is not None:
                 row.description = description
             if owner is not None:
@@ -113,12 +106,12 @@ class Registry:
             if tags is not None:
                 row.tags = tags
             row.updated_at = utcnow()
-            return self._model_info(s, row)
+            return model_info(s, row)
 
     def delete_model(self, name: str, *, force: bool = False) -> None:
         """Delete a model. With versions left it needs ``force``; blobs go at the next gc."""
         with self.db.write() as s:
-            row = self._model_row(s, name)
+            row = model_row(s, name)
             count = s.scalar(select(func.count()).where(VersionRow.model_id == row.id)) or 0
             if count and not force:
                 raise ConflictError(
@@ -168,7 +161,8 @@ class Registry:
             stored = self.artifacts.put_file(f.path, on_bytes)
             entries.append(FileEntry(f.relpath, stored.size, stored.sha256))
         manifest = Manifest.of(entries)
-        return self._create_version(
+        return create_version(
+            self.db,
             name,
             manifest,
             fmt=detected.format,
@@ -227,170 +221,21 @@ class Registry:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
-    def _create_version(
-        self,
-        name: str,
-        manifest: Manifest,
-        *,
-        fmt: str,
-        task: str | None,
-        task_hint: str | None,
-        metadata: dict[str, Any],
-        description: str,
-        params: dict[str, Any],
-        metrics: dict[str, Any],
-        tags: dict[str, Any],
-        parent: str | None,
-        job_id: str | None,
-        created_by: str | None,
-    ) -> VersionInfo:
-        # Two first pushes of a new model can race to insert its row (Postgres
-        # runs them concurrently; SQLite serialises them). The loser retries
-        # and finds the winner's row.
-        for attempt in range(3):
-            try:
-                return self._insert_version(
-                    name,
-                    manifest,
-                    fmt=fmt,
-                    task=task,
-                    task_hint=task_hint,
-                    metadata=metadata,
-                    description=description,
-                    params=params,
-                    metrics=metrics,
-                    tags=tags,
-                    parent=parent,
-                    job_id=job_id,
-                    created_by=created_by,
-                )
-            except SAIntegrityError as exc:
-                if attempt == 2:
-                    raise ConflictError(
-                        f"could not create a version of {name!r}: {exc.orig}"
-                    ) from exc
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def _insert_version(
-        self,
-        name: str,
-        manifest: Manifest,
-        *,
-        fmt: str,
-        task: str | None,
-        task_hint: str | None,
-        metadata: dict[str, Any],
-        description: str,
-        params: dict[str, Any],
-        metrics: dict[str, Any],
-        tags: dict[str, Any],
-        parent: str | None,
-        job_id: str | None,
-        created_by: str | None,
-    ) -> VersionInfo:
-        with self.db.write() as s:
-            model = s.scalar(select(ModelRow).where(ModelRow.name == name))
-            if model is None:
-                chosen = task or task_hint
-                if chosen is None:
-                    raise InvalidRequestError(
-                        f"cannot infer the task of {name!r} from its files; pass a task "
-                        "(embeddings, text-classification, text-generation, "
-                        "image-classification, tensor)",
-                        param="task",
-                    )
-                model = ModelRow(name=name, task=chosen, description="", tags={})
-                s.add(model)
-                s.flush()
-            elif task is not None and task != model.task:
-                raise ConflictError(
-                    f"model {name!r} has task {model.task!r}, not {task!r}", param="task"
-                )
-            parent_id = None
-            if parent is not None:
-                parent_id = self._version_row(s, ModelRef.parse(parent)).id
-            # Atomic counter bump: the write transaction serialises concurrent
-            # pushes, so each gets the next number and none is ever reused.
-            number = s.execute(
-                update(ModelRow)
-                .where(ModelRow.id == model.id)
-                .values(last_version=ModelRow.last_version + 1, updated_at=utcnow())
-                .returning(ModelRow.last_version)
-            ).scalar_one()
-            row = VersionRow(
-                model_id=model.id,
-                number=number,
-                format=fmt,
-                digest=manifest.digest,
-                size_bytes=manifest.size_bytes,
-                status="ready",
-                description=description,
-                meta=metadata,
-                metrics=metrics,
-                params=params,
-                tags=tags,
-                parent_id=parent_id,
-                job_id=job_id,
-                created_by=created_by,
-            )
-            row.files = [
-                VersionFileRow(path=f.path, sha256=f.sha256, size=f.size) for f in manifest.files
-            ]
-            s.add(row)
-            s.flush()
-            if model.task != DATASET_TASK:
-                self._alias_first_version(s, model, row, actor=created_by)
-            return self._version_info(s, row, with_files=True)
-
-    @staticmethod
-    def _alias_first_version(
-        s: Session, model: ModelRow, row: VersionRow, *, actor: str | None
-    ) -> None:
-        """Give a model's first version the ``production`` alias.
-
-        The bare name then keeps meaning the version that was served first:
-        versions made later (a quantized copy, a retrain, a second push) are
-        served under the bare name only once promoted. A model that already has
-        other versions keeps whatever its aliases say.
-        """
-        others = s.scalar(
-            select(func.count())
-            .select_from(VersionRow)
-            .where(VersionRow.model_id == model.id, VersionRow.id != row.id)
-        )
-        aliased = s.scalar(
-            select(AliasRow.id).where(AliasRow.model_id == model.id, AliasRow.name == DEFAULT_ALIAS)
-        )
-        if others or aliased is not None:
-            return
-        s.add(AliasRow(model_id=model.id, name=DEFAULT_ALIAS, version_id=row.id, updated_by=actor))
-        s.add(
-            AliasEventRow(
-                model_id=model.id,
-                alias=DEFAULT_ALIAS,
-                from_version=None,
-                to_version=row.number,
-                actor=actor,
-                reason="first version",
-            )
-        )
-        s.flush()
-
     def list_versions(self, name: str) -> list[VersionInfo]:
         with self.db.read() as s:
-            model = self._model_row(s, name)
+            model = model_row(s, name)
             rows = s.scalars(
                 select(VersionRow)
                 .where(VersionRow.model_id == model.id)
                 .order_by(VersionRow.number)
             )
-            return [self._version_info(s, row) for row in rows]
+            return [version_info(s, row) for row in rows]
 
     def get_version(self, ref: str | ModelRef, *, with_files: bool = False) -> VersionInfo:
         """Resolve ``name``, ``name:3`` or ``name@alias`` to one version."""
         parsed = ModelRef.parse(ref) if isinstance(ref, str) else ref
         with self.db.read() as s:
-            return self._version_info(s, self._version_row(s, parsed), with_files=with_files)
+            return version_info(s, version_row(s, parsed), with_files=with_files)
 
     resolve = get_version
 
@@ -404,14 +249,14 @@ class Registry:
     ) -> VersionInfo:
         """Annotate a version. Its files and digest never change; metrics merge."""
         with self.db.write() as s:
-            row = self._version_row(s, ModelRef.parse(ref))
+            row = version_row(s, ModelRef.parse(ref))
             if metrics:
                 row.metrics = {**row.metrics, **metrics}
             if tags is not None:
                 row.tags = tags
             if description is not None:
                 row.description = description
-            return self._version_info(s, row)
+            return version_info(s, row)
 
     def set_status(self, ref: str, status: str) -> VersionInfo:
         if status not in STATUSES:
@@ -420,23 +265,23 @@ class Registry:
                 param="status",
             )
         with self.db.write() as s:
-            row = self._version_row(s, ModelRef.parse(ref))
+            row = version_row(s, ModelRef.parse(ref))
             if status == "archived":
-                names = self._aliases_of(s, row.id)
+                names = aliases_of(s, row.id)
                 if names:
                     raise ConflictError(
                         f"{row.model.name}:{row.number} is the target of alias(es) "
                         f"{', '.join(names)}; move or remove them before archiving",
                     )
             row.status = status
-            return self._version_info(s, row)
+            return version_info(s, row)
 
     def archive_version(self, ref: str) -> VersionInfo:
         return self.set_status(ref, "archived")
 
     def restore_version(self, ref: str) -> VersionInfo:
         with self.db.read() as s:
-            row = self._version_row(s, ModelRef.parse(ref))
+            row = version_row(s, ModelRef.parse(ref))
             if row.status != "archived":
                 raise ConflictError(f"{ref} is not archived (status {row.status!r})")
         return self.set_status(ref, "ready")
@@ -444,14 +289,14 @@ class Registry:
     def delete_version(self, ref: str) -> VersionInfo:
         """Delete a version's row; its blobs are reclaimed by the next gc."""
         with self.db.write() as s:
-            row = self._version_row(s, ModelRef.parse(ref))
-            names = self._aliases_of(s, row.id)
+            row = version_row(s, ModelRef.parse(ref))
+            names = aliases_of(s, row.id)
             if names:
                 raise ConflictError(
                     f"{row.model.name}:{row.number} is the target of alias(es) "
                     f"{', '.join(names)}; move or remove them before deleting",
                 )
-            info = self._version_info(s, row)
+            info = version_info(s, row)
             s.delete(row)
             return info
 
@@ -467,6 +312,7 @@ class Registry:
         return self.artifacts.materialize(manifest, dest)
 
     # ----------------------------------------------------------------- aliases
+    # The operations live in maas.registry.aliases; these bind them to this registry.
 
     def set_alias(
         self,
@@ -477,106 +323,21 @@ class Registry:
         actor: str | None = None,
         reason: str = "",
     ) -> VersionInfo:
-        validate_alias(alias)
-        with self.db.write() as s:
-            model = self._model_row(s, name)
-            target = self._version_row(s, ModelRef(name, version=version))
-            if target.status != "ready":
-                raise ConflictError(
-                    f"{name}:{version} has status {target.status!r}; only ready versions "
-                    "can carry an alias",
-                    param="version",
-                )
-            existing = s.scalar(
-                select(AliasRow).where(AliasRow.model_id == model.id, AliasRow.name == alias)
-            )
-            previous = existing.version.number if existing is not None else None
-            if existing is None:
-                s.add(
-                    AliasRow(model_id=model.id, name=alias, version_id=target.id, updated_by=actor)
-                )
-            elif existing.version_id != target.id:
-                existing.version_id = target.id
-                existing.updated_at = utcnow()
-                existing.updated_by = actor
-            if previous != version:
-                s.add(
-                    AliasEventRow(
-                        model_id=model.id,
-                        alias=alias,
-                        from_version=previous,
-                        to_version=version,
-                        actor=actor,
-                        reason=reason,
-                    )
-                )
-            s.flush()
-            return self._version_info(s, target)
+        return aliases.set_alias(self.db, name, alias, version, actor=actor, reason=reason)
 
     def delete_alias(self, name: str, alias: str, *, actor: str | None = None) -> None:
-        with self.db.write() as s:
-            model = self._model_row(s, name)
-            existing = s.scalar(
-                select(AliasRow).where(AliasRow.model_id == model.id, AliasRow.name == alias)
-            )
-            if existing is None:
-                raise NotFoundError(f"model {name!r} has no alias {alias!r}", param="alias")
-            s.add(
-                AliasEventRow(
-                    model_id=model.id,
-                    alias=alias,
-                    from_version=existing.version.number,
-                    to_version=None,
-                    actor=actor,
-                    reason="deleted",
-                )
-            )
-            s.delete(existing)
+        aliases.delete_alias(self.db, name, alias, actor=actor)
 
     def list_aliases(self, name: str) -> dict[str, int]:
-        with self.db.read() as s:
-            return self._aliases_map(s, self._model_row(s, name).id)
+        return aliases.list_aliases(self.db, name)
 
     def alias_history(self, name: str, alias: str | None = None) -> list[AliasEvent]:
         """Every move of the model's aliases (or one alias), oldest first."""
-        with self.db.read() as s:
-            model = self._model_row(s, name)
-            query = (
-                select(AliasEventRow)
-                .where(AliasEventRow.model_id == model.id)
-                .order_by(AliasEventRow.id)
-            )
-            if alias is not None:
-                query = query.where(AliasEventRow.alias == alias)
-            return [
-                AliasEvent(
-                    model=name,
-                    alias=e.alias,
-                    from_version=e.from_version,
-                    to_version=e.to_version,
-                    actor=e.actor,
-                    reason=e.reason,
-                    at=e.at,
-                )
-                for e in s.scalars(query)
-            ]
+        return aliases.alias_history(self.db, name, alias)
 
     def rollback(self, name: str, alias: str, *, actor: str | None = None) -> VersionInfo:
-        """Point ``alias`` back at the version it held before its last move.
-
-        Like ``kubectl rollout undo``, a second rollback undoes the first.
-        """
-        history = [e for e in self.alias_history(name, alias) if e.to_version is not None]
-        if not history:
-            raise NotFoundError(f"model {name!r} has no alias {alias!r}", param="alias")
-        last = history[-1]
-        if last.from_version is None:
-            raise ConflictError(
-                f"{name}@{alias} has never pointed at another version; nothing to roll back to"
-            )
-        return self.set_alias(
-            name, alias, last.from_version, actor=actor, reason=f"rollback from {last.to_version}"
-        )
+        """Point ``alias`` back at the version it held before its last move."""
+        return aliases.rollback(self.db, name, alias, actor=actor)
 
     # ------------------------------------------------------------- maintenance
 
@@ -630,104 +391,3 @@ class Registry:
 
         manifest = self.manifest(ref)
         return iter_tar(self.artifacts, manifest)
-
-    # ----------------------------------------------------------------- helpers
-
-    @staticmethod
-    def _model_row(s: Session, name: str) -> ModelRow:
-        validate_model_name(name)
-        row = s.scalar(select(ModelRow).where(ModelRow.name == name))
-        if row is None:
-            raise NotFoundError(f"model {name!r} not found", param="model")
-        return row
-
-    def _version_row(self, s: Session, ref: ModelRef) -> VersionRow:
-        model = self._model_row(s, ref.name)
-        if ref.version is not None:
-            row = s.scalar(
-                select(VersionRow).where(
-                    VersionRow.model_id == model.id, VersionRow.number == ref.version
-                )
-            )
-            if row is None:
-                raise NotFoundError(f"version {ref} not found", param="model")
-            return row
-        alias = ref.alias or DEFAULT_ALIAS
-        aliased = s.scalar(
-            select(AliasRow).where(AliasRow.model_id == model.id, AliasRow.name == alias)
-        )
-        if aliased is not None:
-            return aliased.version
-        if ref.alias is not None:
-            raise NotFoundError(f"model {ref.name!r} has no alias {ref.alias!r}", param="model")
-        latest = s.scalar(
-            select(VersionRow)
-            .where(VersionRow.model_id == model.id, VersionRow.status == "ready")
-            .order_by(VersionRow.number.desc())
-            .limit(1)
-        )
-        if latest is None:
-            raise NotFoundError(f"model {ref.name!r} has no ready version", param="model")
-        return latest
-
-    @staticmethod
-    def _aliases_of(s: Session, version_id: int) -> list[str]:
-        return sorted(s.scalars(select(AliasRow.name).where(AliasRow.version_id == version_id)))
-
-    @staticmethod
-    def _aliases_map(s: Session, model_id: int) -> dict[str, int]:
-        rows = s.execute(
-            select(AliasRow.name, VersionRow.number)
-            .join(VersionRow, AliasRow.version_id == VersionRow.id)
-            .where(AliasRow.model_id == model_id)
-            .order_by(AliasRow.name)
-        )
-        return {alias: number for alias, number in rows}
-
-    def _model_info(self, s: Session, row: ModelRow) -> ModelInfo:
-        count, latest = s.execute(
-            select(func.count(VersionRow.id), func.max(VersionRow.number)).where(
-                VersionRow.model_id == row.id
-            )
-        ).one()
-        return ModelInfo(
-            name=row.name,
-            task=row.task,
-            owner=row.owner,
-            description=row.description,
-            tags=row.tags,
-            latest_version=latest,
-            version_count=count,
-            aliases=self._aliases_map(s, row.id),
-            created_at=row.created_at,
-            updated_at=row.updated_at,
-        )
-
-    def _version_info(
-        self, s: Session, row: VersionRow, *, with_files: bool = False
-    ) -> VersionInfo:
-        parent = None
-        if row.parent is not None:
-            parent = f"{row.parent.model.name}:{row.parent.number}"
-        return VersionInfo(
-            model=row.model.name,
-            version=row.number,
-            task=row.model.task,
-            format=row.format,
-            digest=row.digest,
-            size_bytes=row.size_bytes,
-            status=row.status,
-            description=row.description,
-            metadata=row.meta,
-            metrics=row.metrics,
-            params=row.params,
-            tags=row.tags,
-            parent=parent,
-            job_id=row.job_id,
-            aliases=self._aliases_of(s, row.id),
-            created_at=row.created_at,
-            created_by=row.created_by,
-            files=[FileInfo(path=f.path, size=f.size, sha256=f.sha256) for f in row.files]
-            if with_files
-            else None,
-        )
