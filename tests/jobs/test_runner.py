@@ -17,7 +17,9 @@ import pytest
 
 from maas.config import Settings
 from maas.errors import ConflictError, InvalidRequestError, NotFoundError
-from maas.jobs.runner import ORPHAN_MESSAGE, SHUTDOWN_MESSAGE, JobInfo, JobRunner
+from maas.jobs.processes import SHUTDOWN_MESSAGE
+from maas.jobs.records import JobInfo
+from maas.jobs.runner import ORPHAN_MESSAGE, JobRunner
 from maas.registry.store import Registry
 
 
