@@ -16,9 +16,11 @@ from maas.jobs.specs import SPEC_KEYS, validate_spec
 from maas.registry.store import Registry
 
 JOBS_DIR = Path(maas.jobs.__file__).parent
-# Module -> the kinds whose bodies run its code (train's settings serve prune and distill).
+# Module -> the kinds whose bodies run its code (train's settings and fit's loop serve prune
+# and distill).
 MODULE_KINDS = {
     "train.py": ("train", "prune", "distill"),
+    "fit.py": ("train", "prune", "distill"),
     "evaluate.py": ("evaluate",),
     "optimize.py": ("quantize", "export", "prune", "distill"),
     "prune.py": ("prune",),

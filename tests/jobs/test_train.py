@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 from maas.errors import InvalidRequestError
 from maas.jobs import train
+from maas.jobs.fit import TextExamples, validate
 from maas.registry.formats import detect_format
 from tests.jobs.ml_fixtures import events, make_ctx
 
@@ -94,11 +95,9 @@ def test_early_stopping_keeps_the_best_checkpoint(
     dataset = read_dataset(sentiment_dataset)
     records = read_split(dataset, "validation")
     tokenizer = AutoTokenizer.from_pretrained(str(ctx.output_dir))
-    examples = train.TextExamples(
-        [r["text"] for r in records], targets(records, dataset), tokenizer, 128
-    )
+    examples = TextExamples([r["text"] for r in records], targets(records, dataset), tokenizer, 128)
     saved = AutoModelForSequenceClassification.from_pretrained(str(ctx.output_dir))
-    scores = train.validate(saved, examples, dataset.label_names)
+    scores = validate(saved, examples, dataset.label_names)
     assert scores["loss"] == pytest.approx(first["loss"], abs=1e-5)
     assert out.metrics["val_macro_f1"] == first["macro_f1"]
 

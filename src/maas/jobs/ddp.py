@@ -8,7 +8,7 @@ to the job directory and starts::
 Each rank (:func:`main`) joins a gloo process group (torchrun passes rank,
 world size and the rendezvous address to it), runs the very same
 :func:`~maas.jobs.train.execute` as a single-process job with its
-:class:`~maas.jobs.train.World`, and rank 0 saves the model into the job's
+:class:`~maas.jobs.fit.World`, and rank 0 saves the model into the job's
 output directory and writes the result JSON. Ranks report progress and poll
 cancellation through their own :class:`JobContext` on the job directory (the
 cancel flag is a file there, so every process sees it); the launcher also
@@ -35,7 +35,8 @@ from typing import Any
 
 from maas.errors import MaasError
 from maas.jobs.base import JobCancelled, JobContext
-from maas.jobs.train import TrainPlan, World, execute
+from maas.jobs.fit import World
+from maas.jobs.train import TrainPlan, execute
 
 PLAN_FILE = "ddp_plan.json"
 RESULT_FILE = "ddp_result.json"

@@ -20,8 +20,9 @@ from maas.jobs.evaluate import (
     label_mapping,
     targets,
 )
+from maas.jobs.fit import TextExamples
 from maas.jobs.reports import Section, Table
-from maas.jobs.train import TextExamples, build_text_classifier
+from maas.jobs.train import build_text_classifier
 
 if TYPE_CHECKING:
     import torch

@@ -27,8 +27,8 @@ from maas.jobs.evaluate import (
     read_split,
     targets,
 )
+from maas.jobs.fit import TextExamples, TrainSettings, fit
 from maas.jobs.reports import Section, Table
-from maas.jobs.train import TextExamples, TrainSettings, fit
 
 if TYPE_CHECKING:
     pass
