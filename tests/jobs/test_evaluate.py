@@ -11,15 +11,9 @@ import torch
 from sklearn import metrics as skm
 
 from maas.jobs import evaluate, optimize, train
-from maas.jobs.evaluate import (
-    HFTextPredictor,
-    classification_metrics,
-    expected_calibration_error,
-    read_dataset,
-    read_split,
-    slice_metrics,
-    targets,
-)
+from maas.jobs.dataset_files import read_dataset, read_split, targets
+from maas.jobs.metrics import classification_metrics, expected_calibration_error, slice_metrics
+from maas.jobs.predictors import HFTextPredictor
 from tests.jobs.ml_fixtures import make_ctx
 
 GATE_KEYS = {

@@ -12,7 +12,7 @@ import torch
 
 from maas.errors import InvalidRequestError, MaasError
 from maas.jobs import distill, optimize, prune
-from maas.jobs.evaluate import HFTextPredictor, OnnxTextPredictor
+from maas.jobs.predictors import HFTextPredictor, OnnxTextPredictor
 from maas.registry.formats import detect_format
 from tests.jobs.ml_fixtures import make_ctx
 

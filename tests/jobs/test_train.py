@@ -90,7 +90,7 @@ def test_early_stopping_keeps_the_best_checkpoint(
 
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from maas.jobs.evaluate import read_dataset, read_split, targets
+    from maas.jobs.dataset_files import read_dataset, read_split, targets
 
     dataset = read_dataset(sentiment_dataset)
     records = read_split(dataset, "validation")

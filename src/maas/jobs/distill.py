@@ -11,16 +11,10 @@ from typing import TYPE_CHECKING, Any
 
 from maas.errors import InvalidRequestError
 from maas.jobs.base import JobContext, JobOutput
-from maas.jobs.evaluate import (
-    Dataset,
-    HFTextPredictor,
-    config_labels,
-    dir_size,
-    inputs,
-    label_mapping,
-    targets,
-)
+from maas.jobs.dataset_files import Dataset, inputs, targets
 from maas.jobs.fit import TextExamples
+from maas.jobs.metrics import dir_size
+from maas.jobs.predictors import HFTextPredictor, config_labels, label_mapping
 from maas.jobs.reports import Section, Table
 from maas.jobs.train import build_text_classifier
 

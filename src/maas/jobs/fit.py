@@ -22,7 +22,7 @@ import numpy as np
 
 from maas.errors import InvalidRequestError
 from maas.jobs.base import JobCancelled, JobContext
-from maas.jobs.evaluate import classification_metrics
+from maas.jobs.metrics import classification_metrics
 
 if TYPE_CHECKING:
     import torch

@@ -52,19 +52,13 @@ import numpy as np
 
 from maas.errors import InvalidRequestError, MaasError
 from maas.jobs.base import JobCancelled, JobContext, JobOutput
-from maas.jobs.evaluate import (
-    Dataset,
+from maas.jobs.dataset_files import Dataset, has_split, read_dataset, read_split, targets
+from maas.jobs.metrics import classification_metrics, dir_size, measure_latency_ms
+from maas.jobs.predictors import (
     HFTextPredictor,
     OnnxTextPredictor,
     Predictor,
-    classification_metrics,
-    dir_size,
-    has_split,
-    measure_latency_ms,
     predict_dataset_proba,
-    read_dataset,
-    read_split,
-    targets,
 )
 from maas.jobs.reports import Paragraph, Section, Table, render_report
 from maas.jobs.specs import QUANTIZE_METHODS

@@ -13,21 +13,16 @@ import numpy as np
 
 from maas.errors import InvalidRequestError, MaasError
 from maas.jobs.base import JobContext, JobOutput
-from maas.jobs.evaluate import (
-    Dataset,
+from maas.jobs.dataset_files import Dataset, has_split, inputs, read_dataset, read_split, targets
+from maas.jobs.fit import TextExamples, TrainSettings, fit
+from maas.jobs.metrics import dir_size
+from maas.jobs.predictors import (
     HFTextPredictor,
     OnnxTextPredictor,
     Predictor,
     config_labels,
-    dir_size,
-    has_split,
-    inputs,
     label_mapping,
-    read_dataset,
-    read_split,
-    targets,
 )
-from maas.jobs.fit import TextExamples, TrainSettings, fit
 from maas.jobs.reports import Section, Table
 
 if TYPE_CHECKING:

@@ -41,20 +41,11 @@ from typing import Any
 
 from maas.errors import InvalidRequestError
 from maas.jobs.base import JobContext, JobOutput
-from maas.jobs.evaluate import (
-    Dataset,
-    HFImagePredictor,
-    HFTextPredictor,
-    classification_metrics,
-    evaluation_sections,
-    has_split,
-    inputs,
-    predict_dataset_proba,
-    read_dataset,
-    read_split,
-    targets,
-)
+from maas.jobs.dataset_files import Dataset, has_split, inputs, read_dataset, read_split, targets
+from maas.jobs.evaluate import evaluation_sections
 from maas.jobs.fit import Examples, ImageExamples, TextExamples, TrainSettings, World, fit
+from maas.jobs.metrics import classification_metrics
+from maas.jobs.predictors import HFImagePredictor, HFTextPredictor, predict_dataset_proba
 from maas.jobs.reports import LineChart, Paragraph, Section, Table, render_report
 
 PREPROCESSOR_CONFIG = "preprocessor_config.json"
