@@ -55,7 +55,7 @@ class Settings(BaseSettings):
     engine_address: str | None = Field(
         default=None,
         description="Set by `maas serve --workers N` for its workers: the engine process's "
-        "ipc:// address. Unset: models are loaded in the serving process itself.",
+        "Unix socket path. Unset: models are loaded in the serving process itself.",
     )
     max_upload_bytes: int = Field(
         default=20 * GIB,

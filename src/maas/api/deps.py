@@ -16,6 +16,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
 
 from maas.api.permissions import MODEL_PATH_PARAMS, RULES
 from maas.config import Settings
@@ -55,18 +56,28 @@ def get_admission(request: Request) -> Admission:
     return admission
 
 
-async def require_key(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> Admitted:
-    """Admit the caller (see ``security.admission``). Every non-public route depends on this."""
+def bearer_credential(request: Request) -> str | None:
+    """The key sent as ``Authorization: Bearer <key>``, as ``HTTPBearer`` reads it."""
+    scheme, credential = get_authorization_scheme_param(request.headers.get("Authorization"))
+    if not (scheme and credential) or scheme.lower() != "bearer":
+        return None
+    return credential
+
+
+async def admit(request: Request, credential: str | None) -> Admitted:
+    """Admit the caller of a non-public route (see ``security.admission``).
+
+    ``require_key`` calls this for every FastAPI route; ``InferenceRoute`` calls it
+    directly (``api/inference_route.py``). The route template comes from the
+    matched route, its rule from ``api.permissions.RULES``.
+    """
     template = getattr(request.scope.get("route"), "path", None) or ""
     method = request.method
     admission = get_admission(request)
     if not admission.enabled:
         admitted = Admitted(key=None, metered=False)
     else:
-        key = await admission.authenticate(credentials.credentials if credentials else None)
+        key = await admission.authenticate(credential)
         # The audit middleware names the caller even when authorization refuses it.
         request.state.key = key
         admitted = await admission.authorize(
@@ -85,16 +96,28 @@ async def require_key(
     return admitted
 
 
+async def require_key(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Admitted:
+    """Admit the caller (``admit``). Every non-public route depends on this."""
+    return await admit(request, credentials.credentials if credentials else None)
+
+
 AdmittedDep = Annotated[Admitted, Depends(require_key)]
 
 
-async def request_context(request: Request, admitted: AdmittedDep) -> RequestContext:
+def make_context(request: Request, admitted: Admitted) -> RequestContext:
     """The one context of an inference request, passed down to the data plane."""
     settings: Settings = request.app.state.settings
     timeout = settings.request_timeout_seconds
     ctx = RequestContext(admitted, deadline=time.monotonic() + timeout if timeout else None)
     request.state.ctx = ctx
     return ctx
+
+
+async def request_context(request: Request, admitted: AdmittedDep) -> RequestContext:
+    return make_context(request, admitted)
 
 
 async def current_key(admitted: AdmittedDep) -> KeyInfo | None:

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from maas.api.admin import run_sync
 from maas.api.bodies import openapi_body, read_body
 from maas.api.deps import AdmittedDep, CtxDep, DataPlaneDep, RegistryDep, require_key
+from maas.api.inference_route import InferenceRoute
 from maas.api.schemas.openai import MAX_EMBEDDING_INPUTS, EmbeddingsRequest
 from maas.errors import InvalidRequestError, NotFoundError
 from maas.registry.formats import DATASET_TASK
@@ -19,6 +20,10 @@ from maas.registry.refs import model_name
 from maas.registry.schemas import ModelInfo
 
 router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Depends(require_key)])
+# Embeddings: admission and context made without FastAPI's dependency solving.
+inference = APIRouter(
+    prefix="/v1", tags=["openai"], dependencies=[Depends(require_key)], route_class=InferenceRoute
+)
 
 
 def _model_object(model: ModelInfo) -> dict[str, Any]:
@@ -77,7 +82,7 @@ def _normalise_input(raw: EmbeddingsRequest) -> list[str | list[int]]:
     return items
 
 
-@router.post("/embeddings", openapi_extra=openapi_body(EmbeddingsRequest))
+@inference.post("/embeddings", openapi_extra=openapi_body(EmbeddingsRequest))
 async def create_embeddings(
     request: Request,
     ctx: CtxDep,

@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from maas import __version__
 from maas.api.admin import version_ref
 from maas.api.deps import CtxDep, DataPlaneDep, RegistryDep, require_key
+from maas.api.inference_route import InferenceRoute
 from maas.errors import InvalidRequestError, MaasError
 from maas.serving.context import RequestContext
 from maas.serving.dataplane import DataPlane
@@ -30,6 +31,10 @@ _PLATFORMS = {"onnx": "onnxruntime_onnx", "hf": "pytorch_huggingface"}
 
 public = APIRouter(prefix="/v2", tags=["v2"])
 router = APIRouter(prefix="/v2", tags=["v2"], dependencies=[Depends(require_key)])
+# The infer routes: admission and context made without FastAPI's dependency solving.
+inference = APIRouter(
+    prefix="/v2", tags=["v2"], dependencies=[Depends(require_key)], route_class=InferenceRoute
+)
 
 
 @public.get("/health/live")
@@ -131,14 +136,14 @@ async def _infer(
     )
 
 
-@router.post("/models/{model}/infer")
+@inference.post("/models/{model}/infer")
 async def model_infer(
     model: str, request: Request, ctx: CtxDep, dataplane: DataPlaneDep
 ) -> Response:
     return await _infer(request, ctx, dataplane, model, model)
 
 
-@router.post("/models/{model}/versions/{version}/infer")
+@inference.post("/models/{model}/versions/{version}/infer")
 async def version_infer(
     model: str, version: str, request: Request, ctx: CtxDep, dataplane: DataPlaneDep
 ) -> Response:

@@ -55,9 +55,9 @@ def run_server(settings: Settings) -> None:
     from maas.serving.engine.process import EngineProcess
 
     _listening_socket(settings.host, settings.port).close()  # fail early: port taken
-    # A short private directory: ipc:// paths are limited to about 100 bytes.
+    # A short private directory: Unix socket paths are limited to about 100 bytes.
     run_dir = Path(tempfile.mkdtemp(prefix="maas-engine-"))
-    address = f"ipc://{run_dir / 'engine.sock'}"
+    address = str(run_dir / "engine.sock")
     # Worker processes inherit the environment and build their Settings from it.
     env = settings.export_for_workers(address)
     engine = EngineProcess(address, env)

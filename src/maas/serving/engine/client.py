@@ -1,14 +1,14 @@
 """RemoteHost: the ``ModelHost`` of an HTTP worker whose models live in the engine process.
 
-One ZeroMQ DEALER socket per worker, connected to the engine's ``ipc://`` path;
-calls are multiplexed on it by call id and answered out of order. A reader task
-resolves each call's future.
+One connection per worker to the engine's Unix socket (``channel.Connection``);
+calls are multiplexed on it by call id and answered out of order, each answer
+resolving its call's future.
 
-When the engine process dies, ZeroMQ reports the disconnect on a monitor
-socket: every call in flight fails at once with 503 ("the model engine
-stopped"), never hangs. The socket reconnects by itself when the supervisor has
-restarted the engine; calls made meanwhile wait in ZeroMQ's queue and are
-answered by the new engine (which loads models again on demand).
+When the engine process dies the connection is lost: every call in flight
+fails at once with 503 ("the model engine stopped"), never hangs. The worker
+then reconnects until the supervisor's restarted engine accepts; calls made
+meanwhile wait, in order, and are answered by the new engine (which loads
+models again on demand) — or by the request timeout, if it never comes back.
 """
 
 from __future__ import annotations
@@ -21,9 +21,6 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 import numpy as np
-import zmq
-import zmq.asyncio
-from zmq.utils.monitor import recv_monitor_message
 
 from maas.errors import MaasError, UnavailableError
 from maas.registry.schemas import VersionInfo
@@ -32,6 +29,7 @@ from maas.runtimes.explain import Explanation
 from maas.security.limits import WindowState
 from maas.serving.batching import RequestCost
 from maas.serving.engine import wire
+from maas.serving.engine.channel import Connection
 from maas.serving.generation import GenerationEvent, GenerationRequest, Prepared
 from maas.serving.hosts import HostStatus, LoadedView, ModelHost
 
@@ -43,67 +41,95 @@ ENGINE_GONE = (
 )
 
 
+# Reconnection backoff while the engine (re)starts, seconds.
+_RETRY_FIRST, _RETRY_MAX = 0.01, 0.5
+
+
 class RemoteHost(ModelHost):
-    def __init__(self, address: str) -> None:
-        self.address = address
-        self._context = zmq.asyncio.Context()
-        self._socket = self._context.socket(zmq.DEALER)
-        self._socket.setsockopt(zmq.LINGER, 0)
-        self._monitor = self._socket.get_monitor_socket(
-            zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED
-        )
-        self._socket.connect(address)
+    def __init__(self, path: str) -> None:
+        self.path = path
         self._ids = itertools.count()
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._streams: dict[int, asyncio.Queue[tuple[str, Any]]] = {}
-        self._tasks: list[asyncio.Task[None]] = []
+        self._connection: Connection | None = None
+        self._waiting: list[bytes] = []  # sent while not connected, in order
+        self._connector: asyncio.Task[None] | None = None
+        self._closing = False
 
-    def _ensure_started(self) -> None:
-        if not self._tasks:
-            self._tasks = [
-                asyncio.ensure_future(self._read()),
-                asyncio.ensure_future(self._watch()),
-            ]
-
-    async def _read(self) -> None:
-        while True:
-            (payload,) = await self._socket.recv_multipart(copy=True)
+    def _send(self, message: list[Any]) -> None:
+        payload = wire.packb(message)
+        connection = self._connection
+        if connection is not None and not connection.closed:
             try:
-                call_id, kind, value = wire.unpackb(payload)
-            except Exception:
-                log.exception("engine sent an unreadable answer")
-                continue
-            stream = self._streams.get(call_id)
-            if stream is not None:
-                stream.put_nowait((kind, value))
-                continue
-            future = self._pending.pop(call_id, None)
-            if future is None or future.done():
-                continue  # the caller went away
-            if kind == "ok":
-                future.set_result(value)
-            else:
-                future.set_exception(value if isinstance(value, MaasError) else MaasError(value))
+                connection.send(payload)
+            except ConnectionError as exc:
+                raise UnavailableError(ENGINE_GONE) from exc
+            return
+        if self._closing:
+            raise UnavailableError("the server is shutting down")
+        self._waiting.append(payload)
+        if self._connector is None or self._connector.done():
+            self._connector = asyncio.ensure_future(self._connect())
 
-    async def _watch(self) -> None:
-        while True:
-            event = await recv_monitor_message(self._monitor)
-            if event["event"] == zmq.EVENT_DISCONNECTED:
-                log.warning("the model engine disconnected; failing %d calls", len(self._pending))
-                pending, self._pending = self._pending, {}
-                for future in pending.values():
-                    if not future.done():
-                        future.set_exception(UnavailableError(ENGINE_GONE))
-                for stream in self._streams.values():
-                    stream.put_nowait(("error", UnavailableError(ENGINE_GONE)))
+    async def _connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        delay = _RETRY_FIRST
+        while not self._closing:
+            try:
+                _, connection = await loop.create_unix_connection(
+                    lambda: Connection(self._on_answer, self._on_lost), self.path
+                )
+            except OSError:
+                await asyncio.sleep(delay)  # the engine is (re)starting
+                delay = min(delay * 2, _RETRY_MAX)
+                continue
+            self._connection = connection
+            waiting, self._waiting = self._waiting, []
+            for payload in waiting:
+                connection.send(payload)
+            return
+
+    def _on_answer(self, connection: Connection, payload: bytes) -> None:
+        try:
+            call_id, kind, value = wire.unpackb(payload)
+        except Exception:
+            log.exception("engine sent an unreadable answer")
+            return
+        stream = self._streams.get(call_id)
+        if stream is not None:
+            stream.put_nowait((kind, value))
+            return
+        future = self._pending.pop(call_id, None)
+        if future is None or future.done():
+            return  # the caller went away
+        if kind == "ok":
+            future.set_result(value)
+        else:
+            future.set_exception(value if isinstance(value, MaasError) else MaasError(value))
+
+    def _on_lost(self, connection: Connection) -> None:
+        if connection is not self._connection:
+            return
+        self._connection = None
+        if self._closing:
+            return
+        log.warning("the model engine disconnected; failing %d calls", len(self._pending))
+        pending, self._pending = self._pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(UnavailableError(ENGINE_GONE))
+        for stream in self._streams.values():
+            stream.put_nowait(("error", UnavailableError(ENGINE_GONE)))
+        # Reconnect now, so that the first call after the restart finds the engine.
+        if self._connector is None or self._connector.done():
+            self._connector = asyncio.ensure_future(self._connect())
 
     async def _call(self, op: str, *args: Any) -> Any:
-        self._ensure_started()
         call_id = next(self._ids)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[call_id] = future
         try:
-            await self._socket.send(wire.packb([call_id, op, list(args)]), copy=False)
+            self._send([call_id, op, list(args)])
             return await future
         finally:
             self._pending.pop(call_id, None)
@@ -138,13 +164,12 @@ class RemoteHost(ModelHost):
     async def generate(
         self, version: VersionInfo, request: GenerationRequest
     ) -> AsyncGenerator[GenerationEvent, None]:
-        self._ensure_started()
         call_id = next(self._ids)
         events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self._streams[call_id] = events
         finished = False
         try:
-            await self._send([call_id, "generate", [version, request]])
+            self._send([call_id, "generate", [version, request]])
             while True:
                 kind, value = await events.get()
                 if kind == "end":
@@ -156,16 +181,13 @@ class RemoteHost(ModelHost):
                 yield value
                 if isinstance(value, Prepared):
                     # The caller asked for more after Prepared: let the engine generate.
-                    await self._send([next(self._ids), "resume", [call_id]])
+                    self._send([next(self._ids), "resume", [call_id]])
         finally:
             self._streams.pop(call_id, None)
             if not finished:
                 # Closed early (the HTTP client went away): free the sequences' slots.
-                with contextlib.suppress(Exception):
-                    await self._send([next(self._ids), "cancel", [call_id]])
-
-    async def _send(self, message: list[Any]) -> None:
-        await self._socket.send(wire.packb(message), copy=False)
+                with contextlib.suppress(ConnectionError, UnavailableError):
+                    self._send([next(self._ids), "cancel", [call_id]])
 
     async def load(self, version: VersionInfo, *, pinned: bool = False) -> LoadedView:
         loaded: LoadedView = await self._call("load", version, pinned)
@@ -186,18 +208,16 @@ class RemoteHost(ModelHost):
         return bytes(await self._call("metrics"))
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        self._closing = True
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(UnavailableError("the server is shutting down"))
-        self._socket.disable_monitor()
-        self._monitor.close()
-        self._socket.close()
-        self._context.term()
+        if self._connector is not None:
+            self._connector.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._connector
+        if self._connection is not None:
+            self._connection.close()
 
 
 def _add_cost(cost: RequestCost, queued: float, computed: float) -> None:

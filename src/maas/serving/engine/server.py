@@ -5,8 +5,8 @@ process. The workers authenticate, validate and encode; each model's weights,
 its batcher and its generation engine live here, once, so requests from every
 worker share the same batches.
 
-Protocol (ZeroMQ ROUTER socket on a local ``ipc://`` path; ``wire`` encodes):
-a request is ``[call id, op, args]``; the answer is ``[call id, "ok", value]``
+Protocol (a Unix socket, one connection per worker, framed by ``channel``;
+``wire`` encodes): a request is ``[call id, op, args]``; the answer is ``[call id, "ok", value]``
 or ``[call id, "error", MaasError]``. Each request runs as its own task, so a
 slow load never holds up other models' requests. Without Redis, the engine also
 keeps the rate-limit windows (``acquire_request``, ``check_tokens``,
@@ -18,21 +18,20 @@ so a worker that refuses the token budget costs no generation) one
 ``predict_tensors`` also send back the queue and compute seconds the batcher
 measured, for usage metering in the worker.
 
-Run as ``python -m maas.serving.engine ADDRESS``; settings come from the
+A worker whose connection drops (it died or was replaced) has its generation
+streams cancelled, so their sequences' slots are freed at once.
+
+Run as ``python -m maas.serving.engine SOCKET_PATH``; settings come from the
 environment like every maas process.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
-
-import zmq
-import zmq.asyncio
 
 from maas.config import Settings
 from maas.errors import MaasError
@@ -40,6 +39,7 @@ from maas.registry.store import Registry
 from maas.security.limits import RateLimiter
 from maas.serving.batching import RequestCost
 from maas.serving.engine import wire
+from maas.serving.engine.channel import Connection
 from maas.serving.generation import Prepared
 from maas.serving.hosts import LocalHost
 from maas.serving.manager import ModelManager
@@ -51,19 +51,15 @@ log = logging.getLogger("maas.engine")
 class EngineServer:
     """Answers ``RemoteHost`` calls from a ``LocalHost``."""
 
-    def __init__(self, host: LocalHost, metrics: ServingMetrics, address: str) -> None:
+    def __init__(self, host: LocalHost, metrics: ServingMetrics, path: str) -> None:
         self.host = host
         # Rate-limit windows shared by every worker (used when there is no Redis).
         self.limiter = RateLimiter()
         self.metrics = metrics
-        self.address = address
-        self._context = zmq.asyncio.Context()
-        self._socket = self._context.socket(zmq.ROUTER)
-        self._socket.setsockopt(zmq.LINGER, 0)
+        self.path = path
         self._tasks: set[asyncio.Task[None]] = set()
-        # Running generation streams by (worker identity, call id): resume and cancel.
-        self._streams: dict[tuple[bytes, int], tuple[asyncio.Task[None], asyncio.Event]] = {}
-        self._send_lock = asyncio.Lock()
+        # Running generation streams by (worker connection, call id): resume and cancel.
+        self._streams: dict[tuple[Connection, int], tuple[asyncio.Task[None], asyncio.Event]] = {}
         self._ops: dict[str, Callable[..., Awaitable[Any]]] = {
             "predict": self._predict,
             "predict_tensors": self._predict_tensors,
@@ -104,59 +100,60 @@ class EngineServer:
         return "pong"
 
     async def serve(self, stop: asyncio.Event) -> None:
-        self._socket.bind(self.address)
-        log.info("engine listening on %s", self.address)
-        receiving = asyncio.ensure_future(self._receive())
+        server = await asyncio.get_running_loop().create_unix_server(
+            lambda: Connection(self._receive, self._lost), self.path
+        )
+        log.info("engine listening on %s", self.path)
         await stop.wait()
-        receiving.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await receiving
+        server.close()
         for task in list(self._tasks):
             task.cancel()
-        self._socket.close()
-        self._context.term()
 
-    async def _receive(self) -> None:
-        while True:
-            identity, payload = await self._socket.recv_multipart(copy=True)
-            task = asyncio.ensure_future(self._handle(identity, payload))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+    def _receive(self, worker: Connection, payload: bytes) -> None:
+        task = asyncio.ensure_future(self._handle(worker, payload))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
-    async def _send(self, identity: bytes, answer: list[Any]) -> None:
-        async with self._send_lock:
-            await self._socket.send_multipart([identity, wire.packb(answer)])
+    def _lost(self, worker: Connection) -> None:
+        for (owner, _), (task, _) in list(self._streams.items()):
+            if owner is worker:
+                task.cancel()
+
+    async def _send(self, worker: Connection, answer: list[Any]) -> None:
+        # Never blocks: the transport keeps what the worker has not read yet, in order.
+        if not worker.closed:
+            worker.send(wire.packb(answer))
 
     async def _stream(
-        self, identity: bytes, call_id: int, version: Any, request: Any, resume: asyncio.Event
+        self, worker: Connection, call_id: int, version: Any, request: Any, resume: asyncio.Event
     ) -> None:
         stream = self.host.generate(version, request)
         try:
             async for event in stream:
-                await self._send(identity, [call_id, "event", event])
+                await self._send(worker, [call_id, "event", event])
                 if isinstance(event, Prepared):
                     await resume.wait()
-            await self._send(identity, [call_id, "end", None])
+            await self._send(worker, [call_id, "end", None])
         except MaasError as exc:
-            await self._send(identity, [call_id, "error", exc])
+            await self._send(worker, [call_id, "error", exc])
         except Exception as exc:
             log.exception("engine: generation failed")
             error = MaasError(f"engine error: {type(exc).__name__}: {exc}")
-            await self._send(identity, [call_id, "error", error])
+            await self._send(worker, [call_id, "error", error])
         finally:
             await stream.aclose()
-            self._streams.pop((identity, call_id), None)
+            self._streams.pop((worker, call_id), None)
 
-    def _control(self, identity: bytes, op: str, call_id: int, args: list[Any]) -> bool:
+    def _control(self, worker: Connection, op: str, call_id: int, args: list[Any]) -> bool:
         """Generation stream control; True when ``op`` was one."""
         if op == "generate":
             resume = asyncio.Event()
             version, request = args
-            task = asyncio.ensure_future(self._stream(identity, call_id, version, request, resume))
-            self._streams[(identity, call_id)] = (task, resume)
+            task = asyncio.ensure_future(self._stream(worker, call_id, version, request, resume))
+            self._streams[(worker, call_id)] = (task, resume)
             return True
         if op in ("resume", "cancel"):
-            running = self._streams.get((identity, int(args[0])))
+            running = self._streams.get((worker, int(args[0])))
             if running is not None:
                 if op == "resume":
                     running[1].set()
@@ -165,11 +162,11 @@ class EngineServer:
             return True
         return False
 
-    async def _handle(self, identity: bytes, payload: bytes) -> None:
+    async def _handle(self, worker: Connection, payload: bytes) -> None:
         call_id: int = -1
         try:
             call_id, op, args = wire.unpackb(payload)
-            if self._control(identity, op, call_id, args):
+            if self._control(worker, op, call_id, args):
                 return
             handler = self._ops.get(op)
             if handler is None:
@@ -180,14 +177,14 @@ class EngineServer:
         except Exception as exc:
             log.exception("engine: %s failed", payload[:64])
             answer = [call_id, "error", MaasError(f"engine error: {type(exc).__name__}: {exc}")]
-        await self._send(identity, answer)
+        await self._send(worker, answer)
 
 
-async def run_engine(settings: Settings, address: str) -> None:
+async def run_engine(settings: Settings, path: str) -> None:
     registry = Registry(settings)
     metrics = ServingMetrics()
     host = LocalHost(ModelManager(registry, settings, metrics))
-    server = EngineServer(host, metrics, address)
+    server = EngineServer(host, metrics, path)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

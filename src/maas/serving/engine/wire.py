@@ -6,7 +6,10 @@ What crosses between an HTTP worker and the engine process is plain data:
   (object arrays of ``bytes``) go as ext 2, a shape and a list of byte strings;
 * dataclass instances of an allow-list (ext 3): the class name and its field
   values in order; an unknown name is refused when decoding;
-* ``VersionInfo`` (ext 4): its JSON form, validated again on the way in;
+* ``VersionInfo`` (ext 4): its JSON form, validated again on the way in. Every
+  inference call carries one, always one of a few: both directions keep the
+  last few encodings (the model is frozen, so a decoded one can be shared), which
+  takes pydantic off the per-request path;
 * ``MaasError`` and its subclasses (ext 5): class name, message, param and
   headers, so a 404 or 429 raised in the engine is the same error in the worker.
 
@@ -69,6 +72,34 @@ _ERRORS: dict[str, type[errors.MaasError]] = {
 }
 
 
+# Bounded caches of VersionInfo encodings: by identity (holding the object, so its
+# id cannot be reused while cached) for sending, by bytes for receiving.
+_CACHE_SIZE = 64
+_packed_versions: dict[int, tuple[VersionInfo, msgpack.ExtType]] = {}
+_decoded_versions: dict[bytes, VersionInfo] = {}
+
+
+def _pack_version(value: VersionInfo) -> msgpack.ExtType:
+    cached = _packed_versions.get(id(value))
+    if cached is not None and cached[0] is value:
+        return cached[1]
+    ext = msgpack.ExtType(_VERSION, packb(value.model_dump(mode="json")))
+    if len(_packed_versions) >= _CACHE_SIZE:
+        _packed_versions.clear()
+    _packed_versions[id(value)] = (value, ext)
+    return ext
+
+
+def _unpack_version(data: bytes) -> VersionInfo:
+    version = _decoded_versions.get(data)
+    if version is None:
+        version = VersionInfo.model_validate(unpackb(data))
+        if len(_decoded_versions) >= _CACHE_SIZE:
+            _decoded_versions.clear()
+        _decoded_versions[bytes(data)] = version
+    return version
+
+
 def register(cls: type[Any]) -> type[Any]:
     """Allow a dataclass on the wire (usable as a class decorator)."""
     if not dataclasses.is_dataclass(cls):
@@ -88,7 +119,7 @@ def _default(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, VersionInfo):
-        return msgpack.ExtType(_VERSION, packb(value.model_dump(mode="json")))
+        return _pack_version(value)
     if isinstance(value, errors.MaasError):
         headers = getattr(value, "headers", None)
         payload = [type(value).__name__, value.message, value.param, headers]
@@ -119,7 +150,7 @@ def _ext_hook(code: int, data: bytes) -> Any:
             raise ValueError(f"engine wire: unknown type {name!r}")
         return cls(*fields)
     if code == _VERSION:
-        return VersionInfo.model_validate(unpackb(data))
+        return _unpack_version(data)
     if code == _ERROR:
         name, message, param, headers = unpackb(data)
         cls = _ERRORS.get(name, errors.MaasError)
