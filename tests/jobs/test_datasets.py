@@ -12,13 +12,8 @@ from PIL import Image
 
 from maas.errors import ConflictError, InvalidRequestError
 from maas.jobs.base import JobContext
-from maas.jobs.datasets import (
-    DatasetOptions,
-    get_dataset,
-    import_dataset,
-    list_datasets,
-    split_indices,
-)
+from maas.jobs.dataset_prep import DatasetOptions, split_indices
+from maas.jobs.datasets import get_dataset, import_dataset, list_datasets
 from maas.registry.store import Registry
 
 

@@ -12,7 +12,7 @@ from maas.cli.common import cli_errors, fail
 from maas.cli.job_backends import jobs_from
 from maas.cli.jobs import JsonOpt
 from maas.cli.output import err, human_bytes, out, print_json, table
-from maas.jobs.datasets import BUILTIN_SOURCES, DatasetOptions
+from maas.jobs.dataset_prep import BUILTIN_SOURCES, DatasetOptions
 
 datasets_app = typer.Typer(help="Import and inspect datasets.", no_args_is_help=True)
 

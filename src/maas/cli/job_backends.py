@@ -20,14 +20,8 @@ from maas.cli.common import settings_from
 from maas.client.sync import raise_for_error
 from maas.config import Settings
 from maas.errors import InvalidRequestError, NotFoundError
-from maas.jobs.datasets import (
-    BUILTIN_SOURCES,
-    DatasetInfo,
-    DatasetOptions,
-    get_dataset,
-    import_dataset,
-    list_datasets,
-)
+from maas.jobs.dataset_prep import BUILTIN_SOURCES, DatasetOptions
+from maas.jobs.datasets import DatasetInfo, get_dataset, import_dataset, list_datasets
 from maas.jobs.gates import GatesFailedError, PromotionResult, check_gates, promote
 from maas.jobs.records import JobInfo
 from maas.jobs.runner import JobRunner
