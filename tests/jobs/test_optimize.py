@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from maas.errors import InvalidRequestError, MaasError
-from maas.jobs import distill, optimize, prune
+from maas.jobs import distill, onnx_export, optimize, prune
 from maas.jobs.predictors import HFTextPredictor, OnnxTextPredictor
 from maas.registry.formats import detect_format
 from tests.jobs.ml_fixtures import make_ctx
@@ -116,10 +116,10 @@ def test_export_matches_the_model_within_tolerance(
 
 def test_parity_beyond_the_tolerance_fails_the_job(tmp_path: Path) -> None:
     ctx = make_ctx(tmp_path, "export", {"tolerance": 1e-5}, {})
-    assert optimize.require_parity(2e-6, ctx) == 2e-6
+    assert onnx_export.require_parity(2e-6, ctx) == 2e-6
     for diff in (3e-5, float("nan")):
         with pytest.raises(MaasError, match="differs from the model"):
-            optimize.require_parity(diff, ctx)
+            onnx_export.require_parity(diff, ctx)
 
 
 def test_ffn_pruning_makes_a_smaller_model_that_reloads(

@@ -23,6 +23,8 @@ MODULE_KINDS = {
     "fit.py": ("train", "prune", "distill"),
     "evaluate.py": ("evaluate",),
     "optimize.py": ("quantize", "export", "prune", "distill"),
+    "comparison.py": ("quantize", "export", "prune", "distill"),
+    "onnx_export.py": ("quantize", "export", "prune", "distill"),
     "prune.py": ("prune",),
     "distill.py": ("distill",),
     "selftest.py": ("selftest",),

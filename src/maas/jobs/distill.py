@@ -20,17 +20,14 @@ from maas.jobs.train import build_text_classifier
 
 if TYPE_CHECKING:
     import torch
-from maas.jobs.optimize import (
-    _check,
-    _eval_records,
-    _load_hf_classifier,
-    _model_ref,
-    _output,
-    _runs,
+from maas.jobs.comparison import (
     compare,
     comparison_metrics,
+    comparison_output,
+    eval_records,
     weights_bytes,
 )
+from maas.jobs.optimize import _check, _load_hf_classifier, _model_ref, _runs
 from maas.jobs.prune import _finetune, encoder_layers
 
 _LAYER_KEY = re.compile(r"(^|\.)encoder\.layer\.(\d+)\.")
@@ -142,7 +139,7 @@ def distill(ctx: JobContext) -> JobOutput:
     student.save_pretrained(str(ctx.output_dir))
     tokenizer.save_pretrained(str(ctx.output_dir))
     _check(ctx, 2, 3, "comparing with the teacher")
-    dataset, records = _eval_records(ctx)
+    dataset, records = eval_records(ctx)
     comparison = compare(
         HFTextPredictor(teacher, teacher_tokenizer),
         HFTextPredictor(student, tokenizer),
@@ -167,7 +164,7 @@ def distill(ctx: JobContext) -> JobOutput:
         "alpha": alpha,
         "steps": training["steps"],
     }
-    return _output(
+    return comparison_output(
         ctx,
         title=f"distillation of {ref}",
         fmt="hf",

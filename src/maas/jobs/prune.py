@@ -27,24 +27,23 @@ from maas.jobs.reports import Section, Table
 
 if TYPE_CHECKING:
     pass
-from maas.jobs.optimize import (
-    DEFAULT_OPSET,
-    ONNX_GRAPH,
-    _check,
-    _eval_records,
-    _load_hf_classifier,
-    _model_ref,
-    _output,
-    _runs,
-    _sample_texts,
+from maas.jobs.comparison import (
     compare,
     comparison_metrics,
+    comparison_output,
+    eval_records,
+    sample_texts,
+    weights_bytes,
+)
+from maas.jobs.onnx_export import (
+    DEFAULT_OPSET,
+    ONNX_GRAPH,
     export_onnx,
     logits_parity,
     require_parity,
-    weights_bytes,
     write_onnx_companions,
 )
+from maas.jobs.optimize import _check, _load_hf_classifier, _model_ref, _runs
 
 
 def encoder_layers(model: Any) -> list[Any]:
@@ -198,7 +197,7 @@ def prune(ctx: JobContext) -> JobOutput:
     _check(ctx, 0, 4, f"loading {ref}")
     source = ctx.model_path(ref)
     model, tokenizer = _load_hf_classifier(source)
-    dataset, records = _eval_records(ctx)
+    dataset, records = eval_records(ctx)
     parent = HFTextPredictor(copy.deepcopy(model), tokenizer)
     before = sum(p.numel() for p in model.parameters())
     _check(ctx, 1, 4, "pruning")
@@ -222,7 +221,7 @@ def prune(ctx: JobContext) -> JobOutput:
         tokenizer.save_pretrained(str(ctx.output_dir))
         reloaded = AutoModelForSequenceClassification.from_pretrained(str(ctx.output_dir)).eval()
         check = HFTextPredictor(reloaded, tokenizer)
-        texts = _sample_texts(records)
+        texts = sample_texts(records)
         diff = float(
             np.abs(
                 check.predict_proba(texts) - HFTextPredictor(model, tokenizer).predict_proba(texts)
@@ -237,7 +236,7 @@ def prune(ctx: JobContext) -> JobOutput:
             model, tokenizer, ctx.output_dir / ONNX_GRAPH, int(ctx.spec.get("opset", DEFAULT_OPSET))
         )
         write_onnx_companions(ctx.output_dir, tokenizer=tokenizer, config=model.config)
-        require_parity(logits_parity(model, tokenizer, ctx.output_dir, _sample_texts(records)), ctx)
+        require_parity(logits_parity(model, tokenizer, ctx.output_dir, sample_texts(records)), ctx)
         child = OnnxTextPredictor(ctx.output_dir)
     with torch.inference_mode():
         comparison = compare(
@@ -278,7 +277,7 @@ def prune(ctx: JobContext) -> JobOutput:
             ],
         )
     ]
-    return _output(
+    return comparison_output(
         ctx,
         title=f"structured pruning of {ref}",
         fmt=fmt,
