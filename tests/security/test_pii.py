@@ -27,13 +27,15 @@ from maas.security.pii import (
     PiiPolicy,
     apply_input,
     apply_output,
-    cn_id_check_char,
     find,
+    parse_kinds,
+    redact,
+)
+from maas.security.pii_validators import (
+    cn_id_check_char,
     is_valid_bank_card,
     is_valid_cn_id,
     luhn_ok,
-    parse_kinds,
-    redact,
 )
 
 CORPUS = Path(__file__).with_name("pii_corpus.jsonl")
