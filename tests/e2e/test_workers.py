@@ -291,6 +291,19 @@ def test_a_keys_requests_per_minute_hold_across_workers(workers_server: LiveServ
     assert 1 <= int(refused.headers["retry-after"]) <= 60
 
 
+def test_a_keys_monthly_quota_holds_across_workers(workers_server: LiveServer) -> None:
+    created = httpx.post(
+        f"{workers_server.url}/admin/v1/keys",
+        json={"name": "quota-4", "scopes": ["infer"], "monthly_request_quota": 4},
+        headers=_auth(workers_server),
+    ).json()
+    # Fresh connections land on both workers; the counters live in the engine, so
+    # each worker does not let the key use its own 4 requests (8 in all).
+    statuses = [_infer(workers_server, [1, 0, 0, 0], created["key"]) for _ in range(10)]
+    assert [r.status_code for r in statuses] == [200] * 4 + [429] * 6
+    assert statuses[-1].json()["error"].startswith("monthly request quota of 4 used up")
+
+
 def test_a_killed_http_worker_is_replaced(workers_server: LiveServer) -> None:
     _, _, workers = _topology(workers_server)
     os.kill(workers[0], signal.SIGKILL)

@@ -35,9 +35,10 @@ from maas.security.admission import Admission
 from maas.security.audit import AuditLog
 from maas.security.keys import KeyStore
 from maas.security.limits import RATE_WORDS, Limiter, RateLimiter
+from maas.security.quotas import Quotas
 from maas.security.usage import UsageRecorder
 from maas.serving.dataplane import DataPlane
-from maas.serving.engine.client import RemoteHost, RemoteLimiter
+from maas.serving.engine.client import RemoteHost, RemoteLimiter, RemoteQuotas
 from maas.serving.hosts import LocalHost, ModelHost
 from maas.serving.manager import ModelManager
 from maas.serving.metrics import ServingMetrics
@@ -62,12 +63,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         limiter: Limiter
         if settings.engine_address:
             # One of `maas serve --workers N`'s workers: models live in the engine process,
-            # and so do the rate-limit windows unless Redis holds them for everyone.
-            host = RemoteHost(settings.engine_address)
-            limiter = RateLimiter(settings.redis_url) if settings.redis_url else RemoteLimiter(host)
+            # and so do the rate-limit windows (unless Redis holds them for everyone) and
+            # the monthly quota counters.
+            remote = RemoteHost(settings.engine_address)
+            host = remote
+            limiter = RemoteLimiter(remote)
+            if settings.redis_url:
+                limiter = RateLimiter(settings.redis_url)
+            quotas: Quotas | None = RemoteQuotas(remote)
         else:
             host = LocalHost(ModelManager(registry, settings, serving_metrics))
             limiter = RateLimiter(settings.redis_url)
+            quotas = None  # the usage recorder's own
         app.state.settings = settings
         app.state.registry = registry
         app.state.keys = keys
@@ -75,7 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.metrics = serving_metrics
         app.state.dataplane = DataPlane(registry, host, serving_metrics)
         app.state.limiter = limiter
-        app.state.usage = UsageRecorder(registry.db, watts=settings.energy_watts)
+        app.state.usage = UsageRecorder(registry.db, watts=settings.energy_watts, quotas=quotas)
         admission = Admission(keys, app.state.limiter, app.state.usage, enabled=settings.auth)
         await admission.start()
         app.state.admission = admission

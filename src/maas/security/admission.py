@@ -161,7 +161,7 @@ class Admission:
             # Room for at least one token; generation checks its own figure (check_tokens).
             tokens = await self.limiter.check_tokens(key.id, key.tpm_limit, 1)
             admitted.rate_headers.update(rate_headers(None, tokens))
-        await self.usage.check_quota(
+        await self.usage.quotas.check(
             key.id,
             request_quota=key.monthly_request_quota,
             token_quota=key.monthly_token_quota,

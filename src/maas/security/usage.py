@@ -2,10 +2,8 @@
 
 ``UsageRecorder.record`` only appends to a list (no I/O, no await); a background
 task writes the pending records every ``flush_seconds`` in one transaction on a
-worker thread. Monthly quotas are checked against counters kept in memory,
-seeded once per key and month from the database, so the check costs nothing
-on the hot path either. (With several server processes each holds its own
-counters; the database remains the truth and ``GET /admin/v1/usage`` reads it.)
+worker thread. Each record is also counted against the key's monthly quotas
+(``security.quotas``: in this process, or in the engine that every worker shares).
 
 Energy is an estimate: compute seconds x ``MAAS_ENERGY_WATTS``, the power the
 operator attributes to one busy compute slot. It is not a measurement.
@@ -17,15 +15,16 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field, fields
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import anyio.to_thread
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import insert, select, update
 
-from maas.errors import InvalidRequestError, QuotaExceededError
+from maas.errors import InvalidRequestError
 from maas.registry.db import Database
 from maas.registry.models import ApiKeyRow, UsageRow
+from maas.security.quotas import QuotaCounters, Quotas
 
 log = logging.getLogger(__name__)
 
@@ -67,20 +66,23 @@ class UsageEvent:
 _EVENT_FIELDS = tuple(f.name for f in fields(UsageEvent))
 
 
-def month_start(when: datetime) -> datetime:
-    return when.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-
-
 class UsageRecorder:
-    def __init__(self, db: Database, *, watts: float, flush_seconds: float = 0.5) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        watts: float,
+        quotas: Quotas | None = None,
+        flush_seconds: float = 0.5,
+    ) -> None:
         self._db = db
         self.watts = watts
         self.flush_seconds = flush_seconds
         self._pending: list[UsageEvent] = []
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
-        # (key id, month start) -> [requests, tokens] this month, once seeded from the DB.
-        self._month: dict[tuple[int, datetime], list[int]] = {}
+        # The monthly quota counters: this process's own unless given (the engine's).
+        self.quotas: Quotas = quotas or QuotaCounters(db, unwritten=self.unwritten)
 
     # -------------------------------------------------------------- recording
 
@@ -88,10 +90,7 @@ class UsageRecorder:
         """Queue one record; never blocks and never raises into the request."""
         self._pending.append(event)
         if event.key_id is not None:
-            counters = self._month.get((event.key_id, month_start(event.ts)))
-            if counters is not None:
-                counters[0] += 1
-                counters[1] += event.tokens
+            self.quotas.count(event.key_id, event.tokens, event.ts)
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run(), name="usage writer")
         elif len(self._pending) >= 1000:
@@ -145,50 +144,10 @@ class UsageRecorder:
                 await self._task
         await self.flush()
 
-    # ----------------------------------------------------------------- quotas
-
-    async def check_quota(
-        self,
-        key_id: int,
-        *,
-        request_quota: int | None,
-        token_quota: int | None,
-        tokens_needed: int = 0,
-    ) -> None:
-        """Raise 429 ``insufficient_quota`` when this month's quota is used up."""
-        if request_quota is None and token_quota is None:
-            return
-        now = datetime.now(UTC)
-        slot = (key_id, month_start(now))
-        counters = self._month.get(slot)
-        if counters is None:
-            requests, tokens = await anyio.to_thread.run_sync(self._month_totals, key_id, slot[1])
-            pending = [e for e in self._pending if e.key_id == key_id and e.ts >= slot[1]]
-            counters = [requests + len(pending), tokens + sum(e.tokens for e in pending)]
-            self._month[slot] = counters
-        requests, tokens = counters
-        next_month = (slot[1] + timedelta(days=32)).replace(day=1)
-        resets = f"it resets on {next_month:%Y-%m-%d} (UTC)"
-        if request_quota is not None and requests >= request_quota:
-            raise QuotaExceededError(
-                f"monthly request quota of {request_quota} used up; {resets}",
-                retry_after=(next_month - now).total_seconds(),
-            )
-        if token_quota is not None and tokens + tokens_needed > token_quota:
-            raise QuotaExceededError(
-                f"monthly token quota of {token_quota} used up ({tokens} used); {resets}",
-                retry_after=(next_month - now).total_seconds(),
-            )
-
-    def _month_totals(self, key_id: int, since: datetime) -> tuple[int, int]:
-        with self._db.read() as s:
-            row = s.execute(
-                select(
-                    func.count(UsageRow.id),
-                    func.coalesce(func.sum(UsageRow.prompt_tokens + UsageRow.completion_tokens), 0),
-                ).where(UsageRow.key_id == key_id, UsageRow.ts >= since)
-            ).one()
-        return int(row[0]), int(row[1])
+    def unwritten(self, key_id: int, since: datetime) -> tuple[int, int]:
+        """Requests and tokens of ``key_id`` since ``since`` queued but not written yet."""
+        events = [e for e in self._pending if e.key_id == key_id and e.ts >= since]
+        return len(events), sum(e.tokens for e in events)
 
 
 def aggregate(

@@ -18,6 +18,7 @@ import contextlib
 import itertools
 import logging
 from collections.abc import AsyncGenerator
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -55,6 +56,11 @@ class RemoteHost(ModelHost):
         self._waiting: list[bytes] = []  # sent while not connected, in order
         self._connector: asyncio.Task[None] | None = None
         self._closing = False
+
+    def notify(self, op: str, *args: Any) -> None:
+        """Send a call whose answer nobody waits for (call id -1: the engine sends none)."""
+        with contextlib.suppress(UnavailableError):  # shutting down: nothing left to count
+            self._send([-1, op, list(args)])
 
     def _send(self, message: list[Any]) -> None:
         payload = wire.packb(message)
@@ -245,3 +251,32 @@ class RemoteLimiter:
 
     async def close(self) -> None:
         """Nothing to release: the windows live in the engine."""
+
+
+class RemoteQuotas:
+    """Monthly quota counters kept in the engine process, shared by every worker.
+
+    Only keys that have a quota are counted there: ``check`` remembers them, and
+    ``count`` of any other key sends nothing.
+    """
+
+    def __init__(self, host: RemoteHost) -> None:
+        self._host = host
+        self._limited: set[int] = set()
+
+    async def check(
+        self,
+        key_id: int,
+        *,
+        request_quota: int | None,
+        token_quota: int | None,
+        tokens_needed: int = 0,
+    ) -> None:
+        if request_quota is None and token_quota is None:
+            return
+        self._limited.add(key_id)
+        await self._host._call("quota_check", key_id, request_quota, token_quota, tokens_needed)
+
+    def count(self, key_id: int, tokens: int, when: datetime) -> None:
+        if key_id in self._limited:
+            self._host.notify("quota_count", key_id, tokens, when.timestamp())

@@ -10,7 +10,9 @@ Protocol (a Unix socket, one connection per worker, framed by ``channel``;
 or ``[call id, "error", MaasError]``. Each request runs as its own task, so a
 slow load never holds up other models' requests. Without Redis, the engine also
 keeps the rate-limit windows (``acquire_request``, ``check_tokens``,
-``record_tokens``), so a key's RPM/TPM hold across every worker. ``generate`` answers with a
+``record_tokens``), so a key's RPM/TPM hold across every worker; and always the
+monthly quota counters (``quota_check``; ``quota_count``, a notification: call
+id -1, never answered). ``generate`` answers with a
 stream: ``[call id, "event", Prepared]``, then (after the worker's ``resume``,
 so a worker that refuses the token budget costs no generation) one
 ``[call id, "event", Chunk]`` per chunk and ``[call id, "end", None]``; a
@@ -31,12 +33,14 @@ import asyncio
 import logging
 import signal
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from maas.config import Settings
 from maas.errors import MaasError
 from maas.registry.store import Registry
 from maas.security.limits import RateLimiter
+from maas.security.quotas import QuotaCounters
 from maas.serving.batching import RequestCost
 from maas.serving.engine import wire
 from maas.serving.engine.channel import Connection
@@ -51,10 +55,14 @@ log = logging.getLogger("maas.engine")
 class EngineServer:
     """Answers ``RemoteHost`` calls from a ``LocalHost``."""
 
-    def __init__(self, host: LocalHost, metrics: ServingMetrics, path: str) -> None:
+    def __init__(
+        self, host: LocalHost, metrics: ServingMetrics, path: str, quotas: QuotaCounters
+    ) -> None:
         self.host = host
         # Rate-limit windows shared by every worker (used when there is no Redis).
         self.limiter = RateLimiter()
+        # Monthly quota counters shared by every worker.
+        self.quotas = quotas
         self.metrics = metrics
         self.path = path
         self._tasks: set[asyncio.Task[None]] = set()
@@ -74,6 +82,8 @@ class EngineServer:
             "acquire_request": self.limiter.acquire_request,
             "check_tokens": self.limiter.check_tokens,
             "record_tokens": self.limiter.record_tokens,
+            "quota_check": self._quota_check,
+            "quota_count": self._quota_count,
             "ping": self._ping,
         }
 
@@ -92,6 +102,16 @@ class EngineServer:
 
     async def _load(self, version: Any, pinned: bool) -> Any:
         return await self.host.load(version, pinned=pinned)
+
+    async def _quota_check(
+        self, key_id: int, request_quota: int | None, token_quota: int | None, needed: int
+    ) -> None:
+        await self.quotas.check(
+            key_id, request_quota=request_quota, token_quota=token_quota, tokens_needed=needed
+        )
+
+    async def _quota_count(self, key_id: int, tokens: int, timestamp: float) -> None:
+        self.quotas.count(key_id, tokens, datetime.fromtimestamp(timestamp, UTC))
 
     async def _metrics(self) -> bytes:
         return self.metrics.render()
@@ -177,14 +197,15 @@ class EngineServer:
         except Exception as exc:
             log.exception("engine: %s failed", payload[:64])
             answer = [call_id, "error", MaasError(f"engine error: {type(exc).__name__}: {exc}")]
-        await self._send(worker, answer)
+        if call_id >= 0:  # -1: a notification, nobody waits for its answer
+            await self._send(worker, answer)
 
 
 async def run_engine(settings: Settings, path: str) -> None:
     registry = Registry(settings)
     metrics = ServingMetrics()
     host = LocalHost(ModelManager(registry, settings, metrics))
-    server = EngineServer(host, metrics, path)
+    server = EngineServer(host, metrics, path, QuotaCounters(registry.db))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
