@@ -304,6 +304,31 @@ def test_a_keys_monthly_quota_holds_across_workers(workers_server: LiveServer) -
     assert statuses[-1].json()["error"].startswith("monthly request quota of 4 used up")
 
 
+def _ppid(pid: int) -> int:
+    return int((Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def test_jobs_run_under_the_supervisor_not_in_an_http_worker(workers_server: LiveServer) -> None:
+    supervisor, _, _ = _topology(workers_server)
+    url = f"{workers_server.url}/admin/v1/jobs"
+    spec = {"model": "affine", "sleep": 2.0}
+    job = httpx.post(url, json={"kind": "selftest", "spec": spec}, headers=_auth(workers_server))
+    assert job.status_code == 201, job.text
+    job_url = f"{url}/{job.json()['id']}"
+    deadline = time.monotonic() + 60
+    info = job.json()
+    while info["pid"] is None or info["status"] == "queued":
+        assert time.monotonic() < deadline, info
+        time.sleep(0.1)
+        info = httpx.get(job_url, headers=_auth(workers_server)).json()
+    assert _ppid(info["pid"]) == supervisor  # the one runner, not a worker's
+    while info["status"] not in ("succeeded", "failed", "cancelled"):
+        assert time.monotonic() < deadline, info
+        time.sleep(0.2)
+        info = httpx.get(job_url, headers=_auth(workers_server)).json()
+    assert info["status"] == "succeeded", info
+
+
 def test_a_killed_http_worker_is_replaced(workers_server: LiveServer) -> None:
     _, _, workers = _topology(workers_server)
     os.kill(workers[0], signal.SIGKILL)

@@ -87,7 +87,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await admission.start()
         app.state.admission = admission
         runner = JobRunner(registry, settings)
-        await runner.start()
+        if not settings.engine_address:
+            # A worker of `maas serve --workers N` submits and cancels jobs (rows) but
+            # does not run them: the supervisor's one runner does (see cli/serve.py).
+            await runner.start()
         app.state.jobs = runner
         gc.freeze()  # startup's objects live as long as the app: never scan them again
         try:

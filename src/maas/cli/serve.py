@@ -15,10 +15,19 @@ one worker and the second core sat idle. Each worker builds the app from the
 environment (``create_app`` as a factory) with ``MAAS_ENGINE_ADDRESS`` pointing
 at the engine. HTTP parsing, authentication, validation and JSON run in the
 workers, in parallel; model compute runs in the engine.
+
+The job runner (``maas.jobs.runner``: claims queued jobs, follows and reaps
+their processes) runs here, in the supervisor, once — not in every HTTP
+worker. Its ticks are database work on a thread that holds the GIL for a
+millisecond or more; in a worker every tick stalled the requests on that
+worker's event loop (the p99 of tiny V2 requests). Workers still accept job
+submissions and cancellations: they are rows this runner picks up within its
+poll interval.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import multiprocessing
 import shutil
@@ -62,11 +71,39 @@ def run_server(settings: Settings) -> None:
     env = settings.export_for_workers(address)
     engine = EngineProcess(address, env)
     engine.start()
+    jobs_done = threading.Event()
+    jobs = threading.Thread(
+        target=_run_jobs, args=(settings, jobs_done), name="maas-job-runner", daemon=True
+    )
+    jobs.start()
     try:
         _supervise_workers(settings)
     finally:
+        jobs_done.set()
+        jobs.join(60)
         engine.stop()
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _run_jobs(settings: Settings, done: threading.Event) -> None:
+    """The job runner of a multi-worker server, on its own event loop, until ``done``."""
+    from maas.jobs.runner import JobRunner
+    from maas.registry.store import Registry
+
+    async def main() -> None:
+        registry = await asyncio.to_thread(Registry, settings)
+        runner = JobRunner(registry, settings)
+        await runner.start()
+        try:
+            await asyncio.to_thread(done.wait)
+        finally:
+            await runner.close()
+            registry.close()
+
+    try:
+        asyncio.run(main())
+    except Exception:
+        log.exception("the job runner stopped")
 
 
 def _listening_socket(host: str, port: int) -> socket.socket:
