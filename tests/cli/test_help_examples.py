@@ -12,11 +12,17 @@ copy of one prepared ``MAAS_HOME`` and working directory that hold what they nam
   and one finished ``evaluate`` job;
 * ``./my-model`` (a sentence-encoder directory), ``model.onnx``, ``model.gguf`` (a tiny
   Llama), ``reviews.csv``, and master keys ``master.key`` and ``master-2.key``.
+
+An example that runs a job and that ``tests/test_docs_run.py`` also runs word for word (a
+line of the jobs walkthrough the docs execute against a server) is run there only: that
+test asserts at least as much (exit status 0 under ``set -e``, then the output the docs
+show), and a job costs seconds. Where the docs test cannot run, every example runs here.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import os
 import re
@@ -34,6 +40,7 @@ from typer.testing import CliRunner, Result
 
 from maas.cli.main import app
 from maas.config import Settings
+from maas.jobs.base import JOB_KINDS
 from maas.registry.store import Registry
 from maas.security.keys import KeyStore
 from tests.helpers import make_onnx_file, make_tiny_bert
@@ -64,6 +71,7 @@ def _commands() -> tuple[list[tuple[str, ...]], list[tuple[str, ...]]]:
 COMMANDS, LEAVES = _commands()
 
 
+@functools.cache  # the help of a command is fixed: collection and every test read it
 def help_text(path: tuple[str, ...]) -> str:
     result = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "80"})
     assert result.exit_code == 0, result.output
@@ -199,6 +207,22 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prepared]:
 WITH_EXAMPLES = _with_examples()
 
 
+def _run_by_the_docs() -> frozenset[str]:
+    """Job examples (as shlex words joined by spaces) that tests/test_docs_run.py runs."""
+    from tests import test_docs_run
+
+    if not test_docs_run.runs_here():
+        return frozenset()
+    return frozenset(
+        line
+        for line in test_docs_run.maas_command_lines()
+        if line.split(" ")[1:2] and line.split(" ")[1] in JOB_KINDS
+    )
+
+
+RUN_BY_THE_DOCS = _run_by_the_docs()
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("path", WITH_EXAMPLES, ids=[" ".join(p) or "maas" for p in WITH_EXAMPLES])
@@ -219,7 +243,10 @@ def test_the_examples_of_a_command_run_as_shown(
         queued = _invoke("maas evaluate --model reviews-clf:1 --dataset reviews --detach", env)
         assert queued.exit_code == 0, queued.output
         job_id = queued.stdout.strip()
+    assert lines
     for line in lines:
+        if " ".join(shlex.split(line)) in RUN_BY_THE_DOCS:
+            continue  # tests/test_docs_run.py runs this very line (see the module docstring)
         result = _invoke(line.replace("JOB_ID", job_id), env)
         assert result.exit_code == 0, (
             f"{line}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
