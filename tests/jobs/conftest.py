@@ -7,6 +7,7 @@ re-exported here so pytest finds them for every test module of this folder.
 
 from tests.jobs.ml_fixtures import (  # noqa: F401  (fixtures, found by name)
     digits_dataset,
+    int8_quantized,
     sentiment_dataset,
     skewed_dataset,
     tiny_bert_dir,

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from maas.jobs.base import JobContext
+from maas.jobs.base import JobContext, JobOutput
 
 POSITIVE = ("good", "great", "excellent", "wonderful", "amazing", "lovely", "fantastic", "superb")
 NEGATIVE = ("bad", "terrible", "awful", "horrible", "poor", "dreadful", "disappointing", "boring")
@@ -211,3 +211,29 @@ def tiny_classifier_dir(
         torch.set_num_threads(threads)
     assert out.metrics["accuracy"] > 0.8, out.metrics
     return ctx.output_dir
+
+
+@pytest.fixture(scope="session")
+def int8_quantized(
+    tmp_path_factory: pytest.TempPathFactory, tiny_classifier_dir: Path, sentiment_dataset: Path
+) -> tuple[LocalJobContext, JobOutput]:
+    """The tiny classifier quantized to int8 ONNX by the quantize job, compared on the
+    sentiment test split: made once, read by the quantize and evaluate tests (none writes
+    into it)."""
+    import torch
+
+    from maas.jobs import optimize
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ctx = make_ctx(
+            tmp_path_factory.mktemp("int8"),
+            "quantize",
+            {"model": "clf", "dataset": "sentiment", "latency_runs": 2},
+            {"clf": tiny_classifier_dir, "sentiment": sentiment_dataset},
+        )
+        out = optimize.quantize(ctx)
+    finally:
+        torch.set_num_threads(threads)
+    return ctx, out

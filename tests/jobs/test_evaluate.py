@@ -10,7 +10,8 @@ import pytest
 import torch
 from sklearn import metrics as skm
 
-from maas.jobs import evaluate, optimize, train
+from maas.jobs import evaluate, train
+from maas.jobs.base import JobContext, JobOutput
 from maas.jobs.dataset_files import read_dataset, read_split, targets
 from maas.jobs.metrics import classification_metrics, expected_calibration_error, slice_metrics
 from maas.jobs.predictors import HFTextPredictor
@@ -139,11 +140,13 @@ def test_a_slice_the_model_fails_is_flagged(
 
 @pytest.mark.slow
 def test_an_int8_onnx_version_evaluates_like_its_parent(
-    tmp_path: Path, tiny_classifier_dir: Path, sentiment_dataset: Path
+    tmp_path: Path,
+    tiny_classifier_dir: Path,
+    sentiment_dataset: Path,
+    int8_quantized: tuple[JobContext, JobOutput],
 ) -> None:
     refs = {"clf": tiny_classifier_dir, "sentiment": sentiment_dataset}
-    quantized = make_ctx(tmp_path, "quantize", {"model": "clf", "latency_runs": 1}, refs)
-    optimize.quantize(quantized)
+    quantized, _ = int8_quantized  # the quantize job's version of clf
     refs["clf-int8"] = quantized.output_dir
     spec = {"dataset": "sentiment", "latency_runs": 1}
     onnx_eval = evaluate.run(

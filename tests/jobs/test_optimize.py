@@ -12,6 +12,7 @@ import torch
 
 from maas.errors import InvalidRequestError, MaasError
 from maas.jobs import distill, onnx_export, optimize, prune
+from maas.jobs.base import JobContext, JobOutput
 from maas.jobs.predictors import HFTextPredictor, OnnxTextPredictor
 from maas.registry.formats import detect_format
 from tests.jobs.ml_fixtures import make_ctx
@@ -51,12 +52,9 @@ def assert_servable_onnx_classifier(root: Path) -> None:
 
 @pytest.mark.slow
 def test_int8_quantization_shrinks_the_graph_and_reports_the_accuracy_delta(
-    tmp_path: Path, refs: dict[str, Path], tiny_classifier_dir: Path
+    int8_quantized: tuple[JobContext, JobOutput], tiny_classifier_dir: Path
 ) -> None:
-    ctx = make_ctx(
-        tmp_path, "quantize", {"model": "clf", "dataset": "sentiment", "latency_runs": 2}, refs
-    )
-    out = optimize.quantize(ctx)
+    ctx, out = int8_quantized  # {"model": "clf", "dataset": "sentiment", "latency_runs": 2}
 
     assert (out.task, out.format, out.parent, out.new_version) == (
         "text-classification",
