@@ -27,6 +27,7 @@ from maas.api import (
     v2,
 )
 from maas.api.errors import install_error_handlers
+from maas.api.inference_route import InferenceLane
 from maas.api.middleware import TrustMiddleware
 from maas.config import Settings
 from maas.jobs.runner import JobRunner
@@ -122,6 +123,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 *(f"x-ratelimit-{w}-{k}" for w in RATE_WORDS for k in ("requests", "tokens")),
             ],
         )
+    # Innermost: the inference routes' own handlers, without FastAPI's router in between.
+    app.add_middleware(
+        InferenceLane, fastapi=app, routes=[*v2.inference.routes, *openai.inference.routes]
+    )
     app.add_middleware(TrustMiddleware, settings=settings)
     # Outermost: management requests refused by the trust layer (413, 504) are audited too.
     app.add_middleware(audit.AuditMiddleware)
