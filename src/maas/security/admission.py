@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -43,6 +44,10 @@ MISSING_KEY = (
     "missing API key: send 'Authorization: Bearer maas-sk-...' "
     "(the bootstrap admin key is in MAAS_HOME/admin.key)"
 )
+
+
+# A key's policy string, parsed once: read on every request of that key (frozen result).
+_policy = functools.lru_cache(maxsize=256)(PiiPolicy.parse)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +71,7 @@ class Admitted:
         """The key's own PII policy (the model's is combined with it downstream)."""
         if self.key is None or not self.key.pii_policy:
             return None
-        return PiiPolicy.parse(self.key.pii_policy)
+        return _policy(self.key.pii_policy)
 
     def ensure_model(self, name: str, *, hide: bool = False) -> None:
         """403 when the allowlist excludes ``name`` (404 with ``hide``: do not reveal it)."""
