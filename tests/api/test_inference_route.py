@@ -1,4 +1,4 @@
-"""InferenceRoute and InferenceLane: the inference routes without FastAPI's per-request machinery."""
+"""InferenceRoute and InferenceLane: inference routes without per-request dependency solving."""
 
 from __future__ import annotations
 
