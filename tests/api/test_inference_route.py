@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.testclient import TestClient
 
 from maas.api.deps import CtxDep, DataPlaneDep, RegistryDep, require_key
@@ -58,7 +58,7 @@ def test_the_lane_serves_only_inference_routes() -> None:
         return Response()
 
     with pytest.raises(TypeError, match="InferenceRoutes only"):
-        InferenceLane(lambda s, r, w: None, fastapi=None, routes=router.routes)  # type: ignore[arg-type]
+        InferenceLane(FastAPI(), fastapi=FastAPI(), routes=router.routes)
 
 
 def test_through_the_lane_admission_metering_and_errors_are_those_of_any_route(
