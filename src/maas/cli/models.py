@@ -26,6 +26,14 @@ from maas.registry.schemas import VersionInfo
 app = typer.Typer(help="Manage models, versions and aliases.", no_args_is_help=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+DequantizeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--dequantize",
+        help="GGUF only: convert to float32 safetensors (an hf version) instead of keeping "
+        "the quantized file for llama.cpp.",
+    ),
+]
 
 
 def _version_rows(versions: list[VersionInfo]) -> list[list[object]]:
@@ -53,11 +61,13 @@ def push(
     task: Annotated[str | None, typer.Option(help="Task; inferred when possible.")] = None,
     description: Annotated[str, typer.Option(help="Free text for this version.")] = "",
     parent: Annotated[str | None, typer.Option(help="Reference of the parent version.")] = None,
+    dequantize: DequantizeOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Store PATH as the next version of NAME and print its reference (name:version).
 
-    A .gguf file is converted first, exactly as by ``maas models import-gguf``.
+    A .gguf file is stored as it is (a gguf version, served by llama.cpp), exactly
+    as by ``maas models import-gguf``; with --dequantize it is converted first.
 
     \b
     Examples:
@@ -68,10 +78,21 @@ def push(
     """
     if not path.exists():
         raise fail(f"{path} does not exist")
-    if path.is_file() and (path.suffix.lower() == ".gguf" or is_gguf_file(path)):
+    is_gguf = path.is_file() and (path.suffix.lower() == ".gguf" or is_gguf_file(path))
+    if dequantize and not is_gguf:
+        raise fail("--dequantize applies to a .gguf file only")
+    if is_gguf:
         if task not in (None, GGUF_TASK):
             raise fail(f"a GGUF file holds a {GGUF_TASK} model, not {task}")
-        _import_gguf(ctx, path, name, description=description, parent=parent, as_json=as_json)
+        _import_gguf(
+            ctx,
+            path,
+            name,
+            dequantize=dequantize,
+            description=description,
+            parent=parent,
+            as_json=as_json,
+        )
         return
     with backend_from(ctx) as backend:
         total = backend.upload_size(path)
@@ -107,18 +128,31 @@ def import_gguf_command(
     name: Annotated[str, typer.Option("--name", "-n", help="Model name.")],
     description: Annotated[str, typer.Option(help="Free text for this version.")] = "",
     parent: Annotated[str | None, typer.Option(help="Reference of the parent version.")] = None,
+    dequantize: DequantizeOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Convert a GGUF file to float32 safetensors and store it as a text-generation version.
+    """Store a GGUF file as a text-generation version (quantized, served by llama.cpp).
+
+    With --dequantize the file is converted to float32 safetensors first (an hf
+    version, served by transformers, usable by training and export jobs).
 
     \b
     Examples:
       maas models import-gguf model.gguf --name tiny-llama
       maas models import-gguf model.gguf --name tiny-llama --description "Q8_0"
+      maas models import-gguf model.gguf --name tiny-llama-f32 --dequantize
     """
     if not path.is_file():
         raise fail(f"{path} is not a file")
-    _import_gguf(ctx, path, name, description=description, parent=parent, as_json=as_json)
+    _import_gguf(
+        ctx,
+        path,
+        name,
+        dequantize=dequantize,
+        description=description,
+        parent=parent,
+        as_json=as_json,
+    )
 
 
 def _import_gguf(
@@ -126,6 +160,7 @@ def _import_gguf(
     path: Path,
     name: str,
     *,
+    dequantize: bool,
     description: str,
     parent: str | None,
     as_json: bool,
@@ -136,18 +171,23 @@ def _import_gguf(
             f"{conversion.info.quantization}) in {conversion.seconds:.0f} s; storing"
         )
 
-    err.print(f"converting {path.name} to float32 safetensors (CPU-heavy, may take a while)")
+    if dequantize:
+        err.print(f"converting {path.name} to float32 safetensors (CPU-heavy, may take a while)")
     with backend_from(ctx) as backend:
         if isinstance(backend, LocalBackend):
             info = import_gguf(
                 backend.registry,
                 path,
                 name,
+                dequantize=dequantize,
                 description=description,
                 parent=parent,
                 created_by=backend.actor,
                 on_converted=announce,
             )
+        elif not dequantize:
+            # The file itself: the server reads its header and stores it as a gguf version.
+            info = backend.push(path, name, task=GGUF_TASK, description=description, parent=parent)
         else:
             # A server has no GGUF route: convert here, upload the directory.
             # The source record travels in the description only.

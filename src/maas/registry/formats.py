@@ -1,10 +1,12 @@
 """Recognise what kind of model a directory holds and read its basic metadata.
 
-Three layouts are understood:
+Four layouts are understood:
 
 * ``hf``: a Hugging Face directory, ``config.json`` plus ``*.safetensors``.
 * ``onnx``: one ``*.onnx`` graph (optionally with external-data files).
 * ``safetensors``: the maas-native layout, ``maas.json`` plus ``*.safetensors``.
+* ``gguf``: one llama.cpp ``*.gguf`` file (weights, usually quantized, with its
+  tokenizer and chat template), kept as it is and served by llama.cpp.
 
 A fourth, ``dataset`` (``dataset.json`` plus JSONL splits), is not a model but
 a versioned dataset stored the same content-addressed way.
@@ -23,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from maas.errors import InvalidRequestError
+from maas.registry.gguf import TASK as GGUF_TASK
+from maas.registry.gguf import is_gguf_file, read_gguf_info
 
 TASKS = (
     "embeddings",
@@ -33,7 +37,7 @@ TASKS = (
     # Not a model: a versioned dataset (see maas.jobs.datasets); never served.
     "dataset",
 )
-FORMATS = ("hf", "onnx", "safetensors", "dataset")
+FORMATS = ("hf", "onnx", "safetensors", "gguf", "dataset")
 DATASET_TASK = "dataset"
 
 # ONNX TensorProto element types -> Open Inference Protocol V2 datatypes.
@@ -175,15 +179,28 @@ def metadata_for_task(metadata: dict[str, Any], task: str | None) -> dict[str, A
     return kept
 
 
+def _gguf_format(path: Path, size: int) -> DetectedFormat:
+    """A GGUF file as it is: what its header says, quantization included."""
+    info = read_gguf_info(path)
+    metadata = {
+        "architecture": info.architecture,
+        "name": info.name,
+        "quantization": info.quantization,
+        "context_length": info.context_length,
+        "tensor_types": info.tensor_types,
+        "parameter_count": info.parameter_count,
+        "chat_template": info.chat_template is not None,
+        "file": path.name,
+        "size_bytes": size,
+    }
+    return DetectedFormat("gguf", GGUF_TASK, metadata)
+
+
 def detect_format(root: Path) -> DetectedFormat:
     """Detect the layout of a model directory (or a single ``.onnx`` file)."""
     if root.is_file():
-        if root.suffix.lower() == ".gguf":
-            raise InvalidRequestError(
-                f"{root.name} is a GGUF file: it is imported by conversion to safetensors "
-                "(maas models import-gguf, or maas.registry.gguf.import_gguf)",
-                param="path",
-            )
+        if root.suffix.lower() == ".gguf" or is_gguf_file(root):
+            return _gguf_format(root, root.stat().st_size)
         if root.suffix.lower() != ".onnx":
             raise InvalidRequestError(
                 f"cannot tell the format of {root.name}: a single file must be an .onnx graph; "
@@ -196,6 +213,7 @@ def detect_format(root: Path) -> DetectedFormat:
     files = [p for p in root.rglob("*") if p.is_file()]
     safetensors = sorted(p for p in files if p.suffix == ".safetensors")
     onnx_files = sorted(p for p in files if p.suffix.lower() == ".onnx")
+    gguf_files = sorted(p for p in files if p.suffix.lower() == ".gguf")
     size = sum(p.stat().st_size for p in files)
 
     if (root / "dataset.json").is_file() and not safetensors and not onnx_files:
@@ -234,6 +252,9 @@ def detect_format(root: Path) -> DetectedFormat:
             },
         )
 
+    if len(gguf_files) == 1 and not safetensors and not onnx_files:
+        return _gguf_format(gguf_files[0], size)
+
     if len(onnx_files) == 1:
         meta = _onnx_signature(onnx_files[0])
         meta["size_bytes"] = size
@@ -256,6 +277,7 @@ def detect_format(root: Path) -> DetectedFormat:
 
     raise InvalidRequestError(
         "could not detect the model format: expected a Hugging Face directory "
-        "(config.json + *.safetensors), one .onnx file, or maas.json + *.safetensors",
+        "(config.json + *.safetensors), one .onnx file, one .gguf file, "
+        "or maas.json + *.safetensors",
         param="path",
     )

@@ -1,9 +1,15 @@
-"""Import GGUF files (llama.cpp's format) as Hugging Face safetensors versions.
+"""Import GGUF files (llama.cpp's format): kept as they are, or dequantized to safetensors.
 
 A GGUF file holds quantized weights *and* everything needed to use them:
 the architecture's hyper-parameters, the tokenizer (vocabulary, merges,
-special tokens) and usually a chat template, all as metadata. maas serves
-Hugging Face directories, so a GGUF is converted once, on import:
+special tokens) and usually a chat template, all as metadata.
+
+By default a GGUF file is stored as it is, as a ``gguf`` version of task
+``text-generation`` (its header — architecture, quantization, context length —
+in the version's metadata) and served by llama.cpp with the weights still
+quantized (``maas.runtimes.llama_cpp``). With ``dequantize`` it is converted
+once into a Hugging Face directory instead, for what needs float weights
+(training, export, the transformers runtime):
 
 1. the header is read (``gguf.GGUFReader`` maps the file; nothing is
    dequantized) to check it and to record its architecture, quantization
@@ -17,8 +23,8 @@ Hugging Face directories, so a GGUF is converted once, on import:
    ``tokenizer_config.json``, ``chat_template.jinja``,
    ``generation_config.json``.
 
-The result is an ordinary ``hf`` version of task ``text-generation``; the
-source file's digest and header are kept in its ``params["source"]``.
+The result is an ordinary ``hf`` version of task ``text-generation``. Either
+way the source file's digest and header are kept in ``params["source"]``.
 
 Conversion is CPU-bound (about 20 s for a 135M-parameter model) and takes
 and returns plain values (paths in, a frozen dataclass out), so a server can
@@ -62,6 +68,7 @@ class GgufInfo:
     context_length: int | None
     tensor_count: int
     tensor_types: dict[str, int] = field(default_factory=dict)
+    parameter_count: int = 0
     chat_template: str | None = None
     end_token_ids: tuple[int, ...] = ()
 
@@ -101,6 +108,31 @@ class GgufConversion:
             f"{self.info.quantization}, sha256:{self.sha256})"
         )
         return f"{description} — {source}" if description else source
+
+
+def source_record(path: Path, info: GgufInfo, sha256: str, *, dtype: str) -> dict[str, Any]:
+    """What ``params["source"]`` records of a GGUF file a version came from."""
+    return {
+        "format": "gguf",
+        "file": path.name,
+        "sha256": sha256,
+        "size_bytes": path.stat().st_size,
+        "architecture": info.architecture,
+        "name": info.name,
+        "quantization": info.quantization,
+        "context_length": info.context_length,
+        "tensor_types": info.tensor_types,
+        "chat_template": info.chat_template is not None,
+        "dtype": dtype,
+    }
+
+
+def describe_source(path: Path, info: GgufInfo, sha256: str, description: str = "") -> str:
+    """A version description that names the source file and its digest."""
+    source = (
+        f"imported from {path.name} (GGUF {info.architecture} {info.quantization}, sha256:{sha256})"
+    )
+    return f"{description} — {source}" if description else source
 
 
 def is_gguf_file(path: Path) -> bool:
@@ -165,6 +197,7 @@ def read_gguf_info(path: Path) -> GgufInfo:
         context_length=int(context) if isinstance(context, int) else None,
         tensor_count=len(reader.tensors),
         tensor_types=dict(Counter(t.tensor_type.name for t in reader.tensors)),
+        parameter_count=int(sum(int(t.n_elements) for t in reader.tensors)),
         chat_template=template if isinstance(template, str) else None,
         end_token_ids=tuple(end_ids),
     )
@@ -271,6 +304,7 @@ def import_gguf(
     gguf_path: Path,
     name: str,
     *,
+    dequantize: bool = False,
     description: str = "",
     tags: dict[str, Any] | None = None,
     parent: str | None = None,
@@ -278,8 +312,12 @@ def import_gguf(
     on_converted: Callable[[GgufConversion], None] | None = None,
     on_bytes: Callable[[int], None] | None = None,
 ) -> VersionInfo:
-    """Convert ``gguf_path`` and store it as the next ``text-generation`` version of ``name``."""
-    # Everything that can be refused is refused before the (slow) conversion.
+    """Store ``gguf_path`` as the next ``text-generation`` version of ``name``.
+
+    As a ``gguf`` version (the file itself, served by llama.cpp), or with
+    ``dequantize`` as an ``hf`` version converted to float32 safetensors.
+    """
+    # Everything that can be refused is refused before the (slow) hashing or conversion.
     validate_model_name(name)
     try:
         existing = registry.get_model(name)
@@ -293,7 +331,20 @@ def import_gguf(
             )
     if parent is not None:
         registry.get_version(parent)
-    read_gguf_info(gguf_path)
+    info = read_gguf_info(gguf_path)
+    if not dequantize:
+        sha256 = file_sha256(gguf_path)
+        return registry.push(
+            gguf_path,
+            name,
+            task=TASK,
+            description=describe_source(gguf_path, info, sha256, description),
+            params={"source": source_record(gguf_path, info, sha256, dtype=info.quantization)},
+            tags=tags,
+            parent=parent,
+            created_by=created_by,
+            on_bytes=on_bytes,
+        )
     with converted_gguf(gguf_path, registry.settings.tmp_dir) as conversion:
         if on_converted is not None:
             on_converted(conversion)

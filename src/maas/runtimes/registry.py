@@ -26,6 +26,7 @@ BUILTIN: dict[tuple[str, str], str] = {
     ("text-classification", "onnx"): "maas.runtimes.onnx_text:OnnxTextClassificationRuntime",
     ("embeddings", "onnx"): "maas.runtimes.onnx_text:OnnxEmbeddingRuntime",
     ("text-generation", "hf"): "maas.runtimes.text_generation:HFTextGenerationRuntime",
+    ("text-generation", "gguf"): "maas.runtimes.llama_cpp:LlamaCppTextGenerationRuntime",
 }
 
 

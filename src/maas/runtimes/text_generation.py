@@ -1,16 +1,20 @@
-"""Decoder-only Hugging Face language models (``text-generation``, format ``hf``).
+"""Decoder-only language models (``text-generation``): the base class and Hugging Face models.
 
-The runtime loads the weights, the tokenizer and its chat template, and owns
-everything about a prompt: rendering a conversation with the chat template,
-tokenizing a plain prompt, and the model's limits (context length,
-end-of-sequence ids, how many new tokens a prompt leaves room for). Token
-generation itself — continuous batching, sampling, streaming — is the serving
-layer's ``GenerationEngine``, which drives ``model`` directly; ``predict`` is
-not the way in for this task.
+A text-generation runtime loads the weights, the tokenizer and its chat
+template, and owns everything about a prompt: rendering a conversation with
+the chat template, tokenizing a plain prompt, and the model's limits (context
+length, end-of-sequence ids, how many new tokens a prompt leaves room for).
+Token generation itself — continuous batching, sampling, streaming — is the
+serving layer's ``GenerationEngine``, which drives the loaded model directly;
+``predict`` is not the way in for this task.
+
+Two runtimes: ``HFTextGenerationRuntime`` here (format ``hf``, transformers)
+and ``llama_cpp.LlamaCppTextGenerationRuntime`` (format ``gguf``, llama.cpp).
 """
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -21,16 +25,78 @@ from maas.runtimes.base import Runtime, RuntimeContext, TensorSpec, module_bytes
 DEFAULT_MAX_TOKENS = 512
 
 
-class HFTextGenerationRuntime(Runtime):
+class TextGenerationRuntime(Runtime):
+    """What the generation engine needs of a language model, whatever runs it.
+
+    ``tokenizer`` decodes ids to text (``decode(ids, skip_special_tokens=True)``,
+    the call ``serving.detokenize`` makes); the subclass loads it.
+    """
+
     task = "text-generation"
+
+    def __init__(self, context: RuntimeContext) -> None:
+        super().__init__(context)
+        self.tokenizer: Any = None
+        self.context_length = 2048
+        self.eos_token_ids: list[int] = []
+
+    @property
+    @abstractmethod
+    def has_chat_template(self) -> bool: ...
+
+    @abstractmethod
+    def encode_chat(self, messages: Sequence[Mapping[str, str]]) -> list[int]:
+        """The prompt token ids of a conversation (``role``/``content`` maps), templated."""
+
+    @abstractmethod
+    def encode_text(self, text: str) -> list[int]:
+        """The prompt token ids of a plain prompt, with the tokenizer's special tokens."""
+
+    def no_chat_template(self) -> InvalidRequestError:
+        return InvalidRequestError(
+            f"model {self.version.model} has no chat template; use /v1/completions with a "
+            "plain prompt, or push a tokenizer_config.json that defines chat_template",
+            param="messages",
+        )
+
+    def completion_budget(
+        self, prompt_tokens: int, max_tokens: int | None, *, prompt_param: str = "prompt"
+    ) -> int:
+        """How many new tokens a prompt may get: ``max_tokens``, or by default what the
+        context leaves (at most ``DEFAULT_MAX_TOKENS``); refused when it does not fit."""
+        limit = self.context_length
+        wanted = (
+            max_tokens
+            if max_tokens is not None
+            else min(DEFAULT_MAX_TOKENS, max(1, limit - prompt_tokens))
+        )
+        if prompt_tokens + wanted > limit:
+            raise InvalidRequestError(
+                f"this model's context length is {limit} tokens; the prompt has {prompt_tokens} "
+                f"and max_tokens asks for {wanted} more ({prompt_tokens + wanted} in all)",
+                param="max_tokens" if prompt_tokens < limit else prompt_param,
+            )
+        return wanted
+
+    # ------------------------------------------------------------- Runtime API
+
+    async def predict(self, batch: Sequence[Any]) -> Sequence[Any]:
+        error = InvalidRequestError("text-generation models are served by the generation engine")
+        return [error] * len(batch)
+
+    def inputs(self) -> list[TensorSpec]:
+        return [TensorSpec("prompt", "BYTES", [-1])]
+
+    def outputs(self) -> list[TensorSpec]:
+        return [TensorSpec("text", "BYTES", [-1])]
+
+
+class HFTextGenerationRuntime(TextGenerationRuntime):
     formats = ("hf",)
 
     def __init__(self, context: RuntimeContext) -> None:
         super().__init__(context)
         self.model: Any = None  # transformers PreTrainedModel, once loaded
-        self.tokenizer: Any = None  # transformers PreTrainedTokenizerBase, once loaded
-        self.context_length = 2048
-        self.eos_token_ids: list[int] = []
         self.pad_token_id = 0
 
     async def load(self) -> None:
@@ -75,11 +141,7 @@ class HFTextGenerationRuntime(Runtime):
     def encode_chat(self, messages: Sequence[Mapping[str, str]]) -> list[int]:
         """The prompt token ids of a conversation (``role``/``content`` maps), templated."""
         if not self.has_chat_template:
-            raise InvalidRequestError(
-                f"model {self.version.model} has no chat template; use /v1/completions with a "
-                "plain prompt, or push a tokenizer_config.json that defines chat_template",
-                param="messages",
-            )
+            raise self.no_chat_template()
         try:
             rendered = self.tokenizer.apply_chat_template(
                 [dict(m) for m in messages], add_generation_prompt=True, tokenize=False
@@ -98,37 +160,6 @@ class HFTextGenerationRuntime(Runtime):
         if not ids:
             raise InvalidRequestError("prompt must not be empty", param="prompt")
         return ids
-
-    def completion_budget(
-        self, prompt_tokens: int, max_tokens: int | None, *, prompt_param: str = "prompt"
-    ) -> int:
-        """How many new tokens a prompt may get: ``max_tokens``, or by default what the
-        context leaves (at most ``DEFAULT_MAX_TOKENS``); refused when it does not fit."""
-        limit = self.context_length
-        wanted = (
-            max_tokens
-            if max_tokens is not None
-            else min(DEFAULT_MAX_TOKENS, max(1, limit - prompt_tokens))
-        )
-        if prompt_tokens + wanted > limit:
-            raise InvalidRequestError(
-                f"this model's context length is {limit} tokens; the prompt has {prompt_tokens} "
-                f"and max_tokens asks for {wanted} more ({prompt_tokens + wanted} in all)",
-                param="max_tokens" if prompt_tokens < limit else prompt_param,
-            )
-        return wanted
-
-    # ------------------------------------------------------------- Runtime API
-
-    async def predict(self, batch: Sequence[Any]) -> Sequence[Any]:
-        error = InvalidRequestError("text-generation models are served by the generation engine")
-        return [error] * len(batch)
-
-    def inputs(self) -> list[TensorSpec]:
-        return [TensorSpec("prompt", "BYTES", [-1])]
-
-    def outputs(self) -> list[TensorSpec]:
-        return [TensorSpec("text", "BYTES", [-1])]
 
     def memory_bytes(self) -> int:
         return module_bytes(self.model)

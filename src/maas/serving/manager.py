@@ -33,7 +33,7 @@ from maas.registry.store import Registry
 from maas.runtimes.base import Runtime, RuntimeContext
 from maas.runtimes.registry import runtime_class
 from maas.serving.batching import AdaptiveBatcher, BatchStats
-from maas.serving.generation import GenerationEngine
+from maas.serving.generation import GenerationEngine, create_engine
 from maas.serving.metrics import ServingMetrics
 
 log = logging.getLogger("maas.serving")
@@ -131,6 +131,7 @@ class ModelManager:
                     version=version,
                     executor=self._executor,
                     torch_threads=self._settings.effective_torch_threads,
+                    options=self._runtime_options(version),
                 )
             )
             await runtime.load()
@@ -174,7 +175,7 @@ class ModelManager:
                 pinned=pinned,
             )
             if version.task == "text-generation":
-                model.engine = GenerationEngine(
+                model.engine = create_engine(
                     runtime,
                     metrics=self._metrics,
                     model_label=version.model,
@@ -196,6 +197,17 @@ class ModelManager:
         # by reference counting as usual.
         gc.freeze()
         return model
+
+    def _runtime_options(self, version: VersionInfo) -> dict[str, Any]:
+        """What a generation runtime sizes its KV cache by (llama.cpp allocates it at load)."""
+        if version.task != "text-generation":
+            return {}
+        return {
+            "kv_cache_tokens": self._settings.kv_cache_tokens,
+            "max_sequences": self._settings.max_running_sequences,
+            # The decode loop runs one batch step at a time on every core (0 = all).
+            "threads": self._settings.torch_threads,
+        }
 
     def _record(self, model: str, stats: BatchStats) -> None:
         self._metrics.batch_size.labels(model).observe(stats.size)

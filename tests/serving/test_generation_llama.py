@@ -1,0 +1,213 @@
+"""The llama.cpp generation engine, in process: batching, cancellation, queueing, KV room.
+
+A tiny random Llama written as a Q8_0 GGUF (tests/gguf_helpers.py), loaded by
+the real llama.cpp runtime; the engine's decode loop runs on its own thread
+exactly as in a server. The wire behaviour (openai client, 429, SmolLM2) is in
+tests/e2e/test_openai_llama_cpp.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import aclosing, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from maas.config import Settings
+from maas.errors import RateLimitedError
+from maas.registry.schemas import VersionInfo
+from maas.registry.store import Registry
+from maas.runtimes.base import RuntimeContext
+from maas.serving.generation import GenerationRequest, SamplingParams, create_engine
+from maas.serving.metrics import ServingMetrics
+from tests.gguf_helpers import CONTEXT, write_tiny_llama_gguf
+
+llama_cpp = pytest.importorskip("llama_cpp")
+
+from maas.runtimes.llama_cpp import LlamaCppTextGenerationRuntime  # noqa: E402
+from maas.serving.generation_llama import LlamaGenerationEngine  # noqa: E402
+from maas.serving.generation_llama_loop import Delivery, Sequence  # noqa: E402
+
+PROMPTS = ["the quick brown fox", "what is the capital", "hello world", "paris is the"]
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("gguf") / "tiny.Q8_0.gguf"
+    write_tiny_llama_gguf(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def version(tmp_path_factory: pytest.TempPathFactory, tiny_gguf: Path) -> Iterator[VersionInfo]:
+    registry = Registry(Settings(home=tmp_path_factory.mktemp("home")))
+    try:
+        yield registry.push(tiny_gguf, "tiny")
+    finally:
+        registry.close()
+
+
+@asynccontextmanager
+async def _engine(
+    path: Path, version: VersionInfo, *, sequences: int = 8, queued: int = 8, kv: int = 2048
+) -> AsyncIterator[LlamaGenerationEngine]:
+    executor = ThreadPoolExecutor(1)
+    runtime = LlamaCppTextGenerationRuntime(
+        RuntimeContext(
+            model_dir=path,
+            version=version,
+            executor=executor,
+            options={"kv_cache_tokens": kv, "max_sequences": sequences},
+        )
+    )
+    await runtime.load()
+    engine = create_engine(
+        runtime,
+        metrics=ServingMetrics(),
+        model_label="tiny",
+        executor=executor,
+        max_running=sequences,
+        max_queued=queued,
+        kv_cache_tokens=kv,
+    )
+    assert isinstance(engine, LlamaGenerationEngine)
+    try:
+        yield engine
+    finally:
+        await engine.close()
+        await runtime.unload()
+        executor.shutdown()
+
+
+async def _tokens(engine: LlamaGenerationEngine, prompt: str, params: SamplingParams) -> list[int]:
+    ids = engine.llama.encode_text(prompt)
+    assert params.max_tokens is not None
+    tokens: list[int] = []
+    async with aclosing(engine._steps(ids, params, params.max_tokens)) as steps:
+        async for new, _, _ in steps:
+            tokens.extend(new)
+    return tokens
+
+
+def _llama_greedy(path: Path, prompt: str, max_tokens: int) -> list[int]:
+    """llama.cpp's own single-sequence greedy tokens (llama-cpp-python's Llama)."""
+    llm: Any = llama_cpp.Llama(str(path), n_ctx=CONTEXT, flash_attn=False, verbose=False)
+    tokens: list[int] = []
+    for token in llm.generate(llm.tokenize(prompt.encode(), add_bos=True), temp=0.0):
+        if llm.token_eos() == token:
+            break
+        tokens.append(int(token))
+        if len(tokens) == max_tokens:
+            break
+    return tokens
+
+
+def test_runtime_reads_the_gguf_limits_template_and_memory(
+    tiny_gguf: Path, version: VersionInfo
+) -> None:
+    file_size = tiny_gguf.stat().st_size
+
+    async def main() -> None:
+        async with _engine(tiny_gguf, version) as engine:
+            runtime = engine.llama
+            assert runtime.context_length == CONTEXT
+            assert runtime.has_chat_template
+            assert 2 in runtime.eos_token_ids
+            assert runtime.memory_bytes() > file_size // 2
+
+    asyncio.run(main())
+
+
+def test_batched_greedy_tokens_equal_llama_cpp_one_sequence_at_a_time(
+    tiny_gguf: Path, version: VersionInfo
+) -> None:
+    expected = [_llama_greedy(tiny_gguf, p, 20) for p in PROMPTS]
+
+    async def main() -> list[list[int]]:
+        async with _engine(tiny_gguf, version) as engine:
+            greedy = SamplingParams(max_tokens=20, temperature=0)
+
+            # Arriving one after another: prompts are read while others decode.
+            async def late(i: int, prompt: str) -> list[int]:
+                await asyncio.sleep(0.002 * i)
+                return await _tokens(engine, prompt, greedy)
+
+            return await asyncio.gather(*(late(i, p) for i, p in enumerate(PROMPTS * 2)))
+
+    got = asyncio.run(main())
+    assert [g[: len(e)] for g, e in zip(got, expected * 2, strict=True)] == expected * 2
+
+
+def test_a_cancelled_sequence_is_freed_within_one_step(
+    tiny_gguf: Path, version: VersionInfo
+) -> None:
+    async def main() -> None:
+        async with _engine(tiny_gguf, version, sequences=1, queued=1) as engine:
+            params = SamplingParams(max_tokens=CONTEXT - 16, temperature=1.0, seed=3)
+            ids = engine.llama.encode_text("the quick brown fox")
+            deliveries: asyncio.Queue[Delivery] = asyncio.Queue()
+            sequence = Sequence(ids, CONTEXT - 16, params, deliveries.put_nowait)
+            loop = engine._decode_loop()
+            loop.submit(sequence)
+            await deliveries.get()
+            loop.cancel(sequence)
+            # One slot: the next request is admitted only once the cancelled one is out.
+            after = await _tokens(engine, "hello", SamplingParams(max_tokens=3, temperature=0))
+            assert len(after) >= 1
+            assert sequence.released_at - sequence.cancelled_at <= 1
+            assert sequence.generated < CONTEXT - 16
+            assert engine.kv_cache_usage() == 0
+
+    asyncio.run(main())
+
+
+def test_closing_a_stream_frees_the_slot_for_the_next_request(
+    tiny_gguf: Path, version: VersionInfo
+) -> None:
+    async def main() -> None:
+        async with _engine(tiny_gguf, version, sequences=1, queued=0) as engine:
+            ids = engine.llama.encode_text("the quick brown fox")
+            params = SamplingParams(max_tokens=CONTEXT - 16, temperature=1.0)
+            async with aclosing(engine.generate(ids, params)) as chunks:
+                await chunks.__anext__()
+            assert (engine.inflight, engine.running) == (0, 0)
+            after = await _tokens(engine, "hello", SamplingParams(max_tokens=3, temperature=0))
+            assert len(after) >= 1
+
+    asyncio.run(main())
+
+
+def test_requests_past_running_and_queued_sequences_are_refused_with_429(
+    tiny_gguf: Path, version: VersionInfo
+) -> None:
+    async def main() -> None:
+        async with _engine(tiny_gguf, version, sequences=1, queued=1) as engine:
+            ids = engine.llama.encode_text("the quick brown fox")
+            params = SamplingParams(max_tokens=CONTEXT - 16, temperature=1.0)
+            async with aclosing(engine.generate(ids, params, n=2)) as both:
+                await both.__anext__()
+                with pytest.raises(RateLimitedError):
+                    await engine.prepare(GenerationRequest(prompt="x", params=params))
+            refused_then_taken = await engine.prepare(GenerationRequest(prompt="x", params=params))
+            assert refused_then_taken[0] == engine.llama.encode_text("x")
+
+    asyncio.run(main())
+
+
+def test_same_seed_same_tokens_other_seed_other_tokens(
+    tiny_gguf: Path, version: VersionInfo
+) -> None:
+    async def main() -> list[list[int]]:
+        async with _engine(tiny_gguf, version) as engine:
+            return [
+                await _tokens(engine, "hello world", SamplingParams(max_tokens=16, seed=seed))
+                for seed in (5, 5, 6)
+            ]
+
+    first, again, other = asyncio.run(main())
+    assert first == again
+    assert first != other
