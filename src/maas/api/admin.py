@@ -27,6 +27,7 @@ from maas.api.schemas.admin import (
 )
 from maas.config import Settings
 from maas.errors import InvalidRequestError, PayloadTooLargeError
+from maas.registry.gguf import import_dequantized_upload
 from maas.registry.refs import ModelRef, validate_model_name
 from maas.registry.schemas import AliasEvent, GcResult, ModelInfo, VersionInfo
 
@@ -172,6 +173,13 @@ async def upload_version(
     description: str = "",
     parent: str | None = None,
     filename: Annotated[str | None, Query(description="store the body as this one file")] = None,
+    dequantize: Annotated[
+        bool,
+        Query(
+            description="a GGUF file only: convert it to float32 safetensors (an hf version) "
+            "instead of storing it quantized for llama.cpp"
+        ),
+    ] = False,
     params: Annotated[str | None, Query(description="JSON object")] = None,
     metrics: Annotated[str | None, Query(description="JSON object")] = None,
     tags: Annotated[str | None, Query(description="JSON object")] = None,
@@ -192,6 +200,19 @@ async def upload_version(
     async with spooled_upload(
         request, settings, limit, "empty request body: send a tar or zip archive"
     ) as tmp:
+        if dequantize:
+            return await run_sync(
+                import_dequantized_upload,
+                registry,
+                tmp,
+                name,
+                filename=filename,
+                task=task,
+                description=description,
+                tags=extra["tags"],
+                parent=parent,
+                created_by=actor(key),
+            )
         return await run_sync(
             registry.push_archive,
             tmp,

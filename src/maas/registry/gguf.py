@@ -359,3 +359,45 @@ def import_gguf(
             created_by=created_by,
             on_bytes=on_bytes,
         )
+
+
+def import_dequantized_upload(
+    registry: Registry,
+    upload: Path,
+    name: str,
+    *,
+    filename: str | None,
+    task: str | None = None,
+    description: str = "",
+    tags: dict[str, Any] | None = None,
+    parent: str | None = None,
+    created_by: str | None = None,
+) -> VersionInfo:
+    """An uploaded GGUF file (``?dequantize=true``), converted and stored as an ``hf`` version.
+
+    The upload is renamed to its ``filename`` (recorded as the source file) in a
+    staging directory first; anything but one GGUF file is refused before any work.
+    """
+    if task not in (None, TASK):
+        raise InvalidRequestError(f"a GGUF file holds a {TASK} model, not {task}", param="task")
+    if not is_gguf_file(upload):
+        raise InvalidRequestError(
+            "dequantize applies to one GGUF file sent as the body (with ?filename=model.gguf)",
+            param="dequantize",
+        )
+    staging = Path(tempfile.mkdtemp(dir=registry.settings.tmp_dir, prefix="gguf-upload-"))
+    try:
+        target = staging / Path(filename or "model.gguf").name
+        shutil.copyfile(upload, target)
+        return import_gguf(
+            registry,
+            target,
+            name,
+            dequantize=True,
+            description=description,
+            tags=tags,
+            parent=parent,
+            created_by=created_by,
+        )
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
