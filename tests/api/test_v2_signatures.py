@@ -64,7 +64,7 @@ def _onnx_classifier(hf: Path, out: Path) -> Path:
     """What ``maas export`` writes: the job's logits graph and its companion files."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from maas.jobs.optimize import ONNX_GRAPH, logits_only, write_onnx_companions
+    from maas.jobs.onnx_export import ONNX_GRAPH, logits_only, write_onnx_companions
 
     model = AutoModelForSequenceClassification.from_pretrained(str(hf)).eval()
     _export(logits_only(model), out / ONNX_GRAPH, "logits")
@@ -78,7 +78,7 @@ def _onnx_encoder(hf: Path, out: Path) -> Path:
     import torch
     from transformers import AutoModel
 
-    from maas.jobs.optimize import write_onnx_companions
+    from maas.jobs.onnx_export import write_onnx_companions
 
     class ByKeyword(torch.nn.Module):
         """transformers 5 models clash with positional arguments: call them by keyword."""
