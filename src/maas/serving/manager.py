@@ -205,7 +205,7 @@ class ModelManager:
         return {
             "kv_cache_tokens": self._settings.kv_cache_tokens,
             "max_sequences": self._settings.max_running_sequences,
-            # The decode loop runs one batch step at a time on every core (0 = all).
+            # llama.cpp's threads per decode step; 0 = the runtime's default.
             "threads": self._settings.torch_threads,
         }
 
