@@ -279,3 +279,17 @@ def test_png_bytes_reach_an_image_classifier(
     r = _post_binary(client, auth, "digits", "image", [1], _length_prefixed([b"nope"]))
     assert r.status_code == 400
     assert "input[0]" in r.json()["error"]
+
+
+def test_an_alias_move_reaches_the_next_request_at_once(
+    client: TestClient, auth: dict[str, str], affine: str, registry: Registry, tmp_path: Path
+) -> None:
+    second = registry.push(make_onnx_file(tmp_path / "v2" / "model.onnx").parent, "affine")
+    body = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
+    assert _infer(client, auth, body).json()["model_version"] == "1"  # now cached
+    moved = client.put(
+        "/admin/v1/models/affine/aliases/production", json={"version": second.version}, headers=auth
+    )
+    assert moved.status_code == 200
+    # No wait: the commit in this process emptied its resolve cache.
+    assert _infer(client, auth, body).json()["model_version"] == str(second.version)

@@ -185,6 +185,35 @@ def test_a_key_revoked_in_one_worker_is_refused_by_every_worker_within_a_second(
     assert [_infer(workers_server, [1, 1, 1, 1], key).status_code for _ in range(20)] == [401] * 20
 
 
+def test_an_alias_moved_through_one_worker_is_served_by_every_worker_within_a_second(
+    workers_server: LiveServer, tmp_path: Path
+) -> None:
+    # A second version of affine, pushed by another process sharing the database.
+    registry = Registry(Settings(home=workers_server.home))
+    try:
+        onnx = make_onnx_file(tmp_path / "v2" / "model.onnx")
+        second = registry.push(onnx.parent, "affine").version
+    finally:
+        registry.close()
+    served = {_infer(workers_server, [1, 1, 1, 1]).json()["model_version"] for _ in range(20)}
+    assert served == {"1"}  # production still names version 1, in both workers' caches
+    moved = httpx.put(
+        f"{workers_server.url}/admin/v1/models/affine/aliases/production",
+        json={"version": second},
+        headers=_auth(workers_server),
+    )
+    assert moved.status_code == 200, moved.text
+    time.sleep(1.0)
+    served = {_infer(workers_server, [1, 1, 1, 1]).json()["model_version"] for _ in range(20)}
+    assert served == {str(second)}
+    back = httpx.put(
+        f"{workers_server.url}/admin/v1/models/affine/aliases/production",
+        json={"version": 1},
+        headers=_auth(workers_server),
+    )
+    assert back.status_code == 200  # the other tests expect version 1
+
+
 def _active(server: LiveServer) -> bool:
     loaded = httpx.get(f"{server.url}/admin/v1/loaded", headers=_auth(server), timeout=10)
     return any(m["active_requests"] for m in loaded.json()["models"])

@@ -31,6 +31,7 @@ from maas.api.inference_route import InferenceLane
 from maas.api.middleware import TrustMiddleware
 from maas.config import Settings
 from maas.jobs.runner import JobRunner
+from maas.registry.epochs import KEYS, REGISTRY, EpochWatcher
 from maas.registry.store import Registry
 from maas.security.admission import Admission
 from maas.security.audit import AuditLog
@@ -85,8 +86,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.limiter = limiter
         app.state.usage = UsageRecorder(registry.db, watts=settings.energy_watts, quotas=quotas)
         admission = Admission(keys, app.state.limiter, app.state.usage, enabled=settings.auth)
-        await admission.start()
         app.state.admission = admission
+        # The in-memory caches of keys and resolved references follow changes made
+        # by other processes within the poll interval (registry/epochs.py); this
+        # process's own registry changes reach the resolve cache at commit.
+        watcher = EpochWatcher(registry.db)
+        watcher.on(KEYS, keys.clear_cache)
+        watcher.on(REGISTRY, app.state.dataplane.forget_resolved)
+        registry.db.on_commit(REGISTRY, app.state.dataplane.forget_resolved)
+        await watcher.start()
         runner = JobRunner(registry, settings)
         if not settings.engine_address:
             # A worker of `maas serve --workers N` submits and cancels jobs (rows) but
@@ -98,7 +106,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await runner.close()
-            await admission.close()
+            await watcher.close()
             await host.close()
             await app.state.usage.close()
             await app.state.limiter.close()

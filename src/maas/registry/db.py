@@ -10,7 +10,7 @@ timeout fixes; taking the write lock up front makes concurrent pushes queue.
 from __future__ import annotations
 
 import fcntl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -66,6 +66,20 @@ class Database:
         )
         self._read = sessionmaker(self.engine, expire_on_commit=False)
         self._write = sessionmaker(write_engine, expire_on_commit=False)
+        # Change-epoch name -> callbacks run after a commit that bumped it (registry.epochs).
+        self._on_commit: dict[str, list[Callable[[], None]]] = {}
+
+    @property
+    def write_sessions(self) -> sessionmaker[Session]:
+        return self._write
+
+    def on_commit(self, name: str, callback: Callable[[], None]) -> None:
+        """Call ``callback`` after every commit in this process that bumps epoch ``name``."""
+        self._on_commit.setdefault(name, []).append(callback)
+
+    def committed(self, name: str) -> None:
+        for callback in self._on_commit.get(name, ()):
+            callback()
 
     @contextmanager
     def read(self) -> Iterator[Session]:

@@ -26,6 +26,7 @@ from maas.registry import aliases
 from maas.registry.artifacts import ArtifactStore, FileEntry, Manifest
 from maas.registry.commit import create_version
 from maas.registry.db import Database, migrate
+from maas.registry.epochs import track_registry_changes
 from maas.registry.formats import detect_format, metadata_for_task, validate_task
 from maas.registry.heads import require_classification_head
 from maas.registry.models import AliasRow, ModelRow, VersionFileRow, VersionRow, utcnow
@@ -45,6 +46,9 @@ class Registry:
         settings.home.mkdir(parents=True, exist_ok=True)
         settings.tmp_dir.mkdir(parents=True, exist_ok=True)
         self.db = Database(settings.resolved_database_url)
+        # Every write that changes models, versions or aliases tells the other processes'
+        # caches (the "registry" change epoch).
+        track_registry_changes(self.db)
         if run_migrations:
             migrate(self.db, lock_dir=settings.home)
         self.artifacts = ArtifactStore(settings.blobs_dir, master_key=settings.master_key_bytes)

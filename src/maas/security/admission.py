@@ -23,8 +23,6 @@ caller admits everything with no key and ``settle`` records nothing.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import functools
 import logging
 from collections.abc import Iterable
@@ -33,7 +31,7 @@ from dataclasses import dataclass, field
 import anyio.to_thread
 
 from maas.errors import ForbiddenError, NotFoundError, UnauthorizedError
-from maas.security.keys import EPOCH_POLL_SECONDS, KeyInfo, KeyStore
+from maas.security.keys import KeyInfo, KeyStore
 from maas.security.limits import Limiter, rate_headers
 from maas.security.pii import PiiPolicy
 from maas.security.usage import UsageEvent, UsageRecorder
@@ -98,33 +96,6 @@ class Admission:
         self.limiter = limiter
         self.usage = usage
         self.enabled = enabled
-        self._watcher: asyncio.Task[None] | None = None
-
-    # ---------------------------------------------------------------- lifecycle
-
-    async def start(self) -> None:
-        """Follow key changes made by other processes (see ``security.keys``)."""
-        if self.enabled and self._watcher is None:
-            await anyio.to_thread.run_sync(self.keys.refresh)
-            self._watcher = asyncio.get_running_loop().create_task(
-                self._watch(), name="key epoch watcher"
-            )
-
-    async def _watch(self) -> None:
-        while True:
-            await asyncio.sleep(EPOCH_POLL_SECONDS)
-            try:
-                await anyio.to_thread.run_sync(self.keys.refresh)
-            except Exception:
-                # A database hiccup: keep serving from the cache, try again soon.
-                log.warning("reading the key change epoch failed", exc_info=True)
-
-    async def close(self) -> None:
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
-            self._watcher = None
 
     # ---------------------------------------------------------------- admission
 

@@ -12,9 +12,9 @@ query the database. The cache stays correct this way:
 
 * a change made through this store (revoke, rotate, update) empties the cache
   at once: the next request in this process sees it;
-* every change also bumps the ``keys`` row of ``change_epochs`` in the same
-  transaction; :meth:`KeyStore.refresh` reads that one row, and the server
-  calls it every ``EPOCH_POLL_SECONDS``, so other processes sharing the
+* every change also bumps the ``keys`` change epoch in the same transaction;
+  every server process's ``registry.epochs.EpochWatcher`` polls the epochs
+  and calls :meth:`KeyStore.clear_cache` when it moved, so other processes sharing the
   database drop their cache within that time (tested: under 1 s);
 * expiry is checked against the cached record on every request, and an entry
   is re-read after ``CACHE_TTL_SECONDS`` anyway.
@@ -36,13 +36,12 @@ from sqlalchemy import select
 
 from maas.errors import InvalidRequestError, NotFoundError, UnauthorizedError
 from maas.registry.db import Database
-from maas.registry.models import ApiKeyRow, ChangeEpochRow, utcnow
+from maas.registry.epochs import KEYS, bump
+from maas.registry.models import ApiKeyRow, utcnow
 from maas.security.pii import PiiPolicy
 from maas.security.scopes import SCOPES, has_any_scope, model_allowed
 
 KEY_PREFIX = "maas-sk-"
-EPOCH_NAME = "keys"
-EPOCH_POLL_SECONDS = 0.25
 CACHE_TTL_SECONDS = 60.0
 
 
@@ -156,21 +155,11 @@ def _checked(info: KeyInfo) -> KeyInfo:
     return info
 
 
-def _bump_epoch(session: Any) -> None:
-    """Tell every process sharing the database that keys changed (same transaction)."""
-    row = session.get(ChangeEpochRow, EPOCH_NAME)
-    if row is None:
-        session.add(ChangeEpochRow(name=EPOCH_NAME, value=1))
-    else:
-        row.value = row.value + 1
-
-
 class KeyStore:
     def __init__(self, db: Database) -> None:
         self._db = db
         # key hash -> (monotonic time read, record); see the module docstring.
         self._cache: dict[str, tuple[float, KeyInfo]] = {}
-        self._epoch: int | None = None
         # Bumped by every clear: a read that started before a clear must not
         # put its (possibly stale) record back into the cache afterwards.
         self._generation = 0
@@ -245,28 +234,10 @@ class KeyStore:
         self._generation += 1
         self._cache.clear()
 
-    def epoch(self) -> int:
-        # A Core query on a plain connection: it runs four times a second in every
-        # process, on a thread that holds the GIL meanwhile; the ORM session's
-        # bookkeeping tripled its time.
-        query = select(ChangeEpochRow.value).where(ChangeEpochRow.name == EPOCH_NAME)
-        with self._db.engine.connect() as conn:
-            value = conn.execute(query).scalar()
-        return 0 if value is None else int(value)
-
-    def refresh(self) -> bool:
-        """Drop the cache when another process changed keys; True when it did."""
-        current = self.epoch()
-        changed = self._epoch is not None and current != self._epoch
-        if changed:
-            self.clear_cache()
-        self._epoch = current
-        return changed
-
     def _changed(self, session: Any) -> None:
         """A key changed in ``session``: tell other processes; this one clears now
         and again after the commit (``_committed``), so no read in between sticks."""
-        _bump_epoch(session)
+        bump(session, KEYS)
         self.clear_cache()
 
     def _committed(self, info: KeyInfo) -> KeyInfo:

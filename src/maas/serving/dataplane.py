@@ -35,7 +35,9 @@ from maas.serving.generation import Chunk, GenerationRequest, Prepared
 from maas.serving.hosts import ModelHost
 from maas.serving.metrics import ServingMetrics
 
-RESOLVE_TTL_SECONDS = 1.0
+# A safety net only: the server drops the cache whenever the registry changes
+# (``forget_resolved``, called on the "registry" change epoch: registry/epochs.py).
+RESOLVE_TTL_SECONDS = 60.0
 
 # Task -> the name of its single input tensor on the V2 surface.
 _TEXT_INPUT = {"embeddings": "text", "text-classification": "text"}
@@ -107,6 +109,7 @@ class DataPlane:
         self.host = host
         self.metrics = metrics
         self._resolved: dict[str, tuple[float, VersionInfo]] = {}
+        self._forgotten = 0  # bumped by forget_resolved
 
     # ----------------------------------------------------------------- plumbing
 
@@ -134,11 +137,13 @@ class DataPlane:
                 )
 
     async def resolve(self, ref: str | ModelRef) -> VersionInfo:
-        """The version a reference names, from a cache of ``RESOLVE_TTL_SECONDS``.
+        """The version a reference names, from a cache.
 
-        Resolution is a database query on a worker thread (about 0.85 ms here,
-        the largest single cost of a small V2 request); an alias move or an
-        archive therefore reaches requests within that many seconds.
+        Resolution is three database queries on a worker thread (about 1 ms
+        here, holding the GIL). The server empties the cache whenever the
+        registry changes: at once for a change made in this process, within the
+        change-epoch poll (0.25 s) for one made by another process sharing the
+        database; ``RESOLVE_TTL_SECONDS`` bounds an entry's life besides.
         """
         parsed = ModelRef.parse(ref) if isinstance(ref, str) else ref
         key = str(parsed)
@@ -147,10 +152,13 @@ class DataPlane:
         if cached is not None and now - cached[0] < RESOLVE_TTL_SECONDS:
             version = cached[1]
         else:
+            forgotten = self._forgotten
             version = await anyio.to_thread.run_sync(self.registry.resolve, parsed)
-            if len(self._resolved) > 4096:
-                self._resolved.clear()
-            self._resolved[key] = (now, version)
+            # A change while it read: the answer may predate it, so do not keep it.
+            if forgotten == self._forgotten:
+                if len(self._resolved) > 4096:
+                    self._resolved = {}
+                self._resolved[key] = (now, version)
         if version.task == DATASET_TASK:
             raise NotFoundError(f"{version.model!r} is a dataset, not a model", param="model")
         if version.status != "ready":
@@ -159,6 +167,11 @@ class DataPlane:
                 param="model",
             )
         return version
+
+    def forget_resolved(self) -> None:
+        """Drop every cached resolution (the registry changed); safe from any thread."""
+        self._forgotten += 1
+        self._resolved = {}
 
     def _expect_task(self, version: VersionInfo, task: str) -> None:
         if version.task != task:
