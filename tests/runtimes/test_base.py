@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -110,22 +109,34 @@ def _onnx_runtime(tmp_path: Path) -> OnnxTensorRuntime:
     return OnnxTensorRuntime(RuntimeContext(path, info, executor, torch_threads=1))
 
 
+class _Clock:
+    """A perf_counter that only the computations move: no timing in the test."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
 def test_tiny_compute_moves_onto_the_loop_and_slow_compute_back_to_the_executor(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     runtime = _onnx_runtime(tmp_path)
+    clock = _Clock()
+    monkeypatch.setattr("maas.runtimes.base.time", clock)
     threads: list[str] = []
 
-    def compute(delay: float) -> int:
+    def compute(seconds: float) -> int:
         threads.append(threading.current_thread().name)
-        time.sleep(delay)
+        clock.now += seconds  # what the call "took"
         return 1
 
     async def main() -> None:
         for _ in range(INLINE_AFTER_CALLS + 2):
-            assert await runtime.run_compute(compute, 0.0) == 1
+            assert await runtime.run_compute(compute, 1e-6) == 1
         assert await runtime.run_compute(compute, 0.05) == 1  # slow: the mean jumps up
-        await runtime.run_compute(compute, 0.0)
+        await runtime.run_compute(compute, 1e-6)
 
     asyncio.run(main())
     loop_thread = threading.main_thread().name
