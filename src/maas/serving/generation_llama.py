@@ -50,7 +50,8 @@ class LlamaGenerationEngine(GenerationEngine):
         self._loop: DecodeLoop | None = None
 
     def _decode_loop(self) -> DecodeLoop:
-        if self._loop is None:
+        # Started on first use; started again if it died (its sequences got the error).
+        if self._loop is None or not self._loop.alive:
             self._check_open()
             self._loop = DecodeLoop(
                 self.llama, asyncio.get_running_loop(), self.label, on_release=self._gauges

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from maas.errors import UnavailableError
 from maas.runtimes.llama_cpp import LlamaCppTextGenerationRuntime
 from maas.serving.generation_types import SamplingParams, TokenLogprob
 
@@ -105,10 +106,14 @@ class DecodeLoop:
 
     # ------------------------------------------------------------ any thread
 
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive() and not self._closing
+
     def submit(self, sequence: Sequence) -> None:
         with self._lock:
             if self._closing:
-                raise RuntimeError("the decode loop is closed")
+                raise UnavailableError("the model's decode loop stopped; retry")
             self._pending.append(sequence)
             self._lock.notify()
 
