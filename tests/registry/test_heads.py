@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -86,3 +88,27 @@ def test_unbuildable_configs_fall_back_to_the_known_head_names(
     )
     with pytest.raises(InvalidRequestError, match="no classification head"):
         registry.push(headless, "b", task="text-classification")
+
+
+def test_weights_with_the_heads_output_layer_are_accepted_without_importing_torch(
+    tmp_path: Path,
+) -> None:
+    root = _tiny_bert(tmp_path / "clf", with_head=True)
+    probe = (
+        "import sys; from pathlib import Path; from maas.registry.heads import missing_head; "
+        f"assert missing_head(Path({str(root)!r})) == []; "
+        "print('torch' in sys.modules, 'transformers' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "False"]  # a push in a fresh process stays light
+
+
+def test_a_head_without_its_output_layer_still_gets_the_exact_check(tmp_path: Path) -> None:
+    root = _tiny_bert(tmp_path / "clf", with_head=True)
+    weights = root / "model.safetensors"
+    from safetensors.numpy import load_file
+
+    tensors = {k: v for k, v in load_file(str(weights)).items() if k != "classifier.weight"}
+    save_file(tensors, str(weights))
+    assert missing_head(root) == ["classifier.weight"]

@@ -7,6 +7,13 @@ head at random and says so in one log line: the version would answer
 ``LABEL_0``/``LABEL_1`` with probabilities near 0.5. The check below reads
 only safetensors headers and builds the architecture on the ``meta`` device
 (no memory, no weights) to learn its head's parameter names.
+
+Building it means importing torch and transformers, 5-7 s in a fresh process
+(a job's push, the CLI). So when the weights already hold the final layer of a
+classification head (``classifier.weight``, or ``score.weight`` for decoder
+classifiers, next to a base model's own tensors), the push is accepted without
+building anything: a checkpoint that has its head's output layer was saved from
+a classifier. Only weights without one pay for the exact check.
 """
 
 from __future__ import annotations
@@ -20,6 +27,8 @@ from maas.registry.formats import safetensors_header
 # Head modules of transformers' *ForSequenceClassification classes, for configs
 # the architecture cannot be built from (then at least one must be present).
 KNOWN_HEAD_MODULES = ("classifier", "score", "pre_classifier", "logits_proj", "sequence_summary")
+# The output layer of the usual heads: present, the head was saved (see above).
+HEAD_OUTPUT_WEIGHTS = ("classifier.weight", "score.weight", "classifier.out_proj.weight")
 
 
 def safetensors_keys(root: Path) -> set[str]:
@@ -55,6 +64,8 @@ def head_parameter_names(root: Path) -> list[str] | None:
 def missing_head(root: Path) -> list[str]:
     """The head parameters absent from the weights (empty when the head is there)."""
     keys = safetensors_keys(root)
+    if any(name in keys for name in HEAD_OUTPUT_WEIGHTS):
+        return []
     names = head_parameter_names(root)
     if names is None:
         found = any(key.split(".")[0] in KNOWN_HEAD_MODULES for key in keys)
