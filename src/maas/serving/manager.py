@@ -19,7 +19,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +33,7 @@ from maas.registry.store import Registry
 from maas.runtimes.base import Runtime, RuntimeContext
 from maas.runtimes.registry import runtime_class
 from maas.serving.batching import AdaptiveBatcher, BatchStats
+from maas.serving.compute_pool import ComputePool
 from maas.serving.generation import GenerationEngine, create_engine
 from maas.serving.metrics import ServingMetrics
 
@@ -64,9 +65,9 @@ class ModelManager:
         self._registry = registry
         self._settings = settings
         self._metrics = metrics
-        self._executor = executor or ThreadPoolExecutor(
-            settings.compute_threads, thread_name_prefix="maas-compute"
-        )
+        # Lowest free thread first: a lone batch keeps its warm OpenMP team (compute_pool.py).
+        self._own_executor = executor is None
+        self._executor = executor or ComputePool(settings.compute_threads)
         self._models: OrderedDict[str, LoadedModel] = OrderedDict()
         self._loading: dict[str, asyncio.Future[LoadedModel]] = {}
         self._reserved: dict[str, int] = {}
@@ -256,5 +257,5 @@ class ModelManager:
     async def close(self) -> None:
         for model in list(self._models.values()):
             await self._unload(model, reason="shutdown")
-        if isinstance(self._executor, ThreadPoolExecutor):
+        if self._own_executor:
             self._executor.shutdown(wait=False, cancel_futures=True)
