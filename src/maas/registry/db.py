@@ -10,6 +10,7 @@ timeout fixes; taking the write lock up front makes concurrent pushes queue.
 from __future__ import annotations
 
 import fcntl
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -104,6 +105,18 @@ def alembic_config(url: str) -> Config:
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return cfg
+
+
+class _QuietMigrationContext(logging.Filter):
+    """Drop alembic's two lines about the dialect, printed by every process at every start
+    (``make run`` showed them once per process); keep what says a migration ran."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not message.startswith(("Context impl ", "Will assume "))
+
+
+logging.getLogger("alembic.runtime.migration").addFilter(_QuietMigrationContext())
 
 
 def migrate(db: Database, lock_dir: Path | None = None) -> None:
