@@ -16,7 +16,6 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from fastapi.security.utils import get_authorization_scheme_param
 
 from maas.api.permissions import MODEL_PATH_PARAMS, RULES
 from maas.config import Settings
@@ -56,12 +55,10 @@ def get_admission(request: Request) -> Admission:
     return admission
 
 
-def bearer_credential(request: Request) -> str | None:
-    """The key sent as ``Authorization: Bearer <key>``, as ``HTTPBearer`` reads it."""
-    scheme, credential = get_authorization_scheme_param(request.headers.get("Authorization"))
-    if not (scheme and credential) or scheme.lower() != "bearer":
-        return None
-    return credential
+async def bearer_credential(request: Request) -> str | None:
+    """The key sent as ``Authorization: Bearer <key>``, read by the same ``HTTPBearer``."""
+    credentials = await _bearer(request)
+    return credentials.credentials if credentials else None
 
 
 async def admit(request: Request, credential: str | None) -> Admitted:

@@ -71,7 +71,7 @@ class InferenceRoute(APIRoute):
         parameters = _parameters(endpoint, self.path)
 
         async def handle(request: Request) -> Response:
-            admitted = await admit(request, bearer_credential(request))
+            admitted = await admit(request, await bearer_credential(request))
             ctx = make_context(request, admitted)
             path_params = request.path_params
             arguments: dict[str, Any] = {}
