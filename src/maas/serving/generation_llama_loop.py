@@ -10,8 +10,7 @@ One thread per loaded GGUF model owns its llama.cpp context and runs steps:
    chunks of the prompts still being read, up to ``n_batch`` tokens;
 3. **decode** (``llama_decode``, which releases the GIL), then **sample** each
    sequence whose token asked for logits with its own sampler chain
-   (temperature, top-k, top-p and a private seeded random stream; greedy for
-   temperature 0);
+   (``llama_sampling``);
 4. **deliver** the new tokens of the step to the event loop in one
    ``call_soon_threadsafe``; a sequence that ended (end-of-generation token,
    ``max_tokens``) or was cancelled (its caller went away) has its KV cells
@@ -39,6 +38,7 @@ import numpy as np
 from maas.errors import UnavailableError
 from maas.runtimes.llama_cpp import LlamaCppTextGenerationRuntime
 from maas.serving.generation_types import SamplingParams, TokenLogprob
+from maas.serving.llama_sampling import build_sampler, free_sampler
 
 log = logging.getLogger("maas.serving")
 
@@ -176,7 +176,7 @@ class DecodeLoop:
                 return  # first come, first served: it waits for room
             self._pending.popleft()
             sequence.seq_id = self._free_ids.pop()
-            sequence.sampler = self._sampler(sequence.params)
+            sequence.sampler = build_sampler(self.lib, self.runtime.vocab, sequence.params)
             self._reserved += sequence.reserve
             self._active.append(sequence)
 
@@ -184,30 +184,11 @@ class DecodeLoop:
         sequence.released_at = self.steps
         self._active.remove(sequence)
         self.lib.llama_memory_seq_rm(self._memory, sequence.seq_id, -1, -1)
-        self.lib.llama_sampler_free(sequence.sampler)
+        free_sampler(self.lib, sequence.sampler)
         sequence.sampler = None
         with self._lock:
             self._free_ids.append(sequence.seq_id)
             self._reserved -= sequence.reserve
-
-    def _sampler(self, params: SamplingParams) -> Any:
-        lib = self.lib
-        chain_params = lib.llama_sampler_chain_default_params()
-        chain_params.no_perf = True
-        chain = lib.llama_sampler_chain_init(chain_params)
-        if params.temperature == 0:
-            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_greedy())
-            return chain
-        # Temperature first, then the filters on the tempered distribution (as OpenAI
-        # and transformers define top_p), then a draw from this sequence's own stream.
-        lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_temp(params.temperature))
-        if params.top_k > 0:
-            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_k(params.top_k))
-        if params.top_p < 1.0:
-            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_p(params.top_p, 1))
-        seed = lib.LLAMA_DEFAULT_SEED if params.seed is None else params.seed & 0xFFFFFFFF
-        lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_dist(seed))
-        return chain
 
     def _step(self) -> None:
         lib, batch = self.lib, self._batch
