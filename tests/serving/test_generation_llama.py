@@ -30,7 +30,7 @@ llama_cpp = pytest.importorskip("llama_cpp")
 
 from maas.runtimes.llama_cpp import LlamaCppTextGenerationRuntime  # noqa: E402
 from maas.serving.generation_llama import LlamaGenerationEngine  # noqa: E402
-from maas.serving.generation_llama_loop import Delivery, Sequence  # noqa: E402
+from maas.serving.generation_llama_loop import DecodeLoop, Delivery, Sequence  # noqa: E402
 
 PROMPTS = ["the quick brown fox", "what is the capital", "hello world", "paris is the"]
 
@@ -53,15 +53,24 @@ def version(tmp_path_factory: pytest.TempPathFactory, tiny_gguf: Path) -> Iterat
 
 @asynccontextmanager
 async def _engine(
-    path: Path, version: VersionInfo, *, sequences: int = 8, queued: int = 8, kv: int = 2048
+    path: Path,
+    version: VersionInfo,
+    *,
+    sequences: int = 8,
+    queued: int = 8,
+    kv: int = 2048,
+    parked: int | None = None,
 ) -> AsyncIterator[LlamaGenerationEngine]:
+    options: dict[str, Any] = {"kv_cache_tokens": kv, "max_sequences": sequences}
+    if parked is not None:
+        options["prefix_cache_sequences"] = parked
     executor = ThreadPoolExecutor(1)
     runtime = LlamaCppTextGenerationRuntime(
         RuntimeContext(
             model_dir=path,
             version=version,
             executor=executor,
-            options={"kv_cache_tokens": kv, "max_sequences": sequences},
+            options=options,
         )
     )
     await runtime.load()
@@ -91,6 +100,19 @@ async def _tokens(engine: LlamaGenerationEngine, prompt: str, params: SamplingPa
         async for new, _, _ in steps:
             tokens.extend(new)
     return tokens
+
+
+async def _run(loop: DecodeLoop, ids: list[int], params: SamplingParams) -> Sequence:
+    """One sequence straight through the decode loop (past the engine's admission)."""
+    assert params.max_tokens is not None
+    deliveries: asyncio.Queue[Delivery] = asyncio.Queue()
+    sequence = Sequence(ids, params.max_tokens, params, deliveries.put_nowait)
+    loop.submit(sequence)
+    while True:
+        item = await deliveries.get()
+        assert not isinstance(item, BaseException)
+        if item[2] is not None:
+            return sequence
 
 
 def _llama_greedy(path: Path, prompt: str, max_tokens: int) -> list[int]:
@@ -211,3 +233,81 @@ def test_same_seed_same_tokens_other_seed_other_tokens(
     first, again, other = asyncio.run(main())
     assert first == again
     assert first != other
+
+
+# A shared start (a system prompt) long enough to matter, short enough for the
+# tiny model's 256-token context with a question and an answer after it.
+SHARED = "the quick brown fox jumps over the lazy dog, what is the capital of france? " * 5
+
+
+def test_a_shared_prefix_is_read_once_and_changes_no_token(
+    tiny_gguf: Path, version: VersionInfo
+) -> None:
+    questions = [SHARED + q for q in ("the quick brown fox", "hello world", "paris is the")]
+    expected = [_llama_greedy(tiny_gguf, q, 12) for q in questions]
+    greedy = SamplingParams(max_tokens=12, temperature=0)
+
+    async def main() -> None:
+        async with _engine(tiny_gguf, version) as engine:
+            shared = len(engine.llama.encode_text(SHARED))
+            assert shared > 100
+            got = [await _tokens(engine, q, greedy) for q in questions]
+            # Concurrent ones reuse the cells of those still running, too.
+            got_together = await asyncio.gather(*(_tokens(engine, q, greedy) for q in questions))
+            metrics = engine.metrics
+            cached = metrics.prefix_cached_tokens.labels("tiny")._value.get()
+            hits = metrics.prefix_hits.labels("tiny")._value.get()
+            queries = metrics.prefix_queries.labels("tiny")._value.get()
+        assert [g[: len(e)] for g, e in zip(got, expected, strict=True)] == expected
+        assert [g[: len(e)] for g, e in zip(got_together, expected, strict=True)] == expected
+        assert queries == 6
+        assert hits >= 5  # only the very first prompt found nothing
+        assert cached >= 5 * (shared - 1)
+
+    asyncio.run(main())
+
+
+def test_parked_cells_give_way_to_running_sequences(tiny_gguf: Path, version: VersionInfo) -> None:
+    """A cache with room for little more than one sequence: parked ones are dropped, LRU."""
+
+    async def main() -> None:
+        async with _engine(tiny_gguf, version, sequences=2, kv=256, parked=4) as engine:
+            loop = engine._decode_loop()
+            greedy = SamplingParams(max_tokens=48, temperature=0)
+            prompts = [engine.llama.encode_text(f"{i} " + SHARED) for i in range(4)]
+            assert 2 * (len(prompts[0]) + 48) > loop.cells
+            for ids in prompts:  # no shared start: each parks its own cells
+                await _run(loop, ids, greedy)
+                assert loop._prefix.cells <= loop.cells
+            # No two of them fit in the cache: every earlier one was dropped.
+            assert len(loop._prefix) == 1
+            again = await _run(loop, prompts[-1], greedy)
+            assert again.cached == len(prompts[-1]) - 1
+
+    asyncio.run(main())
+
+
+def test_with_every_sequence_id_taken_a_parked_match_is_taken_over(
+    tiny_gguf: Path, version: VersionInfo
+) -> None:
+    """Two ids (one running, one parked): the third sequence takes the parked one's id."""
+    question = SHARED + "the quick brown fox"
+    expected = _llama_greedy(tiny_gguf, question, 8)
+
+    async def main() -> None:
+        async with _engine(tiny_gguf, version, sequences=1, parked=1) as engine:
+            loop = engine._decode_loop()
+            greedy = SamplingParams(max_tokens=8, temperature=0)
+            ids = engine.llama.encode_text(question)
+            first = await _run(loop, ids, greedy)
+            long = SamplingParams(max_tokens=64, temperature=0)
+            # Both submitted at once: one copies the parked cells into the free id,
+            # the other finds no free id and takes the parked sequence over.
+            second, third = await asyncio.gather(_run(loop, ids, long), _run(loop, ids, greedy))
+        assert first.cached == 0
+        assert second.cached == third.cached == len(ids) - 1
+        assert {second.seq_id, third.seq_id} == {0, 1}
+        for sequence in (first, second, third):
+            assert sequence.output[: len(expected)] == expected
+
+    asyncio.run(main())

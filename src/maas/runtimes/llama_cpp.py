@@ -9,9 +9,10 @@ Hugging Face directory is needed.
 
 The runtime loads the model and creates one llama.cpp context: the KV cache
 that every running sequence of the model shares (``kv_cache_tokens`` cells,
-``max_sequences`` sequence ids). Generation itself is the serving layer's
-``LlamaGenerationEngine``, whose decode loop drives ``ctx`` with batches of
-several sequences; nothing else may touch ``ctx`` while it runs.
+``max_sequences`` running sequence ids and as many for the prefix cache).
+Generation itself is the serving layer's ``LlamaGenerationEngine``, whose
+decode loop drives ``ctx`` with batches of several sequences; nothing else may
+touch ``ctx`` while it runs.
 
 llama-cpp-python is imported lazily (at load), through its low-level ctypes
 API (``llama_cpp.llama_cpp``); its high-level ``Llama`` class runs one
@@ -33,6 +34,9 @@ from maas.runtimes.chat_template import render_chat
 from maas.runtimes.text_generation import TextGenerationRuntime
 
 log = logging.getLogger("maas.llama_cpp")
+
+# llama.cpp's LLAMA_MAX_SEQ (include/llama-cparams.h of the bundled version).
+_MAX_SEQUENCE_IDS = 256
 
 _backend_lock = threading.Lock()
 _backend_ready = False
@@ -137,6 +141,12 @@ class LlamaCppTextGenerationRuntime(TextGenerationRuntime):
         options = context.options
         self.kv_cache_tokens = int(options.get("kv_cache_tokens", 4096))
         self.max_sequences = int(options.get("max_sequences", 8))
+        # Sequence ids of the context: one per running sequence, as many again for
+        # finished sequences whose cells the prefix cache keeps (``llama_prefix``);
+        # llama.cpp allows at most _MAX_SEQUENCE_IDS.
+        parked = int(options.get("prefix_cache_sequences", self.max_sequences))
+        self.max_sequences = min(self.max_sequences, _MAX_SEQUENCE_IDS)
+        self.sequence_ids = min(self.max_sequences + max(0, parked), _MAX_SEQUENCE_IDS)
         self.batch_tokens = int(options.get("batch_tokens", 512))
         # All cores but one: the event loop that streams the tokens (and parses the
         # next requests) keeps a core, and llama.cpp's OpenMP threads, which spin at
@@ -184,7 +194,7 @@ class LlamaCppTextGenerationRuntime(TextGenerationRuntime):
         params.n_ctx = self.kv_cache_tokens
         params.n_batch = self.batch_tokens
         params.n_ubatch = self.batch_tokens
-        params.n_seq_max = self.max_sequences
+        params.n_seq_max = self.sequence_ids
         params.n_threads = self.threads
         params.n_threads_batch = self.threads
         params.kv_unified = True

@@ -67,6 +67,14 @@ class LlamaGenerationEngine(GenerationEngine):
         if decode_loop is not None:
             await asyncio.get_running_loop().run_in_executor(None, decode_loop.close)
 
+    def _count_prefix(self, sequence: Sequence) -> None:
+        metrics, label = self.metrics, self.label
+        metrics.prefix_queries.labels(label).inc()
+        metrics.prefix_prompt_tokens.labels(label).inc(len(sequence.prompt))
+        if sequence.cached:
+            metrics.prefix_hits.labels(label).inc()
+            metrics.prefix_cached_tokens.labels(label).inc(sequence.cached)
+
     async def _steps(
         self, prompt_ids: list[int], params: SamplingParams, max_tokens: int
     ) -> AsyncGenerator[Step, None]:
@@ -74,10 +82,13 @@ class LlamaGenerationEngine(GenerationEngine):
         deliveries: asyncio.Queue[Delivery] = asyncio.Queue()
         sequence = Sequence(list(prompt_ids), max_tokens, params, deliveries.put_nowait)
         decode_loop.submit(sequence)
-        done = False
+        done = first = False
         try:
             while True:
                 item = await deliveries.get()
+                if not first:  # admitted: the loop has looked the prompt up
+                    first = True
+                    self._count_prefix(sequence)
                 if isinstance(item, BaseException):
                     done = True
                     raise UnavailableError(f"generation failed: {item}") from item

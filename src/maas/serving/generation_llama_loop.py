@@ -4,7 +4,9 @@ One thread per loaded GGUF model owns its llama.cpp context and runs steps:
 
 1. **admit**: sequences waiting for a slot get one when a sequence id is free
    and the KV cache has room for their prompt and their whole ``max_tokens``
-   (so a running sequence can never run out of cache mid-way);
+   (so a running sequence can never run out of cache mid-way); the longest
+   prefix of the prompt that some sequence already holds in the cache is
+   copied to the new one and not read again (``llama_prefix``);
 2. **batch**: one ``llama_batch`` holds the next token of every decoding
    sequence (each under its own sequence id, at its own position) and then
    chunks of the prompts still being read, up to ``n_batch`` tokens;
@@ -13,8 +15,9 @@ One thread per loaded GGUF model owns its llama.cpp context and runs steps:
    (``llama_sampling``);
 4. **deliver** the new tokens of the step to the event loop in one
    ``call_soon_threadsafe``; a sequence that ended (end-of-generation token,
-   ``max_tokens``) or was cancelled (its caller went away) has its KV cells
-   removed (``llama_memory_seq_rm``) and its sequence id freed for the next.
+   ``max_tokens``) or was cancelled (its caller went away) leaves the batch;
+   its KV cells stay parked for later prompts with the same start until the
+   prefix cache drops them (``llama_memory_seq_rm``) and frees the id.
 
 The loop sleeps on a condition when nothing runs. Everything here runs on the
 loop thread except ``submit``, ``cancel`` and ``close``, which only touch the
@@ -38,6 +41,7 @@ import numpy as np
 from maas.errors import UnavailableError
 from maas.runtimes.llama_cpp import LlamaCppTextGenerationRuntime
 from maas.serving.generation_types import SamplingParams, TokenLogprob
+from maas.serving.llama_prefix import PrefixCache
 from maas.serving.llama_sampling import build_sampler, free_sampler
 
 log = logging.getLogger("maas.serving")
@@ -58,6 +62,8 @@ class Sequence:
     seq_id: int = -1
     fed: int = 0  # prompt tokens already decoded into the cache
     generated: int = 0
+    cached: int = 0  # leading prompt tokens reused from the prefix cache, set at admission
+    output: list[int] = field(default_factory=list)  # sampled tokens, the latest last
     last: int = -1  # the latest sampled token, fed at the next step
     sampler: Any = None
     cancelled: bool = False
@@ -73,6 +79,13 @@ class Sequence:
     @property
     def position(self) -> int:
         return self.fed + max(0, self.generated - 1)
+
+    def cache_tokens(self) -> list[int]:
+        """The token ids whose KV this sequence holds, position 0 first.
+
+        The latest sampled token is not among them: it is read at the next step.
+        """
+        return self.prompt[: self.fed] + self.output[: max(0, self.generated - 1)]
 
 
 class DecodeLoop:
@@ -93,7 +106,8 @@ class DecodeLoop:
         self.cells = int(self.lib.llama_n_ctx(self.ctx))
         self.batch_tokens = runtime.batch_tokens
         self._memory = self.lib.llama_get_memory(self.ctx)
-        self._free_ids = list(range(runtime.max_sequences - 1, -1, -1))
+        self._free_ids = list(range(runtime.sequence_ids - 1, -1, -1))
+        self._prefix = PrefixCache(runtime.sequence_ids - runtime.max_sequences)
         self._pending: deque[Sequence] = deque()
         self._active: list[Sequence] = []
         self._reserved = 0
@@ -140,6 +154,8 @@ class DecodeLoop:
 
     def _run(self) -> None:
         error: BaseException = RuntimeError("the model is unloading")
+        # A loop started again after a failure finds the cells of the old one.
+        self.lib.llama_memory_clear(self._memory, True)
         try:
             while True:
                 with self._lock:
@@ -164,31 +180,67 @@ class DecodeLoop:
                 left = [*self._active, *self._pending]
                 self._pending.clear()
             for sequence in list(self._active):
-                self._release(sequence)
+                self._release(sequence, park=False)
+            for seq_id in self._prefix.clear():
+                self._forget(seq_id)
             self._deliver([(s, error) for s in left])
             self.lib.llama_batch_free(self._batch)
 
     def _admit(self) -> None:
         """Move waiting sequences into the batch while ids and cache cells last (lock held)."""
-        while self._pending and self._free_ids:
+        lib, memory, prefix = self.lib, self._memory, self._prefix
+        while self._pending:
             sequence = self._pending[0]
-            if self._active and self._reserved + sequence.reserve > self.cells:
-                return  # first come, first served: it waits for room
+            need = sequence.reserve
+            if self._active and self._reserved + need > self.cells:
+                return  # first come, first served: it waits for running ones to end
+            running = [(s.seq_id, s.cache_tokens()) for s in self._active]
+            match = prefix.lookup(sequence.prompt, running)
+            short = self._reserved + prefix.cells + need > self.cells
+            if match is not None and (short or not self._free_ids) and prefix.take(match.seq_id):
+                # The parked sequence becomes this one: its id, and its cells up to the match.
+                sequence.seq_id = match.seq_id
+                lib.llama_memory_seq_rm(memory, sequence.seq_id, match.tokens, -1)
+            else:
+                if not self._free_ids and not self._drop_parked():
+                    return  # every id runs a sequence (the engine admits no more than that)
+                sequence.seq_id = self._free_ids.pop()
+                if match is not None:  # the same cells, tagged with one more sequence id
+                    lib.llama_memory_seq_cp(memory, match.seq_id, sequence.seq_id, 0, match.tokens)
+            # Parked cells give way to running sequences, least recently used first.
+            while self._reserved + prefix.cells + need > self.cells and self._drop_parked():
+                pass
             self._pending.popleft()
-            sequence.seq_id = self._free_ids.pop()
-            sequence.sampler = build_sampler(self.lib, self.runtime.vocab, sequence.params)
-            self._reserved += sequence.reserve
+            if match is not None:
+                sequence.cached = sequence.fed = match.tokens
+            sequence.sampler = build_sampler(lib, self.runtime.vocab, sequence.params)
+            self._reserved += need
             self._active.append(sequence)
 
-    def _release(self, sequence: Sequence) -> None:
+    def _release(self, sequence: Sequence, *, park: bool = True) -> None:
+        """Take a sequence out of the batch; its cells stay parked when worth it."""
         sequence.released_at = self.steps
         self._active.remove(sequence)
-        self.lib.llama_memory_seq_rm(self._memory, sequence.seq_id, -1, -1)
         free_sampler(self.lib, sequence.sampler)
         sequence.sampler = None
         with self._lock:
-            self._free_ids.append(sequence.seq_id)
             self._reserved -= sequence.reserve
+        tokens = sequence.cache_tokens() if park else []
+        for seq_id in self._prefix.park(sequence.seq_id, tokens):
+            self._forget(seq_id)
+
+    def _drop_parked(self) -> bool:
+        """Free the least recently used parked sequence; False when none is parked."""
+        seq_id = self._prefix.evict()
+        if seq_id is None:
+            return False
+        self._forget(seq_id)
+        return True
+
+    def _forget(self, seq_id: int) -> None:
+        self.lib.llama_memory_seq_rm(self._memory, seq_id, -1, -1)
+        with self._lock:
+            self._free_ids.append(seq_id)
 
     def _step(self) -> None:
         lib, batch = self.lib, self._batch
@@ -241,6 +293,7 @@ class DecodeLoop:
             )
             sequence.generated += 1
             sequence.last = token
+            sequence.output.append(token)
             finished: str | None = None
             if self.runtime.is_end(token):
                 finished = "stop"

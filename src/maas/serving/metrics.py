@@ -120,6 +120,32 @@ class ServingMetrics:
             ["model"],
             registry=r,
         )
+        # Prefix caching (GGUF models): hit rate = hits / queries; share of prompt
+        # tokens served from the cache = cached_tokens / prompt_tokens.
+        self.prefix_queries = Counter(
+            "maas_prefix_cache_queries",
+            "Prompts looked up in the prefix cache",
+            ["model"],
+            registry=r,
+        )
+        self.prefix_hits = Counter(
+            "maas_prefix_cache_hits",
+            "Prompts that reused cached KV of a shared prefix",
+            ["model"],
+            registry=r,
+        )
+        self.prefix_prompt_tokens = Counter(
+            "maas_prefix_cache_prompt_tokens",
+            "Prompt tokens of the prompts looked up",
+            ["model"],
+            registry=r,
+        )
+        self.prefix_cached_tokens = Counter(
+            "maas_prefix_cache_cached_tokens",
+            "Prompt tokens reused from the prefix cache instead of computed",
+            ["model"],
+            registry=r,
+        )
         self.batch_padding_ratio = Histogram(
             "maas_batch_padding_ratio",
             "Padded tokens / real tokens per executed batch of a text model (0 = no padding; "

@@ -1,0 +1,125 @@
+"""Prefix caching of the llama.cpp decode loop: which KV cells a new sequence can reuse.
+
+Requests to one model often start alike: the same system prompt, the same
+few-shot examples, a conversation's earlier turns. The decode loop keeps the
+KV cells of finished sequences under their sequence ids ("parked") instead of
+freeing them, and a new sequence whose prompt starts with tokens some sequence
+already holds in the cache (parked, or still running) gets those cells copied
+to its own sequence id (``llama_memory_seq_cp``: with llama.cpp's unified KV
+cache a copy only tags the same cells with one more sequence id, so nothing
+is recomputed or duplicated) and reads only the rest of its prompt.
+
+Policy (this class decides, the loop performs the llama.cpp calls):
+
+* a sequence is parked when it leaves the loop (finished, cut by a stop string,
+  or its caller went away) with at least ``MIN_TOKENS`` tokens in the cache;
+* at most ``capacity`` sequences stay parked; the least recently used one is
+  dropped first, whenever the loop needs its sequence id or its cells for a
+  sequence that is running (a parked sequence never keeps a request waiting);
+* the match is the longest common prefix of token ids, never the whole prompt:
+  the last prompt token is always read again, since its logits give the first
+  new token.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+# Shorter prefixes are not worth a sequence id: reading them again costs less than
+# the lookups and copies they would save.
+MIN_TOKENS = 16
+
+
+@dataclass(frozen=True, slots=True)
+class PrefixMatch:
+    seq_id: int  # the sequence whose cells hold the prefix
+    tokens: int  # how many leading prompt tokens they cover
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """Length of the longest common prefix of two token lists (a list never equals a tuple)."""
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:  # the common case of a cache hit: compared in C
+        return n
+    low, high = 0, n  # a[:low] == b[:low] and a[:high] != b[:high]
+    while high - low > 1:
+        middle = (low + high) // 2
+        if a[:middle] == b[:middle]:
+            low = middle
+        else:
+            high = middle
+    return low
+
+
+class PrefixCache:
+    """The parked sequences of one decode loop (see the module docstring)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._parked: OrderedDict[int, list[int]] = OrderedDict()  # LRU first
+        self.cells = 0  # cells held by parked sequences (shared ones counted for each)
+
+    def __len__(self) -> int:
+        return len(self._parked)
+
+    def park(self, seq_id: int, tokens: Sequence[int]) -> list[int]:
+        """Keep ``seq_id``'s cells; returns the sequence ids to free instead (LRU overflow).
+
+        ``tokens`` are the ids whose KV the sequence holds, positions 0, 1, ...
+        A sequence too short to be worth keeping, or a cache of capacity 0,
+        hands ``seq_id`` straight back.
+        """
+        if self.capacity <= 0 or len(tokens) < MIN_TOKENS:
+            return [seq_id]
+        self._parked[seq_id] = list(tokens)  # a list: slices compare equal to the prompt's
+        self.cells += len(tokens)
+        dropped: list[int] = []
+        while len(self._parked) > self.capacity:
+            dropped.append(self._drop_oldest())
+        return dropped
+
+    def lookup(
+        self, prompt: list[int], running: Iterable[tuple[int, list[int]]] = ()
+    ) -> PrefixMatch | None:
+        """The longest reusable prefix of ``prompt`` among parked and ``running`` sequences.
+
+        ``running``: (sequence id, tokens in the cache) of sequences still in the
+        loop. A parked sequence that matches becomes the most recently used.
+        """
+        usable = len(prompt) - 1  # the last prompt token is always read again
+        best: PrefixMatch | None = None
+        for seq_id, tokens in (*self._parked.items(), *running):
+            if best is not None and len(tokens) <= best.tokens:
+                continue
+            length = min(common_prefix(prompt, tokens), usable)
+            if length >= MIN_TOKENS and (best is None or length > best.tokens):
+                best = PrefixMatch(seq_id, length)
+        if best is not None and best.seq_id in self._parked:
+            self._parked.move_to_end(best.seq_id)
+        return best
+
+    def take(self, seq_id: int) -> bool:
+        """Hand a parked sequence over to a new one (its id and cells); False if not parked."""
+        tokens = self._parked.pop(seq_id, None)
+        if tokens is None:
+            return False
+        self.cells -= len(tokens)
+        return True
+
+    def evict(self) -> int | None:
+        """Drop the least recently used parked sequence; its id (to free), or None."""
+        return self._drop_oldest() if self._parked else None
+
+    def clear(self) -> list[int]:
+        """Drop every parked sequence; their ids."""
+        ids = list(self._parked)
+        self._parked.clear()
+        self.cells = 0
+        return ids
+
+    def _drop_oldest(self) -> int:
+        seq_id, tokens = self._parked.popitem(last=False)
+        self.cells -= len(tokens)
+        return seq_id
