@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import ParamSpec, TypeVar
+from typing import Annotated, ParamSpec, TypeVar
 
 import httpx
 import typer
@@ -15,6 +15,8 @@ from maas.cli.backend import Backend, open_backend
 from maas.cli.output import err
 from maas.config import Settings
 from maas.errors import MaasError
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 P = ParamSpec("P")
 R = TypeVar("R")

@@ -8,9 +8,8 @@ from typing import Annotated
 
 import typer
 
-from maas.cli.common import cli_errors, fail
+from maas.cli.common import JsonOpt, cli_errors, fail
 from maas.cli.job_backends import jobs_from
-from maas.cli.jobs import JsonOpt
 from maas.cli.output import err, human_bytes, out, print_json, table
 from maas.jobs.dataset_prep import BUILTIN_SOURCES, DatasetOptions
 

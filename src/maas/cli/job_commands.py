@@ -16,9 +16,9 @@ from typing import Annotated, Any
 
 import typer
 
-from maas.cli.common import cli_errors, fail
+from maas.cli.common import JsonOpt, cli_errors, fail
 from maas.cli.job_backends import jobs_from
-from maas.cli.jobs import JsonOpt, finish, follow_job
+from maas.cli.jobs import finish, follow_job
 from maas.cli.output import err, out, print_json
 from maas.errors import InvalidRequestError
 from maas.jobs.gates import GatesFailedError

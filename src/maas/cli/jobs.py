@@ -15,14 +15,12 @@ from typing import Annotated, Any
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from maas.cli.common import cli_errors, fail
+from maas.cli.common import JsonOpt, cli_errors, fail
 from maas.cli.job_backends import JobsBackend, jobs_from
 from maas.cli.output import err, out, print_json, table
 from maas.jobs.records import JobInfo
 
 jobs_app = typer.Typer(help="Follow and manage jobs (train, evaluate, ...).", no_args_is_help=True)
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
 # ------------------------------------------------------------- rendering
