@@ -353,6 +353,44 @@ def test_a_client_that_disconnects_frees_its_slot(
     assert again.status_code == 200, again.text
 
 
+SUPPORT_RULES = "You are the support assistant of a small bookshop. " + " ".join(
+    f"Rule {i}: never promise a delivery date and refer order {i} to the order page."
+    for i in range(16)
+)
+
+
+@pytest.mark.slow
+def test_a_shared_system_prompt_is_read_once(smollm2_server: tuple[LiveServer, Path]) -> None:
+    """The second chat with the same ~300-token system prompt reads only its own question.
+
+    (Its TTFT is measured in benchmarks/generation.py; tests assert no timings.)
+    """
+    server, path = smollm2_server
+    system_tokens = len(
+        llama_cpp.Llama(str(path), n_ctx=512, verbose=False, vocab_only=True).tokenize(
+            SUPPORT_RULES.encode(), add_bos=False, special=False
+        )
+    )
+    assert system_tokens >= 300
+    before = _metric(server, "maas_prefix_cache_cached_tokens_total", "smollm2")
+    with openai.OpenAI(base_url=f"{server.url}/v1", api_key=server.key) as client:
+        answers = []
+        for question in ("Where is my order?", "Do you ship to Canada?"):
+            reply = client.chat.completions.create(
+                model="smollm2",
+                messages=[
+                    {"role": "system", "content": SUPPORT_RULES},
+                    {"role": "user", "content": question},
+                ],
+                max_tokens=8,
+                temperature=0,
+            )
+            answers.append(reply.choices[0].message.content)
+    reused = _metric(server, "maas_prefix_cache_cached_tokens_total", "smollm2") - before
+    assert reused >= system_tokens
+    assert all(answers)
+
+
 @pytest.fixture(scope="module")
 def tight_server(
     tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path
