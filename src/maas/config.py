@@ -13,6 +13,7 @@ import json
 import os
 import string
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -164,6 +165,46 @@ class Settings(BaseSettings):
         "an alternative to MAAS_MASTER_KEY.",
     )
 
+    artifact_url: str | None = Field(
+        default=None,
+        description="Where blobs are stored: unset = the directory MAAS_HOME/blobs; "
+        "s3://bucket/prefix = an S3-compatible bucket (install the s3 extra); "
+        "file:///path = another local directory.",
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None,
+        description="S3 API endpoint for s3:// stores that are not AWS (MinIO, Ceph, ...), "
+        "e.g. http://minio:9000; unset = AWS for the region.",
+    )
+    s3_region: str | None = Field(
+        default=None, description="S3 region; unset = boto3's own (AWS_REGION, ~/.aws/config)."
+    )
+    s3_access_key_id: str | None = Field(
+        default=None,
+        description="S3 access key id; unset = boto3's credential chain (AWS_ACCESS_KEY_ID, "
+        "~/.aws/credentials, instance roles).",
+    )
+    s3_secret_access_key: SecretStr | None = Field(
+        default=None, description="S3 secret key, with MAAS_S3_ACCESS_KEY_ID."
+    )
+    s3_addressing_style: Literal["auto", "path", "virtual"] = Field(
+        default="auto",
+        description="How bucket names go into S3 URLs: path (http://host/bucket/key, what "
+        "most self-hosted servers want), virtual (http://bucket.host/key) or auto.",
+    )
+    s3_part_bytes: int = Field(
+        default=64 * 1024**2,
+        ge=5 * 1024**2,
+        description="Files at least this big are uploaded in parts of this size, in "
+        "parallel (S3 multipart upload; at least 5 MiB).",
+    )
+    cache_max_bytes: int | None = Field(
+        default=None,
+        gt=0,
+        description="Bound on MAAS_HOME/cache, the materialized versions models load from; "
+        "least recently used versions are removed past it. Unset = unbounded.",
+    )
+
     max_concurrent_jobs: int = Field(
         default=1,
         ge=1,
@@ -194,6 +235,27 @@ class Settings(BaseSettings):
             value = value.expanduser().resolve()
             _read_master_key_file(value)
         return value
+
+    @field_validator("artifact_url", mode="after")
+    @classmethod
+    def _check_artifact_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if value.startswith("s3://"):
+            if not value.removeprefix("s3://").partition("/")[0]:
+                raise ValueError("MAAS_ARTIFACT_URL must name a bucket: s3://bucket/prefix")
+            return value
+        if value.startswith("file://") and value.removeprefix("file://").startswith("/"):
+            return value
+        raise ValueError("MAAS_ARTIFACT_URL must be s3://bucket/prefix or file:///absolute/path")
+
+    @model_validator(mode="after")
+    def _s3_credentials_in_pairs(self) -> Settings:
+        if (self.s3_access_key_id is None) != (self.s3_secret_access_key is None):
+            raise ValueError(
+                "set both MAAS_S3_ACCESS_KEY_ID and MAAS_S3_SECRET_ACCESS_KEY, or neither"
+            )
+        return self
 
     @model_validator(mode="after")
     def _auth_off_only_on_loopback(self) -> Settings:
@@ -308,6 +370,12 @@ class Settings(BaseSettings):
         env["MAAS_TORCH_THREADS"] = str(self.torch_threads)
         if self.database_url:
             env["MAAS_DATABASE_URL"] = self.database_url
+        # The same artifact store: a job's versions must land where the server reads.
+        for name in _STORE_SETTINGS:
+            value = getattr(self, name)
+            if value is not None:
+                text = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+                env[f"MAAS_{name.upper()}"] = text
         if self.master_key is not None:
             env["MAAS_MASTER_KEY"] = self.master_key.get_secret_value()
             env.pop("MAAS_MASTER_KEY_FILE", None)
@@ -318,6 +386,16 @@ class Settings(BaseSettings):
 
 
 MASTER_KEY_BYTES = 32
+_STORE_SETTINGS = (
+    "artifact_url",
+    "s3_endpoint_url",
+    "s3_region",
+    "s3_access_key_id",
+    "s3_secret_access_key",
+    "s3_addressing_style",
+    "s3_part_bytes",
+    "cache_max_bytes",
+)
 
 
 def is_loopback(host: str) -> bool:

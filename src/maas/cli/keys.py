@@ -11,7 +11,7 @@ import typer
 from maas.cli.common import cli_errors, fail, settings_from
 from maas.cli.output import out, print_json, table
 from maas.config import decode_master_key
-from maas.registry.artifacts import ArtifactStore
+from maas.registry.artifacts import open_store
 from maas.registry.store import Registry
 from maas.security import crypto
 from maas.security.keys import KeyInfo, KeyPolicy, KeyStore
@@ -306,7 +306,7 @@ def rotate_master(
         raise fail(f"--new-key-file {new_key_file} is not ASCII text") from None
     except ValueError as exc:
         raise fail(str(exc)) from None
-    result = ArtifactStore(settings.blobs_dir, master_key=old_key).rewrap_keys(new_key)
+    result = open_store(settings, master_key=old_key).rewrap_keys(new_key)
     out.print(f"re-wrapped {result.rewrapped} blob(s)")
     typer.echo(
         f"{result.already} already under the new key, {result.plaintext} plaintext blob(s) "

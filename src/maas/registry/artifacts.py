@@ -1,17 +1,21 @@
 """Content-addressed blob store and version manifests.
 
-Layout: ``<root>/sha256/<first two hex>/<full hex>``. Every write goes to a
-temporary file in ``<root>/tmp`` (same filesystem), is fsynced, then renamed
-into place, so a crash never leaves a partial blob under a real name. A blob
-is only ever referenced by a registry row after it exists in full.
+A blob's name is the sha256 of its content; where the bytes rest is a
+:class:`~maas.registry.blobstore.BlobBackend`: a local directory (the
+default) or an S3-compatible bucket. This module does what must be the same
+on every backend: hashing, dedupe, encryption, and verifying every read. A
+blob is built in a local staging file, hashed as it is written, and only then
+handed to the backend, which stores it atomically; a blob is only ever
+referenced by a registry row after it exists in full.
 
 Encryption at rest (see ``docs/encryption.md``): a store given a master key
-writes every new blob encrypted (:mod:`maas.security.crypto`). A blob's name,
-digest and size stay those of its *plaintext*, so content addresses, manifests
-and dedupe do not depend on encryption. Reads tell the two kinds apart by the
-magic bytes at the start, so a store that gained a master key later still
-reads its older plaintext blobs; storing content that exists as a plaintext
-blob replaces that blob with an encrypted one.
+writes every new blob encrypted (:mod:`maas.security.crypto`), before it
+leaves this machine. A blob's name, digest and size stay those of its
+*plaintext*, so content addresses, manifests and dedupe do not depend on
+encryption. Reads tell the two kinds apart by the magic bytes at the start,
+so a store that gained a master key later still reads its older plaintext
+blobs; storing content that exists as a plaintext blob replaces that blob
+with an encrypted one.
 """
 
 from __future__ import annotations
@@ -22,20 +26,18 @@ import json
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import BinaryIO
 
-from maas.errors import IntegrityError, InvalidRequestError, NotFoundError
+from maas.config import Settings
+from maas.errors import IntegrityError, InvalidRequestError, NotFoundError, UnavailableError
+from maas.registry.blobstore import BlobBackend, ChunkReader, StoredBlob
+from maas.registry.blobstore_local import LocalBlobBackend
 from maas.security import crypto
 
-if TYPE_CHECKING:
-    from _typeshed import WriteableBuffer
-
 CHUNK = 1024 * 1024
-HEX_LEN = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +56,12 @@ class RewrapResult:
     rewrapped: int  # data key now wrapped by the new master key
     already: int  # was under the new master key already (a rotation run again)
     plaintext: int  # stored unencrypted; nothing to re-wrap
+
+
+@dataclass(frozen=True, slots=True)
+class GcOutcome:
+    removed: list[StoredBlob]
+    kept: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,14 +89,6 @@ class Manifest:
         return sum(f.size for f in self.files)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _raw_digest_matches(src: BinaryIO, sha256: str) -> bool:
     src.seek(0)
     hasher = hashlib.sha256()
@@ -98,49 +98,42 @@ def _raw_digest_matches(src: BinaryIO, sha256: str) -> bool:
     return hasher.hexdigest() == sha256
 
 
-class _ChunkReader(io.RawIOBase):
-    """A readable file over an iterator of byte chunks (the plaintext of a blob)."""
+def open_backend(settings: Settings) -> BlobBackend:
+    """The backend ``MAAS_ARTIFACT_URL`` names: by default ``$MAAS_HOME/blobs``."""
+    url = settings.artifact_url
+    if url is None:
+        return LocalBlobBackend(settings.blobs_dir)
+    if url.startswith("file://"):
+        return LocalBlobBackend(Path(url.removeprefix("file://")))
+    try:
+        # Imported here: boto3 is an optional extra, needed only for s3:// stores.
+        from maas.registry.blobstore_s3 import S3BlobBackend
+    except ImportError as exc:
+        raise UnavailableError(
+            f"MAAS_ARTIFACT_URL={url} needs the S3 client: pip install 'maas[s3]' ({exc})"
+        ) from exc
+    return S3BlobBackend.from_settings(settings)
 
-    def __init__(self, chunks: Iterator[bytes], source: BinaryIO) -> None:
-        self._chunks = chunks
-        self._source = source
-        self._pending = b""
 
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: WriteableBuffer) -> int:
-        while not self._pending:
-            chunk = next(self._chunks, None)
-            if chunk is None:
-                return 0
-            self._pending = chunk
-        view = memoryview(buffer).cast("B")
-        size = min(len(view), len(self._pending))
-        view[:size] = self._pending[:size]
-        self._pending = self._pending[size:]
-        return size
-
-    def close(self) -> None:
-        if not self.closed:
-            self._source.close()
-        super().close()
+def open_store(settings: Settings, *, master_key: bytes | None = None) -> ArtifactStore:
+    """The artifact store of ``settings``; ``master_key`` defaults to the configured one."""
+    key = settings.master_key_bytes if master_key is None else master_key
+    return ArtifactStore(open_backend(settings), master_key=key)
 
 
 class ArtifactStore:
     def __init__(
         self,
-        root: Path,
+        backend: BlobBackend | Path,
         *,
         master_key: bytes | None = None,
         chunk_size: int = crypto.DEFAULT_CHUNK_SIZE,
     ) -> None:
-        """A blob store under ``root``; with ``master_key`` (32 bytes) new blobs are encrypted."""
-        self.root = root
-        self._blobs = root / "sha256"
-        self._tmp = root / "tmp"
-        self._blobs.mkdir(parents=True, exist_ok=True)
-        self._tmp.mkdir(parents=True, exist_ok=True)
+        """A blob store on ``backend`` (a path: a local directory); with ``master_key``
+        (32 bytes) new blobs are encrypted."""
+        self.backend: BlobBackend = (
+            LocalBlobBackend(backend) if isinstance(backend, Path) else backend
+        )
         if master_key is not None:
             crypto.key_id(master_key)  # checks the length now, not at the first push
         self._master_key = master_key
@@ -151,19 +144,37 @@ class ArtifactStore:
         """Whether new blobs are stored encrypted."""
         return self._master_key is not None
 
+    @property
+    def location(self) -> str:
+        return self.backend.location
+
+    def _local(self) -> LocalBlobBackend:
+        if not isinstance(self.backend, LocalBlobBackend):
+            raise TypeError(f"the blobs at {self.location} are not files on this machine")
+        return self.backend
+
     def blob_path(self, sha256: str) -> Path:
-        if len(sha256) != HEX_LEN or any(c not in "0123456789abcdef" for c in sha256):
-            raise ValueError(f"not a sha256 hex digest: {sha256!r}")
-        return self._blobs / sha256[:2] / sha256
+        """The file of a blob (local stores only)."""
+        return self._local().path(sha256)
+
+    def iter_blobs(self) -> Iterator[tuple[str, Path]]:
+        """(name, file) of every blob (local stores only); :meth:`list_blobs` works on all."""
+        return self._local().iter_paths()
+
+    def list_blobs(self) -> Iterator[StoredBlob]:
+        return self.backend.iter_stored()
+
+    def stat(self, sha256: str) -> StoredBlob | None:
+        return self.backend.stat(sha256)
 
     def has(self, sha256: str) -> bool:
-        return self.blob_path(sha256).is_file()
+        return self.backend.stat(sha256) is not None
 
     def put_stream(
         self, chunks: Iterable[bytes], on_bytes: Callable[[int], None] | None = None
     ) -> FileEntry:
         """Store a byte stream; returns its entry with an empty path."""
-        fd, tmp_name = tempfile.mkstemp(dir=self._tmp, prefix="blob-")
+        fd, tmp_name = tempfile.mkstemp(dir=self.backend.staging_dir, prefix="blob-")
         tmp = Path(tmp_name)
         try:
             hasher = hashlib.sha256()
@@ -187,31 +198,32 @@ class ArtifactStore:
                     crypto.encrypt_stream(
                         plaintext(), out, self._master_key, chunk_size=self._chunk_size
                     )
-                out.flush()
-                os.fsync(out.fileno())
             sha = hasher.hexdigest()
-            final = self.blob_path(sha)
-            if final.exists() and not self._replaces(final):
-                # Dedupe, and refresh mtime so gc's grace period protects the
-                # blob while the push that re-uses it has not committed yet.
-                os.utime(final)
+            if self.backend.stat(sha) is not None and not self._replaces(sha):
+                # Dedupe, and restart gc's grace period so it protects the blob
+                # while the push that re-uses it has not committed yet.
+                self.backend.touch(sha)
                 tmp.unlink()
             else:
-                final.parent.mkdir(exist_ok=True)
-                os.replace(tmp, final)
-                _fsync_dir(final.parent)
+                self.backend.store(sha, tmp)
             return FileEntry(path="", size=size, sha256=sha)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
 
-    def _replaces(self, existing: Path) -> bool:
-        """Whether a new write replaces ``existing`` rather than deduping to it.
+    def _replaces(self, sha256: str) -> bool:
+        """Whether a new write replaces the stored blob rather than deduping to it.
 
         Only to encrypt it: content that exists as a plaintext blob, stored
         again by a store with a master key, ends up encrypted.
         """
-        return self.encrypts and not crypto.looks_encrypted(existing)
+        if not self.encrypts:
+            return False
+        try:
+            with self.backend.open(sha256) as src:
+                return not crypto.has_magic(src)
+        except NotFoundError:
+            return True  # collected since the stat: store it again
 
     def put_file(self, path: Path, on_bytes: Callable[[int], None] | None = None) -> FileEntry:
         with path.open("rb") as src:
@@ -245,11 +257,12 @@ class ArtifactStore:
 
         Encrypted blobs are also authenticated chunk by chunk as they stream.
         """
-        path = self.blob_path(sha256)
-        if not path.is_file():
-            raise IntegrityError(f"blob sha256:{sha256} is missing from the store")
+        try:
+            source = self.backend.open(sha256)
+        except NotFoundError:
+            raise IntegrityError(f"blob sha256:{sha256} is missing from the store") from None
         hasher = hashlib.sha256()
-        with path.open("rb") as src:
+        with source as src:
             chunks = self._decrypting(sha256, src)
             if chunks is None:
                 chunks = iter(lambda: src.read(CHUNK), b"")
@@ -293,47 +306,41 @@ class ArtifactStore:
             shutil.rmtree(staging, ignore_errors=True)
             raise
 
-    def iter_blobs(self) -> Iterator[tuple[str, Path]]:
-        for shard in self._blobs.iterdir():
-            if shard.is_dir():
-                for blob in shard.iterdir():
-                    yield blob.name, blob
+    def collect(self, referenced: set[str], *, grace_seconds: float) -> GcOutcome:
+        """Delete blobs not in ``referenced`` and not stored or reused within ``grace_seconds``.
+
+        The grace period protects blobs written (or found already stored) by a
+        push that has not committed its registry row yet. Each candidate is
+        looked at again just before it goes, so a push that reused it while
+        the listing ran keeps it. Leftovers of crashed writers older than the
+        grace period go too.
+        """
+        cutoff = self.backend.clock() - grace_seconds
+        removed: list[StoredBlob] = []
+        kept = 0
+        for blob in list(self.backend.iter_stored()):
+            if blob.sha256 in referenced or blob.modified > cutoff:
+                kept += 1
+                continue
+            current = self.backend.stat(blob.sha256)
+            if current is None:
+                continue
+            if current.modified > cutoff:
+                kept += 1
+                continue
+            self.backend.delete(blob.sha256)
+            removed.append(current)
+        self.backend.remove_stale_uploads(cutoff)
+        return GcOutcome(removed=removed, kept=kept)
 
     def gc(self, referenced: set[str], *, grace_seconds: float) -> list[str]:
-        """Delete blobs not in ``referenced`` and older than ``grace_seconds``.
-
-        The grace period protects blobs written by a push that has not
-        committed its registry row yet. Stale temporary files (from crashed
-        writers) older than the grace period go too.
-        """
-        cutoff = time.time() - grace_seconds
-        removed: list[str] = []
-        for sha, path in list(self.iter_blobs()):
-            if sha in referenced:
-                continue
-            try:
-                if path.stat().st_mtime <= cutoff:
-                    path.unlink()
-                    removed.append(sha)
-            except FileNotFoundError:
-                continue
-        for tmp in self._tmp.iterdir():
-            try:
-                if tmp.stat().st_mtime <= cutoff:
-                    if tmp.is_dir():
-                        shutil.rmtree(tmp, ignore_errors=True)
-                    else:
-                        tmp.unlink()
-            except FileNotFoundError:
-                continue
-        return removed
+        """:meth:`collect`, returning the names of the removed blobs."""
+        outcome = self.collect(referenced, grace_seconds=grace_seconds)
+        return [blob.sha256 for blob in outcome.removed]
 
     def get(self, sha256: str) -> BinaryIO:
         """Open a blob's plaintext for reading (decrypted and authenticated as read)."""
-        path = self.blob_path(sha256)
-        if not path.is_file():
-            raise NotFoundError(f"blob sha256:{sha256} not found")
-        src = path.open("rb")
+        src = self.backend.open(sha256)
         try:
             chunks = self._decrypting(sha256, src)
         except BaseException:
@@ -341,19 +348,21 @@ class ArtifactStore:
             raise
         if chunks is None:
             return src
-        return io.BufferedReader(_ChunkReader(chunks, src), CHUNK)
+        return io.BufferedReader(ChunkReader(chunks, src), CHUNK)
 
     def size_matches(self, sha256: str, size: int) -> bool:
-        """Whether the stored file's size fits a plaintext of ``size`` bytes (cheap check)."""
-        with self.blob_path(sha256).open("rb") as src:
-            stored = os.fstat(src.fileno()).st_size
-            if stored == size:
-                return True
+        """Whether the stored blob's size fits a plaintext of ``size`` bytes (cheap check)."""
+        stored = self.backend.stat(sha256)
+        if stored is None:
+            return False
+        if stored.size == size:
+            return True
+        with self.backend.open(sha256) as src:
             try:
                 header = crypto.read_header(src) if crypto.has_magic(src) else None
             except crypto.DecryptionError:
                 return False
-        return header is not None and stored == crypto.encrypted_size(size, header.chunk_size)
+        return header is not None and stored.size == crypto.encrypted_size(size, header.chunk_size)
 
     def rewrap_keys(self, new_master_key: bytes) -> RewrapResult:
         """Re-wrap every encrypted blob's data key under ``new_master_key``.
@@ -369,16 +378,15 @@ class ArtifactStore:
                 "key the blobs are encrypted with"
             )
         rewrapped = already = plaintext = 0
-        for sha, path in sorted(self.iter_blobs()):
-            if not crypto.looks_encrypted(path):
-                plaintext += 1
-                continue
+        for sha in sorted(blob.sha256 for blob in self.backend.iter_stored()):
+            with self.backend.open(sha) as src:
+                if not crypto.has_magic(src):
+                    plaintext += 1
+                    continue
             try:
-                done = crypto.rewrap(
-                    path, self._master_key, new_master_key, label=f"blob sha256:{sha}"
-                )
+                done = self.backend.rewrap(sha, self._master_key, new_master_key)
             except crypto.DecryptionError:
-                with path.open("rb") as src:
+                with self.backend.open(sha) as src:
                     if not _raw_digest_matches(src, sha):
                         raise
                 plaintext += 1  # a plaintext blob that begins with the magic bytes

@@ -238,3 +238,18 @@ class ChangeEpochRow(Base):
 
     name: Mapped[str] = mapped_column(String(32), primary_key=True)
     value: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class StoreFlagRow(Base):
+    """A fact about the artifact store that every process must honour, whatever its settings.
+
+    ``encryption``: the store holds encrypted blobs, so a process without the
+    master key must not write plaintext ones into it (``value``: the id of the
+    master key that marked it, for messages; ``maas.registry.blobmarker``).
+    """
+
+    __tablename__ = "store_flags"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[str] = mapped_column(String(128))
+    set_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

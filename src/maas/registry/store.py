@@ -23,7 +23,9 @@ from sqlalchemy.orm import selectinload
 from maas.config import Settings
 from maas.errors import ConflictError, InvalidRequestError
 from maas.registry import aliases
-from maas.registry.artifacts import ArtifactStore, FileEntry, Manifest
+from maas.registry.artifacts import FileEntry, Manifest, open_store
+from maas.registry.blobcache import VersionCache
+from maas.registry.blobmarker import check_writable, mark_encrypted
 from maas.registry.commit import create_version
 from maas.registry.db import Database, migrate
 from maas.registry.epochs import track_registry_changes
@@ -34,6 +36,7 @@ from maas.registry.refs import ModelRef, validate_model_name
 from maas.registry.rows import aliases_of, model_info, model_row, version_info, version_row
 from maas.registry.schemas import AliasEvent, GcResult, ModelInfo, VersionInfo
 from maas.registry.sources import extract_archive, scan_directory
+from maas.security import crypto
 
 STATUSES = ("pending", "ready", "failed", "archived")
 
@@ -51,7 +54,14 @@ class Registry:
         track_registry_changes(self.db)
         if run_migrations:
             migrate(self.db, lock_dir=settings.home)
-        self.artifacts = ArtifactStore(settings.blobs_dir, master_key=settings.master_key_bytes)
+        self.artifacts = open_store(settings)
+        self.cache = VersionCache(settings.cache_dir, max_bytes=settings.cache_max_bytes)
+        master_key = settings.master_key_bytes
+        self._key_id = crypto.key_id(master_key) if master_key is not None else None
+        if self._key_id is not None:
+            # A process started with the key marks the store at once, so that a
+            # process without it refuses to write even before the first push.
+            mark_encrypted(self.db, self._key_id)
 
     def close(self) -> None:
         self.db.dispose()
@@ -159,6 +169,8 @@ class Registry:
             and not detected.metadata.get("unsafe_weights")
         ):
             require_classification_head(source)
+        # An encrypted store takes no plaintext blobs (maas.registry.blobmarker).
+        check_writable(self.db, self._key_id)
         # Blobs first (see module docstring); rows only after all of them exist.
         entries = []
         for f in files:
@@ -311,9 +323,7 @@ class Registry:
 
     def materialize(self, ref: str | ModelRef) -> Path:
         """Return a local directory holding the version's verified files (cached by digest)."""
-        manifest = self.manifest(ref)
-        dest = self.settings.cache_dir / manifest.digest.removeprefix("sha256:")
-        return self.artifacts.materialize(manifest, dest)
+        return self.cache.get(self.manifest(ref), self.artifacts)
 
     # ----------------------------------------------------------------- aliases
     # The operations live in maas.registry.aliases; these bind them to this registry.
@@ -353,18 +363,14 @@ class Registry:
         """Remove blobs no version references (and stale caches of deleted versions)."""
         grace = self.settings.gc_grace_seconds if grace_seconds is None else grace_seconds
         referenced = self.referenced_blobs()
-        sizes = {sha: path.stat().st_size for sha, path in self.artifacts.iter_blobs()}
-        removed = self.artifacts.gc(referenced, grace_seconds=grace)
+        outcome = self.artifacts.collect(referenced, grace_seconds=grace)
         with self.db.read() as s:
             digests = {d.removeprefix("sha256:") for d in s.scalars(select(VersionRow.digest))}
-        if self.settings.cache_dir.is_dir():
-            for cached in self.settings.cache_dir.iterdir():
-                if not cached.name.startswith(".") and cached.name not in digests:
-                    shutil.rmtree(cached, ignore_errors=True)
+        self.cache.retain(digests)
         return GcResult(
-            removed_blobs=len(removed),
-            kept_blobs=len(sizes) - len(removed),
-            freed_bytes=sum(sizes.get(sha, 0) for sha in removed),
+            removed_blobs=len(outcome.removed),
+            kept_blobs=outcome.kept,
+            freed_bytes=sum(blob.size for blob in outcome.removed),
         )
 
     def check_consistency(self, *, deep: bool = False) -> list[str]:
@@ -377,8 +383,7 @@ class Registry:
                 if Manifest.of(entries).digest != row.digest:
                     problems.append(f"version id {row.id}: manifest does not match digest")
                 for f in row.files:
-                    path = self.artifacts.blob_path(f.sha256)
-                    if not path.is_file():
+                    if not self.artifacts.has(f.sha256):
                         problems.append(f"version id {row.id}: {f.path} blob missing")
                     elif not self.artifacts.size_matches(f.sha256, f.size):
                         problems.append(f"version id {row.id}: {f.path} blob has wrong size")

@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import io
 import os
 import secrets
 import struct
@@ -261,6 +262,30 @@ def rewrap(
         os.close(fd)
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     return True
+
+
+def rewrapped_header(
+    raw: bytes, old_master_key: bytes, new_master_key: bytes, *, label: str = "file"
+) -> bytes | None:
+    """The header ``raw`` (a file's first :data:`HEADER_SIZE` bytes) with its data key
+    wrapped by ``new_master_key`` alone; None when it already is.
+
+    For stores that replace a whole file atomically (an object store) instead of
+    writing slots in place: the new wrap goes into the other slot and the old
+    slot is cleared in the same header, as :func:`rewrap` ends up doing.
+    """
+    _checked(old_master_key)
+    new_id = _key_id(_checked(new_master_key))
+    header = read_header(io.BytesIO(raw), label=label)
+    try:
+        index, data_key = _unwrap(header, old_master_key, label)
+    except WrongMasterKeyError:
+        if _slot_for(header, new_master_key) is not None:
+            return None
+        raise
+    slots = [_EMPTY_SLOT] * SLOT_COUNT
+    slots[(index + 1) % SLOT_COUNT] = _wrap(header.fixed, data_key, _kek(new_master_key), new_id)
+    return header.fixed + b"".join(slots)
 
 
 # ---------------------------------------------------------------- internals
