@@ -66,14 +66,33 @@ class IncrementalDecoder:
         text: str = self.tokenizer.decode(self.ids, skip_special_tokens=True)
         if text.endswith("\ufffd"):
             return ""  # the last character's bytes are not all here yet
-        if not text.startswith(self.emitted):  # a tokenizer re-spaced earlier text
-            return ""
-        delta, self.emitted = text[len(self.emitted) :], text
-        return delta
+        return self._delta(text)
 
     def flush(self) -> str:
         """What is left at the end, even bytes that never formed a character (as U+FFFD)."""
         text: str = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        delta = text[len(self.emitted) :] if text.startswith(self.emitted) else ""
-        self.emitted = text
+        return self._delta(text)
+
+    def _delta(self, text: str) -> str:
+        """The part of ``text`` (all ids decoded) not sent yet."""
+        if not text.startswith(self.emitted):
+            # Tokenizers that clean up spaces (" ," -> ",") rewrite text already sent
+            # once a punctuation mark follows it. The space is out; what follows the
+            # part both agree on is sent, so the caller gets the model's own text (a
+            # JSON document stays whole). Any other rewrite waits for agreement.
+            agreed = _common_prefix(text, self.emitted)
+            if not self.emitted[agreed:].isspace():
+                return ""
+            delta, self.emitted = text[agreed:], text
+            return delta
+        delta, self.emitted = text[len(self.emitted) :], text
         return delta
+
+
+def _common_prefix(a: str, b: str) -> int:
+    """How many leading characters ``a`` and ``b`` share."""
+    size = min(len(a), len(b))
+    for i in range(size):
+        if a[i] != b[i]:
+            return i
+    return size
