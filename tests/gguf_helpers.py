@@ -36,10 +36,14 @@ def _permute_for_gguf(weight: Any, heads: int) -> Any:
     )
 
 
-def write_tiny_llama_gguf(path: Path) -> Any:
+def write_tiny_llama_gguf(
+    path: Path, *, context: int = CONTEXT, chat_template: str = CHAT_TEMPLATE
+) -> Any:
     """Write a random 2-layer Llama with a BPE tokenizer and chat template as a Q8_0 GGUF.
 
-    Returns the float32 transformers model the file was made from.
+    ``context``: the context length the file declares (longer prompts, e.g. tool
+    descriptions, need more than the default). Returns the float32 transformers
+    model the file was made from.
     """
     import gguf
     import torch
@@ -70,7 +74,7 @@ def write_tiny_llama_gguf(path: Path) -> Any:
         num_attention_heads=HEADS,
         num_key_value_heads=KV_HEADS,
         intermediate_size=128,
-        max_position_embeddings=CONTEXT,
+        max_position_embeddings=context,
         rms_norm_eps=1e-5,
         # Large random weights: varied greedy tokens instead of one repeated token.
         initializer_range=0.5,
@@ -82,7 +86,7 @@ def write_tiny_llama_gguf(path: Path) -> Any:
 
     writer = gguf.GGUFWriter(path, "llama")
     writer.add_name("tiny-llama")
-    writer.add_context_length(CONTEXT)
+    writer.add_context_length(context)
     writer.add_embedding_length(HIDDEN)
     writer.add_block_count(LAYERS)
     writer.add_feed_forward_length(128)
@@ -104,7 +108,7 @@ def write_tiny_llama_gguf(path: Path) -> Any:
     writer.add_eos_token_id(2)
     writer.add_pad_token_id(0)
     writer.add_add_bos_token(False)
-    writer.add_chat_template(CHAT_TEMPLATE)
+    writer.add_chat_template(chat_template)
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, LAYERS)
     for hf_name, tensor in model.state_dict().items():
         if hf_name == "lm_head.weight":  # tied to the embeddings; GGUF stores it once

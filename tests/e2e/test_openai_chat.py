@@ -329,7 +329,7 @@ def test_a_client_that_disconnects_frees_its_slot(gen_server: LiveServer) -> Non
             {
                 "model": "llama",
                 "messages": [{"role": "user", "content": "x"}],
-                "tools": [{"type": "function"}],
+                "tools": [{"type": "function", "function": {"name": "f"}}],
             },
             400,
             "tools",

@@ -27,6 +27,8 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
 from maas.api.bodies import JsonBodyRoute
+from maas.api.chat_requests import chat_request, sampling_params
+from maas.api.chat_tools import ToolDeltas, tool_message
 from maas.api.deps import CtxDep, DataPlaneDep, get_admission, require_key
 from maas.api.schemas.chat import ChatCompletionRequest, CompletionRequest
 from maas.errors import InvalidRequestError, MaasError
@@ -36,8 +38,6 @@ from maas.serving.dataplane import DataPlane, Generation
 from maas.serving.generation import (
     Chunk,
     GenerationRequest,
-    Message,
-    SamplingParams,
     TokenLogprob,
 )
 
@@ -55,22 +55,6 @@ def _refuse_unsupported(found: dict[str, Any]) -> None:
     if found:
         name, why = next(iter(found.items()))
         raise InvalidRequestError(f"{name} {why}", param=name)
-
-
-def _sampling(
-    body: ChatCompletionRequest | CompletionRequest,
-    max_tokens: int | None,
-    top_logprobs: int | None,
-) -> SamplingParams:
-    return SamplingParams(
-        max_tokens=max_tokens,  # None: the model fills what its context leaves
-        temperature=body.temperature,
-        top_p=body.top_p,
-        top_k=body.top_k,
-        seed=body.seed,
-        stop=body.stop_list(),
-        top_logprobs=top_logprobs,
-    )
 
 
 async def _start(
@@ -155,24 +139,21 @@ async def chat_completions(
     request: Request, body: ChatCompletionRequest, ctx: CtxDep, dataplane: DataPlaneDep
 ) -> dict[str, Any] | StreamingResponse:
     _refuse_unsupported(body.unsupported())
-    top = (body.top_logprobs or 0) if body.logprobs else None
-    generation = await _start(
-        request,
-        ctx,
-        dataplane,
-        "chat",
-        body.model,
-        GenerationRequest(
-            messages=tuple(Message(m.role, m.text()) for m in body.messages),
-            params=_sampling(body, body.max_completion_tokens or body.max_tokens, top),
-            n=body.n,
-        ),
-    )
+    wanted = chat_request(body)
+    generation = await _start(request, ctx, dataplane, "chat", body.model, wanted)
     ident = f"chatcmpl-{secrets.token_hex(12)}"
     created = int(time.time())
     fingerprint = f"maas-{generation.version.ref}"
+    # Functions the model may call: its output is read for calls.
+    names = [t.name for t in wanted.tools] if wanted.calls_tools else None
     if not body.stream:
         results = await _complete_all(generation, body.n)
+        answers = [
+            tool_message("".join(r.text), r.finish_reason, names)
+            if names is not None
+            else ({"role": "assistant", "content": "".join(r.text)}, r.finish_reason)
+            for r in results
+        ]
         return {
             "id": ident,
             "object": "chat.completion",
@@ -182,13 +163,15 @@ async def chat_completions(
             "choices": [
                 {
                     "index": index,
-                    "message": {"role": "assistant", "content": "".join(result.text)},
+                    "message": message,
                     "logprobs": (
                         {"content": _logprob_content(result.logprobs)} if body.logprobs else None
                     ),
-                    "finish_reason": result.finish_reason,
+                    "finish_reason": finish_reason,
                 }
-                for index, result in enumerate(results)
+                for index, (result, (message, finish_reason)) in enumerate(
+                    zip(results, answers, strict=True)
+                )
             ],
             "usage": _usage(generation.prompt_tokens, sum(r.tokens for r in results)),
         }
@@ -212,12 +195,20 @@ async def chat_completions(
             payload["usage"] = None
         return payload
 
-    def piece(c: Chunk) -> dict[str, Any]:
+    deltas = ToolDeltas(names) if names is not None else None
+
+    def piece(c: Chunk) -> dict[str, Any] | None:
         logprobs = (
             {"content": _logprob_content(c.logprobs)} if body.logprobs and c.logprobs else None
         )
-        delta = {"content": c.text} if c.text else {}
-        return chunk(c.index, delta, c.finish_reason, logprobs)
+        if deltas is None:
+            delta: dict[str, Any] = {"content": c.text} if c.text else {}
+            finish = c.finish_reason
+        else:
+            delta, finish = deltas.delta(c.index, c.text, c.finish_reason)
+            if not delta and finish is None and logprobs is None:
+                return None  # all held back: it may be the start of a call
+        return chunk(c.index, delta, finish, logprobs)
 
     return _streaming_response(
         generation,
@@ -245,7 +236,9 @@ async def completions(
         dataplane,
         "completions",
         body.model,
-        GenerationRequest(prompt=prompt, params=_sampling(body, body.max_tokens, top), n=body.n),
+        GenerationRequest(
+            prompt=prompt, params=sampling_params(body, body.max_tokens, top), n=body.n
+        ),
     )
     ident = f"cmpl-{secrets.token_hex(12)}"
     created = int(time.time())
@@ -272,7 +265,7 @@ async def completions(
 
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
-    def piece(c: Chunk) -> dict[str, Any]:
+    def piece(c: Chunk) -> dict[str, Any] | None:
         payload: dict[str, Any] = {
             "id": ident,
             "object": "text_completion",
@@ -332,18 +325,20 @@ def _streaming_response(
     generation: Generation,
     *,
     first: list[dict[str, Any]],
-    piece: Callable[[Chunk], dict[str, Any]],
+    piece: Callable[[Chunk], dict[str, Any] | None],
     final: Callable[[int, int], dict[str, Any]] | None,
 ) -> StreamingResponse:
     async def events() -> AsyncIterator[bytes]:
         tokens: dict[int, int] = {}
         try:
-            for payload in first:
-                yield _sse(payload)
+            for opening in first:
+                yield _sse(opening)
             try:
                 async for c in generation:
                     tokens[c.index] = c.completion_tokens
-                    yield _sse(piece(c))
+                    payload = piece(c)
+                    if payload is not None:  # None: nothing to send for this chunk yet
+                        yield _sse(payload)
             except Exception as exc:  # the stream has started: report it in-band
                 if isinstance(exc, MaasError):
                     message = exc.message

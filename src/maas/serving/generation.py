@@ -34,6 +34,7 @@ import anyio.to_thread
 from maas.errors import RateLimitedError, UnavailableError
 from maas.runtimes.base import Runtime
 from maas.runtimes.text_generation import TextGenerationRuntime
+from maas.serving.chat_prompt import encode_conversation
 from maas.serving.detokenize import IncrementalDecoder, StopMatcher
 from maas.serving.generation_types import (
     Chunk,
@@ -43,8 +44,11 @@ from maas.serving.generation_types import (
     Prepared,
     SamplingParams,
     TokenLogprob,
+    Tool,
 )
+from maas.serving.llama_sampling import check_params
 from maas.serving.metrics import ServingMetrics
+from maas.serving.structured import request_grammar
 
 __all__ = [
     "Chunk",
@@ -58,6 +62,7 @@ __all__ = [
     "Step",
     "StopMatcher",
     "TokenLogprob",
+    "Tool",
     "create_engine",
 ]
 
@@ -110,33 +115,48 @@ class GenerationEngine(ABC):
         """Stop taking requests and release what the engine holds."""
         self._closed = True
 
+    def check_request(self, request: GenerationRequest) -> None:
+        """Refuse, with a 400 naming the field, what this engine cannot honour (default: none)."""
+        return None
+
     # ------------------------------------------------------------ requests
 
     async def prepare(self, request: GenerationRequest) -> tuple[list[int], SamplingParams]:
         """The prompt's token ids and the request's sampling with ``max_tokens`` resolved.
 
-        Raises every refusal a request can get before it generates: no chat
-        template, an empty prompt, a prompt and budget past the context length,
-        no room in the queue for its ``n`` sequences, an unloading model.
+        Raises every refusal a request can get before it generates: a feature the
+        engine lacks, no chat template, an empty prompt, a schema that makes no
+        grammar, a prompt and budget past the context length, no room in the
+        queue for its ``n`` sequences, an unloading model.
         """
         self._check_open()
+        self.check_request(request)
         runtime = self.runtime
         if request.messages:
-            turns = [{"role": m.role, "content": m.content} for m in request.messages]
-            encode: Callable[[], list[int]] = functools.partial(runtime.encode_chat, turns)
+            encode: Callable[[], list[int]] = functools.partial(
+                encode_conversation, runtime, request
+            )
         else:
             encode = functools.partial(runtime.encode_text, request.prompt or "")
-        if sum(len(t) for t in request.texts()) < _ENCODE_ON_LOOP_CHARS:
-            prompt_ids = encode()
-        else:
-            prompt_ids = await anyio.to_thread.run_sync(encode)
+
+        def build() -> tuple[list[int], str | None]:
+            return encode(), request_grammar(request)
+
+        size = sum(len(t) for t in request.texts()) + len(request.json_schema or "")
+        size += sum(len(t.parameters) + len(t.description) for t in request.tools)
+        prompt_ids, grammar = (
+            build() if size < _ENCODE_ON_LOOP_CHARS else await anyio.to_thread.run_sync(build)
+        )
         max_tokens = runtime.completion_budget(
             len(prompt_ids),
             request.params.max_tokens,
             prompt_param="messages" if request.messages else "prompt",
         )
+        params = replace(request.params, max_tokens=max_tokens, grammar=grammar)
+        grammar_param = "response_format" if request.response_format != "text" else "tools"
+        check_params(runtime, params, grammar_param=grammar_param)
         self._check_room(request.n)
-        return prompt_ids, replace(request.params, max_tokens=max_tokens)
+        return prompt_ids, params
 
     async def generate(
         self, prompt_ids: list[int], params: SamplingParams, n: int = 1

@@ -29,10 +29,10 @@ from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import Executor
 from typing import Any
 
-from maas.errors import UnavailableError
+from maas.errors import InvalidRequestError, UnavailableError
 from maas.runtimes.text_generation import HFTextGenerationRuntime
 from maas.serving.generation import GenerationEngine, Step
-from maas.serving.generation_types import SamplingParams, TokenLogprob
+from maas.serving.generation_types import GenerationRequest, SamplingParams, TokenLogprob
 from maas.serving.metrics import ServingMetrics
 
 _ids = itertools.count()
@@ -64,6 +64,33 @@ class HFGenerationEngine(GenerationEngine):
         self.hf = runtime
         self._managers: dict[str, Any] = {}
         self._lock = threading.Lock()
+
+    def check_request(self, request: GenerationRequest) -> None:
+        """Refuse what only the llama.cpp engine honours, naming the first such field.
+
+        transformers' continuous batching takes temperature, top-p and top-k per
+        request and nothing else; penalties, biases, min-p and grammars would
+        apply to every sequence of a manager or need a constrained-decoding
+        library, so ``hf`` versions refuse them rather than ignore them.
+        """
+        params = request.params
+        used = [
+            ("presence_penalty", params.presence_penalty != 0),
+            ("frequency_penalty", params.frequency_penalty != 0),
+            ("repetition_penalty", params.repetition_penalty != 1.0),
+            ("min_p", params.min_p != 0),
+            ("logit_bias", bool(params.logit_bias)),
+            ("response_format", request.response_format != "text"),
+            ("tools", request.calls_tools),
+        ]
+        for name, given in used:
+            if given:
+                raise InvalidRequestError(
+                    f"{name} is not supported for model {self.hf.version.ref} (format hf, "
+                    "served by transformers); it needs a GGUF version of the model, served by "
+                    "llama.cpp",
+                    param=name,
+                )
 
     def _steps(
         self, prompt_ids: list[int], params: SamplingParams, max_tokens: int

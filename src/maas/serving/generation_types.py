@@ -25,10 +25,28 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     top_logprobs: int | None = None  # None = no alternatives; needs the exact path
+    # The rest only the llama.cpp engine honours (the transformers one refuses them):
+    min_p: float = 0.0  # 0 = off
+    presence_penalty: float = 0.0  # OpenAI's, over the tokens generated so far
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0  # transformers' (CTRL) penalty; 1 = off
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit)
+    grammar: str | None = None  # GBNF, root rule "root": what the output must match
 
     def __post_init__(self) -> None:
         if not isinstance(self.stop, tuple):
             object.__setattr__(self, "stop", tuple(self.stop))
+        if not isinstance(self.logit_bias, tuple) or any(
+            not isinstance(pair, tuple) for pair in self.logit_bias
+        ):
+            pairs = tuple((int(t), float(b)) for t, b in self.logit_bias)
+            object.__setattr__(self, "logit_bias", pairs)
+
+    @property
+    def penalized(self) -> bool:
+        return bool(self.presence_penalty or self.frequency_penalty) or (
+            self.repetition_penalty != 1.0
+        )
 
     @property
     def exact_path(self) -> bool:
@@ -39,8 +57,27 @@ class SamplingParams:
 class Message:
     """One turn of a conversation, as the chat template reads it."""
 
-    role: str  # system | developer | user | assistant
+    role: str  # system | developer | user | assistant | tool
     content: str
+    # An assistant turn's calls: (id, function name, arguments as JSON text) each.
+    tool_calls: tuple[tuple[str, str, str], ...] = ()
+    tool_call_id: str | None = None  # a tool turn: the call it answers
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.tool_calls, tuple) or any(
+            not isinstance(call, tuple) for call in self.tool_calls
+        ):
+            calls = tuple((str(i), str(n), str(a)) for i, n, a in self.tool_calls)
+            object.__setattr__(self, "tool_calls", calls)
+
+
+@dataclass(frozen=True, slots=True)
+class Tool:
+    """A function the model may call (OpenAI's ``tools[].function``)."""
+
+    name: str
+    description: str = ""
+    parameters: str = "{}"  # its arguments' JSON Schema, as JSON text
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,14 +88,30 @@ class GenerationRequest:
     prompt: str | None = None
     params: SamplingParams = SamplingParams()
     n: int = 1  # completions of the same prompt, generated side by side in the running batch
+    # Structured output: "text" (free), "json_object" (any JSON object) or "json_schema".
+    response_format: str = "text"
+    json_schema: str | None = None  # JSON text of the schema, for "json_schema"
+    strict: bool = False  # refuse schema keywords the grammar cannot enforce
+    tools: tuple[Tool, ...] = ()
+    # "none" | "auto" | "required"; a named function is "required" with tool_name set.
+    tool_choice: str = "auto"
+    tool_name: str | None = None
+    parallel_tool_calls: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.messages, tuple):
             object.__setattr__(self, "messages", tuple(self.messages))
+        if not isinstance(self.tools, tuple):
+            object.__setattr__(self, "tools", tuple(self.tools))
         if bool(self.messages) == (self.prompt is not None):
             raise ValueError("a generation request has either messages or a prompt")
         if self.n < 1:
             raise ValueError("n must be at least 1")
+
+    @property
+    def calls_tools(self) -> bool:
+        """Whether the model is offered functions to call (and its output parsed for calls)."""
+        return bool(self.tools) and self.tool_choice != "none"
 
     def texts(self) -> list[str]:
         """The caller's texts, in order (what PII screening reads and rewrites)."""
@@ -67,7 +120,9 @@ class GenerationRequest:
     def with_texts(self, texts: list[str]) -> GenerationRequest:
         """The same request over rewritten texts (``texts()`` order)."""
         if self.messages:
-            messages = tuple(Message(m.role, t) for m, t in zip(self.messages, texts, strict=True))
+            messages = tuple(
+                replace(m, content=t) for m, t in zip(self.messages, texts, strict=True)
+            )
             return replace(self, messages=messages)
         (prompt,) = texts
         return replace(self, prompt=prompt)

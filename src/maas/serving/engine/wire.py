@@ -40,6 +40,7 @@ from maas.serving.generation import (
     Prepared,
     SamplingParams,
     TokenLogprob,
+    Tool,
 )
 from maas.serving.hosts import HostStatus, LoadedView
 
@@ -58,6 +59,7 @@ _CLASSES: dict[str, type[Any]] = {
         HostStatus,
         SamplingParams,
         Message,
+        Tool,
         GenerationRequest,
         TokenLogprob,
         Prepared,

@@ -1,0 +1,233 @@
+"""Grammars that constrain a completion: JSON output and tool calls, as llama.cpp GBNF.
+
+A request's ``response_format`` (``json_object``, ``json_schema``) or a
+``tool_choice`` that demands a call becomes a GBNF grammar here; the llama.cpp
+engine puts it first in the sequence's sampler chain (``llama_sampling``), so
+every sampled token keeps the output a prefix of something the grammar
+accepts, and once it is whole only an end-of-generation token may follow.
+
+The JSON Schema to GBNF translation is llama-cpp-python's own
+(``llama_cpp.llama_grammar.SchemaConverter``, a port of llama.cpp's
+``json_schema_to_grammar``), not a converter of ours. It enforces types,
+``properties``/``required``/``additionalProperties`` (left out: no extra
+keys), ``enum``/``const``, ``anyOf``/``oneOf``/``allOf``, ``items``/
+``prefixItems`` with ``minItems``/``maxItems``, ``minLength``/``maxLength``,
+anchored ``pattern``s, the ``date``/``time``/``date-time``/``uuid`` formats and
+local ``$ref``s. What it cannot enforce (numeric bounds, ``uniqueItems``, ...)
+is listed in ``UNENFORCED``: a ``strict`` schema using any of it is refused,
+so that "strict" keeps its promise that the output validates; a non-strict
+one is followed as far as the grammar goes.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from maas.errors import InvalidRequestError
+from maas.serving.generation_types import GenerationRequest, Tool
+from maas.serving.tool_calls import CALL_CLOSE, CALL_OPEN
+
+# JSON Schema keywords the converter ignores: output may break them.
+UNENFORCED = frozenset(
+    {
+        "minimum",
+        "maximum",
+        "exclusiveMinimum",
+        "exclusiveMaximum",
+        "multipleOf",
+        "not",
+        "if",
+        "then",
+        "else",
+        "uniqueItems",
+        "contains",
+        "minContains",
+        "maxContains",
+        "minProperties",
+        "maxProperties",
+        "patternProperties",
+        "propertyNames",
+        "dependentRequired",
+        "dependentSchemas",
+        "dependencies",
+        "unevaluatedProperties",
+        "unevaluatedItems",
+    }
+)
+ENFORCED_FORMATS = frozenset(
+    {"date", "time", "date-time", "uuid", *(f"uuid{i}" for i in range(1, 6))}
+)
+# Bounds on what a request may make us translate (the grammar is built per request).
+MAX_SCHEMA_CHARS = 65_536
+MAX_GRAMMAR_CHARS = 262_144
+
+# JSON forbids raw control characters in strings (json.loads refuses them); the
+# converter's ``char`` rule lets them through, llama.cpp's C++ converter does not.
+# This is llama.cpp's rule, put in its place.
+_JSON_CHAR_RULE = (
+    r'char ::= [^"\\\x7F\x00-\x1F] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F] '
+    r"[0-9a-fA-F])"
+)
+
+
+def request_grammar(request: GenerationRequest) -> str | None:
+    """The grammar a request's output must match, or None when it is free text.
+
+    Raises ``InvalidRequestError`` naming ``response_format`` or ``tools`` for a
+    schema that cannot be turned into a grammar.
+    """
+    if request.response_format == "json_object":
+        return schema_grammar({"type": "object"}, strict=False, param="response_format")
+    if request.response_format == "json_schema":
+        schema = _load(request.json_schema or "{}", "response_format")
+        return schema_grammar(schema, strict=request.strict, param="response_format")
+    if request.calls_tools and request.tool_choice == "required":
+        tools = request.tools
+        if request.tool_name is not None:
+            tools = tuple(t for t in tools if t.name == request.tool_name)
+        return tool_call_grammar(tools, parallel=request.parallel_tool_calls)
+    return None
+
+
+def schema_grammar(schema: Any, *, strict: bool, param: str) -> str:
+    """GBNF whose ``root`` is exactly the JSON texts ``schema`` accepts (as far as enforced)."""
+    converter = _converter()
+    if strict:
+        _refuse_unenforced(schema, param)
+    try:
+        resolved = converter.resolve_refs(copy.deepcopy(schema), "request")
+        converter.visit(resolved, "")
+        grammar: str = converter.format_grammar()
+    except Exception as exc:  # the converter asserts and raises on what it cannot translate
+        raise InvalidRequestError(
+            f"{param}: the JSON schema cannot be turned into a grammar: {_reason(exc)}", param=param
+        ) from exc
+    return _bounded(grammar, param)
+
+
+def tool_call_grammar(tools: Sequence[Tool], *, parallel: bool) -> str:
+    """GBNF for one (or, ``parallel``, several) ``<tool_call>{"name": ..., "arguments": ...}``.
+
+    Each call is one of ``tools``, its ``arguments`` valid for that function's
+    ``parameters`` schema, so a call parses and names a real function whatever
+    the model. Calls are separated by a newline.
+    """
+    if not tools:
+        raise InvalidRequestError("tool_choice names no function in tools", param="tool_choice")
+    converter = _converter()
+    alternatives = []
+    for index, tool in enumerate(tools):
+        # Each function's definitions get names of their own (the converter names a
+        # $ref's rule after the definition), and its $refs resolve against its schema.
+        schema = _prefix_definitions(_load(tool.parameters, "tools"), f"t{index}-")
+        try:
+            resolved = converter.resolve_refs(schema, f"tool-{index}")
+            call = {
+                "type": "object",
+                "properties": {"name": {"const": tool.name}, "arguments": resolved},
+                "required": ["name", "arguments"],
+            }
+            alternatives.append(converter.visit(call, f"call-{index}"))
+        except Exception as exc:
+            raise InvalidRequestError(
+                f"tools: the parameters of function {tool.name!r} cannot be turned into a "
+                f"grammar: {_reason(exc)}",
+                param="tools",
+            ) from exc
+    call_rule = " | ".join(alternatives)
+    lines = [
+        converter.format_grammar(),
+        f"tool-call ::= {_literal(CALL_OPEN)} ( {call_rule} ) {_literal(CALL_CLOSE)}",
+        'root ::= tool-call ( "\\n" tool-call )*' if parallel else "root ::= tool-call",
+    ]
+    return _bounded("\n".join(lines), "tools")
+
+
+def _converter() -> Any:
+    from llama_cpp.llama_grammar import SchemaConverter
+
+    return SchemaConverter(  # type: ignore[no-untyped-call]
+        prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False
+    )
+
+
+def _load(text: str, param: str) -> Any:
+    if len(text) > MAX_SCHEMA_CHARS:
+        raise InvalidRequestError(
+            f"{param}: the JSON schema is over {MAX_SCHEMA_CHARS} characters", param=param
+        )
+    schema = json.loads(text)
+    if not isinstance(schema, dict):
+        raise InvalidRequestError(f"{param}: a JSON schema must be an object", param=param)
+    return schema
+
+
+def _refuse_unenforced(schema: Any, param: str) -> None:
+    for path, keyword in _keywords(schema, "#"):
+        if keyword in UNENFORCED or keyword.startswith("format: "):
+            raise InvalidRequestError(
+                f"{param}: strict schemas cannot use {keyword!r} (at {path}): the grammar "
+                "cannot enforce it; drop it or send strict: false",
+                param=param,
+            )
+
+
+def _keywords(schema: Any, path: str) -> Iterator[tuple[str, str]]:
+    """(where, keyword) of every keyword in ``schema`` and its subschemas."""
+    if not isinstance(schema, dict):
+        return
+    for key, value in schema.items():
+        yield path, key
+        if key == "format" and isinstance(value, str) and value not in ENFORCED_FORMATS:
+            yield path, f"format: {value}"
+        if key in ("properties", "$defs", "definitions") and isinstance(value, dict):
+            for name, sub in value.items():
+                yield from _keywords(sub, f"{path}/{key}/{name}")
+        elif key in ("anyOf", "oneOf", "allOf", "prefixItems") and isinstance(value, list):
+            for i, sub in enumerate(value):
+                yield from _keywords(sub, f"{path}/{key}/{i}")
+        elif key in ("items", "additionalProperties"):
+            yield from _keywords(value, f"{path}/{key}")
+
+
+def _prefix_definitions(schema: Any, prefix: str) -> Any:
+    """``schema`` with its ``$defs``/``definitions`` renamed ``prefix + name``, refs to match."""
+    if isinstance(schema, list):
+        return [_prefix_definitions(item, prefix) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key in ("$defs", "definitions") and isinstance(value, dict):
+            out[key] = {prefix + name: _prefix_definitions(v, prefix) for name, v in value.items()}
+        elif key == "$ref" and isinstance(value, str):
+            for section in ("#/$defs/", "#/definitions/"):
+                if value.startswith(section):
+                    value = section + prefix + value[len(section) :]
+            out[key] = value
+        else:
+            out[key] = _prefix_definitions(value, prefix)
+    return out
+
+
+def _reason(exc: Exception) -> str:
+    return str(exc) or type(exc).__name__
+
+
+def _literal(text: str) -> str:
+    return json.dumps(text)  # a GBNF string literal escapes like a JSON one
+
+
+def _bounded(grammar: str, param: str) -> str:
+    grammar = "\n".join(
+        _JSON_CHAR_RULE if line.startswith("char ::= ") else line for line in grammar.split("\n")
+    )
+    if len(grammar) > MAX_GRAMMAR_CHARS:
+        raise InvalidRequestError(
+            f"{param}: the grammar made from it is over {MAX_GRAMMAR_CHARS} characters",
+            param=param,
+        )
+    return grammar
