@@ -74,14 +74,23 @@ class VersionCache:
     def get(self, manifest: Manifest, store: ArtifactStore) -> Path:
         """The directory holding ``manifest``'s verified files, materialized on a miss."""
         dest = self.path_for(manifest)
-        if dest.is_dir():
-            with contextlib.suppress(FileNotFoundError):  # evicted meanwhile: materialize
-                os.utime(dest)
-                return dest
+        if dest.is_dir() and self._mark_used(dest):
+            return dest
         store.materialize(manifest, dest)
-        os.utime(dest)
+        self._mark_used(dest)
         self.evict(keep=dest)
         return dest
+
+    @staticmethod
+    def _mark_used(path: Path) -> bool:
+        """Refresh ``path``'s recency; False when it was evicted meanwhile."""
+        try:
+            os.utime(path)
+        except FileNotFoundError:
+            return False
+        except PermissionError:
+            pass  # a cache another user owns: served, its recency not recorded
+        return True
 
     def entries(self) -> list[CachedVersion]:
         """Every cached version, least recently used first."""
@@ -112,7 +121,7 @@ class VersionCache:
         for entry in entries:
             if total <= self.max_bytes:
                 break
-            if entry.path == keep or entry.used > recent:
+            if entry.path == keep or entry.used > recent or self._used_since(entry.path, recent):
                 continue
             if self._remove(entry.path):
                 removed.append(entry.path)
@@ -124,6 +133,14 @@ class VersionCache:
         for entry in self.entries():
             if entry.path.name not in digests:
                 self._remove(entry.path)
+
+    @staticmethod
+    def _used_since(path: Path, moment: float) -> bool:
+        """Looked at again just before removal: a process may have used it since the listing."""
+        try:
+            return path.stat().st_mtime > moment
+        except FileNotFoundError:
+            return True  # gone already: nothing to remove
 
     def _remove(self, path: Path) -> bool:
         hidden = Path(tempfile.mkdtemp(dir=self.root, prefix=".evict-"))
