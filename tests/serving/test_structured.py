@@ -38,7 +38,7 @@ def test_free_text_and_auto_tools_have_no_grammar() -> None:
 
 def test_json_strings_never_hold_raw_control_characters() -> None:
     rules = _rules(schema_grammar({"type": "string"}, strict=False, param="response_format"))
-    assert rules["char"].startswith(r'[^"\\\x7F\x00-\x1F]')
+    assert rules["char"].startswith(r"[\x20-\x21\x23-\x5B")
 
 
 @pytest.mark.parametrize(
@@ -48,6 +48,12 @@ def test_json_strings_never_hold_raw_control_characters() -> None:
         {"type": "array", "items": {"type": "string"}, "uniqueItems": True},
         {"type": "string", "format": "email"},
         {"$defs": {"x": {"type": "number", "multipleOf": 2}}, "$ref": "#/$defs/x"},
+        # Keywords the converter passes over because of what stands beside them:
+        {"type": "array", "maxItems": 2},
+        {"type": "string", "pattern": "^a+$", "maxLength": 3},
+        {"$defs": {"x": {"type": "string"}}, "$ref": "#/$defs/x", "maxLength": 2},
+        {"anyOf": [{"type": "string"}, {"type": "integer"}], "maxLength": 2},
+        {"allOf": [{"type": "object", "properties": {"a": {"type": "integer"}}}]},
     ],
 )
 def test_strict_schemas_that_use_keywords_the_grammar_cannot_enforce_are_refused(
@@ -58,6 +64,13 @@ def test_strict_schemas_that_use_keywords_the_grammar_cannot_enforce_are_refused
     assert caught.value.param == "response_format"
     assert "strict" in caught.value.message
     schema_grammar(schema, strict=False, param="response_format")  # followed as far as it goes
+
+
+def test_a_list_of_types_keeps_the_keywords_beside_it() -> None:
+    schema = {"type": ["string", "null"], "maxLength": 2}
+    rules = _rules(schema_grammar(schema, strict=True, param="response_format"))
+    assert rules["root"] == "alternative-0 | null"
+    assert rules["alternative-0"] == '"\\"" (char (char)?)? "\\"" space'
 
 
 def test_a_property_named_like_a_keyword_is_no_keyword() -> None:

@@ -60,16 +60,38 @@ UNENFORCED = frozenset(
 ENFORCED_FORMATS = frozenset(
     {"date", "time", "date-time", "uuid", *(f"uuid{i}" for i in range(1, 6))}
 )
+# Keywords that constrain nothing.
+_ANNOTATIONS = frozenset(
+    {
+        "title",
+        "description",
+        "default",
+        "examples",
+        "$comment",
+        "$schema",
+        "$id",
+        "deprecated",
+        "readOnly",
+        "writeOnly",
+        "$defs",
+        "definitions",
+    }
+)
+# Keywords whose values are JSON data, not schemas.
+_DATA_KEYWORDS = frozenset({"enum", "const", "default", "examples"})
 # Bounds on what a request may make us translate (the grammar is built per request).
 MAX_SCHEMA_CHARS = 65_536
 MAX_GRAMMAR_CHARS = 262_144
 
-# JSON forbids raw control characters in strings (json.loads refuses them); the
-# converter's ``char`` rule lets them through, llama.cpp's C++ converter does not.
-# This is llama.cpp's rule, put in its place.
+# A character of a JSON string: any code point but '"', '\\' and the control characters
+# JSON forbids raw (json.loads refuses them; the converter's rule lets them through,
+# llama.cpp's C++ converter does not), or an escape. Written as the ranges allowed,
+# not as a negated set, so that surrogates and values past U+10FFFF, which llama.cpp's
+# lenient UTF-8 decoding would pass, are out too: their bytes are no valid UTF-8 and
+# would come out as U+FFFD, breaking maxLength and enums.
 _JSON_CHAR_RULE = (
-    r'char ::= [^"\\\x7F\x00-\x1F] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F] '
-    r"[0-9a-fA-F])"
+    r"char ::= [\x20-\x21\x23-\x5B\x5D-\x7E\x80-\uD7FF\uE000-\U0010FFFF]"
+    r' | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F])'
 )
 
 
@@ -95,10 +117,11 @@ def request_grammar(request: GenerationRequest) -> str | None:
 def schema_grammar(schema: Any, *, strict: bool, param: str) -> str:
     """GBNF whose ``root`` is exactly the JSON texts ``schema`` accepts (as far as enforced)."""
     converter = _converter()
+    schema = _split_type_lists(schema)
     if strict:
         _refuse_unenforced(schema, param)
     try:
-        resolved = converter.resolve_refs(copy.deepcopy(schema), "request")
+        resolved = converter.resolve_refs(schema, "request")
         converter.visit(resolved, "")
         grammar: str = converter.format_grammar()
     except Exception as exc:  # the converter asserts and raises on what it cannot translate
@@ -122,7 +145,9 @@ def tool_call_grammar(tools: Sequence[Tool], *, parallel: bool) -> str:
     for index, tool in enumerate(tools):
         # Each function's definitions get names of their own (the converter names a
         # $ref's rule after the definition), and its $refs resolve against its schema.
-        schema = _prefix_definitions(_load(tool.parameters, "tools"), f"t{index}-")
+        schema = _prefix_definitions(
+            _split_type_lists(_load(tool.parameters, "tools")), f"t{index}-"
+        )
         try:
             resolved = converter.resolve_refs(schema, f"tool-{index}")
             call = {
@@ -166,31 +191,78 @@ def _load(text: str, param: str) -> Any:
 
 
 def _refuse_unenforced(schema: Any, param: str) -> None:
-    for path, keyword in _keywords(schema, "#"):
-        if keyword in UNENFORCED or keyword.startswith("format: "):
-            raise InvalidRequestError(
-                f"{param}: strict schemas cannot use {keyword!r} (at {path}): the grammar "
-                "cannot enforce it; drop it or send strict: false",
-                param=param,
-            )
+    for path, keyword in _unenforced(schema, "#"):
+        raise InvalidRequestError(
+            f"{param}: strict schemas cannot use {keyword!r} (at {path}): the grammar "
+            "cannot enforce it; drop it or send strict: false",
+            param=param,
+        )
 
 
-def _keywords(schema: Any, path: str) -> Iterator[tuple[str, str]]:
-    """(where, keyword) of every keyword in ``schema`` and its subschemas."""
+def _passed_over(node: dict[str, Any]) -> str | None:
+    """Keywords the converter would pass over because of what is beside them, if any."""
+    keys = set(node) - _ANNOTATIONS
+    for chooser in ("$ref", "anyOf", "oneOf", "allOf"):
+        if chooser in keys and keys - {chooser}:
+            return f"{chooser} beside {', '.join(sorted(keys - {chooser}))}"
+    if "allOf" in keys:  # only the members' properties are merged
+        return "allOf (use one object schema)"
+    if "pattern" in keys and keys & {"minLength", "maxLength", "format"}:
+        return "pattern beside minLength, maxLength or format"
+    # (Keywords of one type say nothing about values of another type.)
+    kind = node.get("type")
+    sized = keys & {"minItems", "maxItems"} and not keys & {"items", "prefixItems"}
+    if sized and kind in (None, "array"):
+        return "minItems or maxItems without items"
+    if keys & {"minLength", "maxLength"} and kind is None:
+        return "minLength or maxLength without type: string"
+    return None
+
+
+def _unenforced(schema: Any, path: str) -> Iterator[tuple[str, str]]:
+    """(where, what) for each keyword of ``schema`` and its subschemas the grammar would not
+    enforce."""
     if not isinstance(schema, dict):
         return
+    passed_over = _passed_over(schema)
+    if passed_over is not None:
+        yield path, passed_over
     for key, value in schema.items():
-        yield path, key
+        if key in UNENFORCED:
+            yield path, key
         if key == "format" and isinstance(value, str) and value not in ENFORCED_FORMATS:
             yield path, f"format: {value}"
         if key in ("properties", "$defs", "definitions") and isinstance(value, dict):
             for name, sub in value.items():
-                yield from _keywords(sub, f"{path}/{key}/{name}")
+                yield from _unenforced(sub, f"{path}/{key}/{name}")
         elif key in ("anyOf", "oneOf", "allOf", "prefixItems") and isinstance(value, list):
             for i, sub in enumerate(value):
-                yield from _keywords(sub, f"{path}/{key}/{i}")
+                yield from _unenforced(sub, f"{path}/{key}/{i}")
         elif key in ("items", "additionalProperties"):
-            yield from _keywords(value, f"{path}/{key}")
+            yield from _unenforced(value, f"{path}/{key}")
+
+
+def _split_type_lists(schema: Any) -> Any:
+    """A copy of ``schema``, ``{"type": [a, b], ...}`` as ``{"anyOf": [{"type": a, ...}, ...]}``.
+
+    The converter turns a list of types into bare alternatives and drops the
+    keywords beside it (``maxLength``, ``properties``, ...); spelled out per type
+    they are kept. Keywords of other types do not apply to a type, so the
+    schema means the same.
+    """
+    if isinstance(schema, list):
+        return [_split_type_lists(item) for item in schema]
+    if not isinstance(schema, dict):
+        return copy.deepcopy(schema)
+    out = {
+        key: copy.deepcopy(value) if key in _DATA_KEYWORDS else _split_type_lists(value)
+        for key, value in schema.items()
+    }
+    types = out.get("type")
+    if isinstance(types, list) and not any(k in out for k in ("anyOf", "oneOf")):
+        rest = {key: value for key, value in out.items() if key != "type"}
+        out = {"anyOf": [{**copy.deepcopy(rest), "type": t} for t in types]}
+    return out
 
 
 def _prefix_definitions(schema: Any, prefix: str) -> Any:
