@@ -132,10 +132,10 @@ class ToolCallStream:
     """
 
     names: Collection[str]
-    _buffer: str = ""
-    _in_call: bool = False
-    _space: str = ""
-    calls: int = field(default=0)
+    calls: int = field(default=0, init=False)  # calls released so far
+    _buffer: str = field(default="", init=False)  # text not released yet
+    _in_call: bool = field(default=False, init=False)  # the buffer is inside <tool_call>
+    _space: str = field(default="", init=False)  # whitespace waiting for what follows
 
     def feed(self, text: str) -> list[str | ToolCall]:
         self._buffer += text
