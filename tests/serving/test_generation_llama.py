@@ -268,21 +268,22 @@ def test_a_shared_prefix_is_read_once_and_changes_no_token(
 
 
 def test_parked_cells_give_way_to_running_sequences(tiny_gguf: Path, version: VersionInfo) -> None:
-    """A cache with room for little more than one sequence: parked ones are dropped, LRU."""
+    """Two sequences that need most of the cache: the parked one is dropped to make room."""
 
     async def main() -> None:
-        async with _engine(tiny_gguf, version, sequences=2, kv=256, parked=4) as engine:
+        async with _engine(tiny_gguf, version, sequences=2, kv=512) as engine:
             loop = engine._decode_loop()
-            greedy = SamplingParams(max_tokens=48, temperature=0)
-            prompts = [engine.llama.encode_text(f"{i} " + SHARED) for i in range(4)]
-            assert 2 * (len(prompts[0]) + 48) > loop.cells
-            for ids in prompts:  # no shared start: each parks its own cells
-                await _run(loop, ids, greedy)
-                assert loop._prefix.cells <= loop.cells
-            # No two of them fit in the cache: every earlier one was dropped.
+            short = SamplingParams(max_tokens=8, temperature=0)
+            long = SamplingParams(max_tokens=200, temperature=0)
+            text = "the quick brown fox jumps over the lazy dog, what is the capital? " * 2
+            parked, first, second = (engine.llama.encode_text(f"{i} {text}") for i in range(3))
+            assert 2 * (len(first) + 200) + len(parked) + 8 > loop.cells
+            assert (await _run(loop, parked, short)).cached == 0
+            assert (await _run(loop, parked, short)).cached == len(parked) - 1  # kept
             assert len(loop._prefix) == 1
-            again = await _run(loop, prompts[-1], greedy)
-            assert again.cached == len(prompts[-1]) - 1
+            await asyncio.gather(_run(loop, first, long), _run(loop, second, long))
+            # Its cells were dropped to admit the second of the two.
+            assert (await _run(loop, parked, short)).cached == 0
 
     asyncio.run(main())
 

@@ -26,7 +26,7 @@ def test_common_prefix_agrees_with_a_plain_scan() -> None:
 
 
 def test_the_longest_match_wins_and_the_last_prompt_token_is_always_read() -> None:
-    cache = PrefixCache(capacity=4)
+    cache = PrefixCache(capacity=4, max_cells=1000)
     assert cache.park(1, [*SYSTEM, 1, 2, 3]) == []
     assert cache.park(2, SYSTEM[:MIN_TOKENS]) == []
     # The whole prompt is cached under sequence 1, but its last token is read again.
@@ -38,7 +38,7 @@ def test_the_longest_match_wins_and_the_last_prompt_token_is_always_read() -> No
 
 
 def test_short_matches_and_short_sequences_are_not_kept() -> None:
-    cache = PrefixCache(capacity=4)
+    cache = PrefixCache(capacity=4, max_cells=1000)
     assert cache.park(3, SYSTEM[: MIN_TOKENS - 1]) == [3]  # handed straight back
     assert len(cache) == 0
     cache.park(4, SYSTEM)
@@ -47,7 +47,7 @@ def test_short_matches_and_short_sequences_are_not_kept() -> None:
 
 
 def test_capacity_drops_the_least_recently_used_and_counts_cells() -> None:
-    cache = PrefixCache(capacity=2)
+    cache = PrefixCache(capacity=2, max_cells=1000)
     a, b, c = ([n] * MIN_TOKENS * n for n in (1, 2, 3))
     cache.park(10, a)
     cache.park(11, b)
@@ -62,9 +62,9 @@ def test_capacity_drops_the_least_recently_used_and_counts_cells() -> None:
 
 
 def test_take_hands_a_parked_sequence_over_and_clear_frees_all() -> None:
-    cache = PrefixCache(capacity=3)
+    cache = PrefixCache(capacity=3, max_cells=1000)
     cache.park(1, SYSTEM)
-    cache.park(2, [*SYSTEM, 1])
+    cache.park(2, [9, *SYSTEM])
     assert cache.take(1)
     assert not cache.take(1)
     assert cache.cells == len(SYSTEM) + 1
@@ -73,6 +73,25 @@ def test_take_hands_a_parked_sequence_over_and_clear_frees_all() -> None:
 
 
 def test_a_cache_of_capacity_zero_keeps_nothing() -> None:
-    cache = PrefixCache(capacity=0)
+    cache = PrefixCache(capacity=0, max_cells=1000)
     assert cache.park(5, SYSTEM) == [5]
     assert cache.lookup([*SYSTEM, 1]) is None
+
+
+def test_parked_cells_stay_within_their_bound() -> None:
+    cache = PrefixCache(capacity=8, max_cells=3 * len(SYSTEM) + 2)
+    assert cache.park(1, SYSTEM) == []
+    assert cache.park(2, [1, *SYSTEM]) == []
+    assert cache.park(3, [2, *SYSTEM]) == []
+    assert cache.park(4, [3, *SYSTEM]) == [1, 2]  # 48 + 3 x 49 > 146: the oldest go
+    assert cache.cells == 2 * (len(SYSTEM) + 1)
+    assert cache.park(5, SYSTEM * 4) == [5]  # alone past the bound: not kept
+
+
+def test_a_sequence_that_extends_a_parked_one_replaces_it() -> None:
+    cache = PrefixCache(capacity=8, max_cells=1000)
+    cache.park(1, SYSTEM)
+    cache.park(2, [9, *SYSTEM])
+    assert cache.park(3, [*SYSTEM, 4, 5]) == [1]  # covers 1, not 2
+    assert cache.cells == 2 * len(SYSTEM) + 3
+    assert cache.lookup([*SYSTEM, 7]) == PrefixMatch(3, len(SYSTEM))

@@ -107,7 +107,8 @@ class DecodeLoop:
         self.batch_tokens = runtime.batch_tokens
         self._memory = self.lib.llama_get_memory(self.ctx)
         self._free_ids = list(range(runtime.sequence_ids - 1, -1, -1))
-        self._prefix = PrefixCache(runtime.sequence_ids - runtime.max_sequences)
+        # Parked cells are bounded to a quarter of the cache (see llama_prefix).
+        self._prefix = PrefixCache(runtime.sequence_ids - runtime.max_sequences, self.cells // 4)
         self._pending: deque[Sequence] = deque()
         self._active: list[Sequence] = []
         self._reserved = 0

@@ -13,9 +13,13 @@ Policy (this class decides, the loop performs the llama.cpp calls):
 
 * a sequence is parked when it leaves the loop (finished, cut by a stop string,
   or its caller went away) with at least ``MIN_TOKENS`` tokens in the cache;
-* at most ``capacity`` sequences stay parked; the least recently used one is
-  dropped first, whenever the loop needs its sequence id or its cells for a
-  sequence that is running (a parked sequence never keeps a request waiting);
+  parked sequences whose tokens it starts with are dropped (it covers them);
+* at most ``capacity`` sequences and ``max_cells`` cells stay parked; the
+  least recently used one is dropped first, and whenever the loop needs its
+  sequence id or its cells for a sequence that is running (a parked sequence
+  never keeps a request waiting). The cell bound matters beyond memory: every
+  token of a step attends over the whole span of used cells of the shared
+  cache (masked, but computed), so parked cells cost running sequences time;
 * the match is the longest common prefix of token ids, never the whole prompt:
   the last prompt token is always read again, since its logits give the first
   new token.
@@ -56,8 +60,9 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 class PrefixCache:
     """The parked sequences of one decode loop (see the module docstring)."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, max_cells: int) -> None:
         self.capacity = capacity
+        self.max_cells = max_cells
         self._parked: OrderedDict[int, list[int]] = OrderedDict()  # LRU first
         self.cells = 0  # cells held by parked sequences (shared ones counted for each)
 
@@ -71,12 +76,20 @@ class PrefixCache:
         A sequence too short to be worth keeping, or a cache of capacity 0,
         hands ``seq_id`` straight back.
         """
-        if self.capacity <= 0 or len(tokens) < MIN_TOKENS:
+        if self.capacity <= 0 or not MIN_TOKENS <= len(tokens) <= self.max_cells:
             return [seq_id]
-        self._parked[seq_id] = list(tokens)  # a list: slices compare equal to the prompt's
-        self.cells += len(tokens)
-        dropped: list[int] = []
-        while len(self._parked) > self.capacity:
+        kept = list(tokens)  # a list: its slices compare equal to a prompt's
+        # A parked sequence whose tokens all start this one is covered by it.
+        dropped = [
+            other
+            for other, held in self._parked.items()
+            if len(held) <= len(kept) and common_prefix(held, kept) == len(held)
+        ]
+        for other in dropped:
+            self.cells -= len(self._parked.pop(other))
+        self._parked[seq_id] = kept
+        self.cells += len(kept)
+        while len(self._parked) > self.capacity or self.cells > self.max_cells:
             dropped.append(self._drop_oldest())
         return dropped
 
