@@ -269,3 +269,40 @@ def test_a_json_schema_request_prepares_a_grammar_the_loop_follows(
             assert set(value) == {"ok", "color"}
 
     asyncio.run(main())
+
+
+def test_checking_the_drawn_token_first_gives_the_tokens_of_masking_first(
+    tiny_gguf: Path, version: VersionInfo
+) -> None:
+    """Greedy draws the grammar checks afterwards = greedy over the grammar-masked vocabulary.
+
+    temperature 1 with top_k 1 is greedy too, but its filter keeps the grammar
+    first in the chain (the whole vocabulary masked at every step).
+    """
+
+    async def main() -> None:
+        schema = {
+            "type": "object",
+            "properties": {"a": {"type": "string", "maxLength": 40}},
+            "required": ["a"],
+        }
+        request = GenerationRequest(
+            messages=(Message("user", "hi"),),
+            params=SamplingParams(max_tokens=80, temperature=0),
+            response_format="json_schema",
+            json_schema=json.dumps(schema),
+        )
+        async with _engine(tiny_gguf, version) as engine:
+            ids, checked_after = await engine.prepare(request)
+            masked_first = replace(checked_after, temperature=1.0, top_k=1)
+            tokens = []
+            for params in (checked_after, masked_first):
+                got: list[int] = []
+                async with aclosing(engine._steps(ids, params, 80)) as steps:
+                    async for new, _, _ in steps:
+                        got.extend(new)
+                tokens.append(got)
+        assert tokens[0] == tokens[1]
+        assert len(tokens[0]) > 8
+
+    asyncio.run(main())
