@@ -118,8 +118,21 @@ class Settings(BaseSettings):
     )
     redis_url: str | None = Field(
         default=None,
-        description="Redis for rate limits shared by several server processes "
-        "(redis://host:6379/0); default: limits kept in process memory.",
+        description="Redis for rate limits and monthly quotas shared by every server process "
+        "and instance (redis://host:6379/0); default: kept in process memory.",
+    )
+    redis_namespace: str = Field(
+        default="maas",
+        min_length=1,
+        max_length=64,
+        description="Prefix of every Redis key maas writes; give each maas deployment that "
+        "shares one Redis its own.",
+    )
+    drain_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="On SIGTERM, how long in-flight requests and streams may take to finish "
+        "before they are cut off and the server exits.",
     )
     energy_watts: float = Field(
         default=35.0,

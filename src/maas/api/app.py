@@ -38,6 +38,7 @@ from maas.security.audit import AuditLog
 from maas.security.keys import KeyStore
 from maas.security.limits import RATE_WORDS, Limiter, RateLimiter
 from maas.security.quotas import Quotas
+from maas.security.quotas_redis import RedisQuotas
 from maas.security.usage import UsageRecorder
 from maas.serving.dataplane import DataPlane
 from maas.serving.engine.client import RemoteHost, RemoteLimiter, RemoteQuotas
@@ -71,11 +72,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             host = remote
             limiter = RemoteLimiter(remote)
             if settings.redis_url:
-                limiter = RateLimiter(settings.redis_url)
+                limiter = RateLimiter(settings.redis_url, settings.redis_namespace)
             quotas: Quotas | None = RemoteQuotas(remote)
         else:
             host = LocalHost(ModelManager(registry, settings, serving_metrics))
-            limiter = RateLimiter(settings.redis_url)
+            limiter = RateLimiter(settings.redis_url, settings.redis_namespace)
             quotas = None  # the usage recorder's own
         app.state.settings = settings
         app.state.registry = registry
@@ -85,6 +86,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.dataplane = DataPlane(registry, host, serving_metrics)
         app.state.limiter = limiter
         app.state.usage = UsageRecorder(registry.db, watts=settings.energy_watts, quotas=quotas)
+        redis_quotas: RedisQuotas | None = None
+        if settings.redis_url:
+            # Quotas global to every instance and worker sharing the Redis: counted
+            # there, not in this process or the engine (security/quotas_redis.py).
+            redis_quotas = RedisQuotas(
+                registry.db,
+                settings.redis_url,
+                namespace=settings.redis_namespace,
+                unwritten=app.state.usage.unwritten,
+            )
+            app.state.usage.quotas = redis_quotas
         admission = Admission(keys, app.state.limiter, app.state.usage, enabled=settings.auth)
         app.state.admission = admission
         # The in-memory caches of keys and resolved references follow changes made
@@ -109,6 +121,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await watcher.close()
             await host.close()
             await app.state.usage.close()
+            if redis_quotas is not None:
+                await redis_quotas.close()
             await app.state.limiter.close()
             registry.close()
 
