@@ -12,7 +12,8 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
+from sqlalchemy.orm import Session
 
 from maas.errors import ConflictError, InvalidRequestError, NotFoundError
 from maas.registry.db import Database
@@ -22,6 +23,9 @@ from maas.registry.schemas import UtcDatetime
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 _JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+# Key of the PostgreSQL advisory lock that serialises claims ("maas-job" in ASCII);
+# distinct from the audit chain's and the migrations' locks.
+PG_CLAIM_LOCK = 0x6D6161732D6A6F62
 
 
 class JobInfo(BaseModel):
@@ -161,6 +165,7 @@ def claim_queued(db: Database, *, limit: int, runner_id: str, only: str | None) 
     claimed: list[str] = []
     now = utcnow()
     with db.write() as s:  # serialised: two runners never claim the same slot
+        _lock_claims(s)
         running = s.scalar(select(func.count()).where(JobRow.status == "running")) or 0
         query = (
             select(JobRow)
@@ -177,6 +182,19 @@ def claim_queued(db: Database, *, limit: int, runner_id: str, only: str | None) 
             row.heartbeat_at = now
             claimed.append(row.id)
     return claimed
+
+
+def _lock_claims(session: Session) -> None:
+    """Serialise claims across every runner sharing the database, until commit.
+
+    SQLite's ``BEGIN IMMEDIATE`` (``Database.write``) already holds the one write
+    lock. PostgreSQL's default READ COMMITTED does not: two instances' runners
+    would both count the running jobs, both pick the oldest queued one and both
+    start it. A transaction-level advisory lock makes the count, the pick and the
+    update one step; the statements after it see the other runner's committed claim.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": PG_CLAIM_LOCK})
 
 
 def set_pid(db: Database, job_id: str, pid: int) -> None:

@@ -65,7 +65,8 @@ from maas.jobs.specs import validate_spec
 from maas.registry.models import utcnow
 from maas.registry.store import Registry
 
-ORPHAN_MESSAGE = "orphaned: the server restarted"
+# Every orphaned job's error starts so; the rest names the runner and how it was found gone.
+ORPHAN_MESSAGE = "orphaned:"
 _MAX_SEED = 2**31 - 1
 
 log = logging.getLogger("maas.jobs")
@@ -99,6 +100,7 @@ class JobRunner:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._stopping = False
+        self._claiming = True
 
     # ------------------------------------------------------------ lifecycle
 
@@ -129,6 +131,11 @@ class JobRunner:
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self.poll_interval)
+
+    def stop_claiming(self) -> None:
+        """Start no more queued jobs (a draining server): they stay queued for another
+        instance, or this one's next start. Running jobs are followed as before."""
+        self._claiming = False
 
     def wake(self) -> None:
         """Make the background loop tick now (safe from any thread)."""
@@ -284,6 +291,8 @@ class JobRunner:
             self._start_queued(only)
 
     def _start_queued(self, only: str | None) -> None:
+        if not self._claiming:
+            return
         claimed = records.claim_queued(
             self.db, limit=self.settings.max_concurrent_jobs, runner_id=self.runner_id, only=only
         )
@@ -388,24 +397,33 @@ class JobRunner:
                 if job_id in self._workers:
                     continue
                 host, _, runner_pid = (runner or "").rpartition(":")
+                cause: str | None = None
                 if host == self.host and runner_pid.isdigit():
                     owner = int(runner_pid)
                     if owner == os.getpid():
                         # Our own pid: a previous life of this process (a container's
                         # pid 1 restarted), unless another runner here still has a
                         # live worker for it.
-                        gone = at_start and not (pid is not None and is_worker_of(pid, job_id))
-                    else:
-                        gone = not pid_alive(owner)
+                        if at_start and not (pid is not None and is_worker_of(pid, job_id)):
+                            cause = "the server restarted"
+                    elif not pid_alive(owner):
+                        cause = f"its server (runner {runner}) stopped while the job ran"
                 else:
                     beat = heartbeat
                     if beat is not None and beat.tzinfo is None:
                         beat = beat.replace(tzinfo=now.tzinfo)
-                    gone = beat is None or beat < stale_before
-                if not gone:
+                    if beat is None or beat < stale_before:
+                        silent = (
+                            "" if beat is None else f" for {(now - beat).total_seconds():.0f} s"
+                        )
+                        cause = (
+                            f"its server (runner {runner}) sent no heartbeat{silent}; "
+                            "it stopped or lost the database"
+                        )
+                if cause is None:
                     continue
                 if pid is not None and is_worker_of(pid, job_id):
                     kill_group(pid, signal.SIGKILL)
-                if records.fail_orphan(self.db, job_id, ORPHAN_MESSAGE, now):
+                if records.fail_orphan(self.db, job_id, f"{ORPHAN_MESSAGE} {cause}", now):
                     orphans.append(job_id)
         return orphans
