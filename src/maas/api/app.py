@@ -49,6 +49,17 @@ from maas.serving.metrics import ServingMetrics
 log = logging.getLogger("maas")
 
 
+def begin_drain(app: FastAPI) -> None:
+    """The first step of a graceful shutdown (SIGTERM; ``cli/serve.py`` calls it from the
+    signal handler, so it only flips flags): ``/readyz`` answers 503 from now on, so a
+    load balancer stops sending, and no more queued jobs are started here — they stay
+    queued for another instance. In-flight requests and streams are left to finish."""
+    app.state.draining = True
+    runner: JobRunner | None = getattr(app.state, "jobs", None)
+    if runner is not None:
+        runner.stop_claiming()
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     settings.check_auth_bind()  # settings changed in code (model_copy) skip the validators
@@ -132,6 +143,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Model-as-a-Service: versioned registry and model serving.",
         lifespan=lifespan,
     )
+    app.state.draining = False
     install_error_handlers(app)
     if settings.cors_origins:
         app.add_middleware(

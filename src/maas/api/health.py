@@ -5,7 +5,7 @@ from __future__ import annotations
 import tempfile
 
 import anyio.to_thread
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from maas.api.deps import RegistryDep
@@ -20,8 +20,13 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz")
-async def readyz(registry: RegistryDep) -> JSONResponse:
-    """The database answers and the blob store accepts writes."""
+async def readyz(request: Request, registry: RegistryDep) -> JSONResponse:
+    """The database answers and the blob store accepts writes; 503 once draining (SIGTERM)."""
+    if request.app.state.draining:
+        return JSONResponse(
+            {"status": "draining", "checks": {"server": "draining: shutting down"}},
+            status_code=503,
+        )
 
     def probe() -> dict[str, str]:
         checks: dict[str, str] = {}

@@ -43,7 +43,9 @@ async def live() -> dict[str, bool]:
 
 
 @public.get("/health/ready")
-async def ready(registry: RegistryDep) -> JSONResponse:
+async def ready(request: Request, registry: RegistryDep) -> JSONResponse:
+    if request.app.state.draining:  # SIGTERM: a graceful shutdown has begun (cli/serve.py)
+        return JSONResponse({"ready": False}, status_code=503)
     try:
         await anyio.to_thread.run_sync(registry.db.ping)
     except Exception:

@@ -23,18 +23,30 @@ millisecond or more; in a worker every tick stalled the requests on that
 worker's event loop (the p99 of tiny V2 requests). Workers still accept job
 submissions and cancellations: they are rows this runner picks up within its
 poll interval.
+
+Graceful drain (SIGTERM, or a first Ctrl-C): every serving process marks itself
+not ready (``/readyz`` 503) and stops starting queued jobs, which stay queued for
+another instance; uvicorn closes the listening sockets at once (new connections
+are refused), closes idle keep-alive connections, and lets in-flight requests
+and streams finish for up to ``MAAS_DRAIN_SECONDS`` before it cancels them; then
+the app shuts down (usage records flushed, running jobs stopped and failed with a
+cause) and the process exits 0. With workers, the supervisor forwards SIGTERM to
+each worker and stops the engine only once every worker has drained, so streams
+keep their model to the end.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import multiprocessing
 import shutil
 import signal
 import socket
 import tempfile
 import threading
+import time
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from types import FrameType
@@ -44,21 +56,14 @@ from maas.config import Settings
 log = logging.getLogger("maas.serve")
 
 RESTART_PAUSE_SECONDS = 0.5
+# A worker that has not exited this long after its drain time is killed.
+DRAIN_MARGIN_SECONDS = 10.0
+DRAIN_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # as uvicorn's (cli/drain.py)
 
 
 def run_server(settings: Settings) -> None:
-    import uvicorn
-
     if settings.effective_workers <= 1:
-        from maas.api.app import create_app
-
-        uvicorn.run(
-            create_app(settings),
-            host=settings.host,
-            port=settings.port,
-            log_level=settings.log_level,
-            access_log=settings.access_log,
-        )
+        _serve_app(settings, sock=None)
         return
 
     from maas.serving.engine.process import EngineProcess
@@ -71,13 +76,17 @@ def run_server(settings: Settings) -> None:
     env = settings.export_for_workers(address)
     engine = EngineProcess(address, env)
     engine.start()
+    draining = threading.Event()
     jobs_done = threading.Event()
     jobs = threading.Thread(
-        target=_run_jobs, args=(settings, jobs_done), name="maas-job-runner", daemon=True
+        target=_run_jobs,
+        args=(settings, draining, jobs_done),
+        name="maas-job-runner",
+        daemon=True,
     )
     jobs.start()
     try:
-        _supervise_workers(settings)
+        _supervise_workers(settings, draining)
     finally:
         jobs_done.set()
         jobs.join(60)
@@ -85,8 +94,9 @@ def run_server(settings: Settings) -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def _run_jobs(settings: Settings, done: threading.Event) -> None:
-    """The job runner of a multi-worker server, on its own event loop, until ``done``."""
+def _run_jobs(settings: Settings, draining: threading.Event, done: threading.Event) -> None:
+    """The job runner of a multi-worker server, on its own event loop, until ``done``;
+    it starts no queued job once ``draining``."""
     from maas.jobs.runner import JobRunner
     from maas.registry.store import Registry
 
@@ -95,6 +105,8 @@ def _run_jobs(settings: Settings, done: threading.Event) -> None:
         runner = JobRunner(registry, settings)
         await runner.start()
         try:
+            await asyncio.to_thread(draining.wait)
+            runner.stop_claiming()
             await asyncio.to_thread(done.wait)
         finally:
             await runner.close()
@@ -115,39 +127,50 @@ def _listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _worker_main(host: str, port: int, log_level: str, access_log: bool) -> None:
+def _worker_main(host: str, port: int) -> None:
     """One HTTP worker: its own SO_REUSEPORT socket, the app built from the environment."""
+    settings = Settings()
+    _serve_app(settings, sock=_listening_socket(host, port))
+
+
+def _serve_app(settings: Settings, sock: socket.socket | None) -> None:
+    """Serve the app in this process until a signal, draining first (see the module doc)."""
     import uvicorn
 
-    sock = _listening_socket(host, port)
+    from maas.api.app import begin_drain, create_app
+    from maas.cli.drain import DrainingServer
+
+    app = create_app(settings)
     config = uvicorn.Config(
-        "maas.api.app:create_app",
-        factory=True,
-        log_level=log_level,
-        access_log=access_log,
-        host=host,
-        port=port,
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=settings.access_log,
+        timeout_graceful_shutdown=math.ceil(settings.drain_seconds),
     )
-    uvicorn.Server(config).run(sockets=[sock])
+    server = DrainingServer(config, on_drain=lambda: begin_drain(app))
+    server.run(sockets=None if sock is None else [sock])
 
 
-def _supervise_workers(settings: Settings) -> None:
+def _supervise_workers(settings: Settings, draining: threading.Event) -> None:
     context = multiprocessing.get_context("spawn")
     stopping = threading.Event()
 
     def start() -> BaseProcess:
         process = context.Process(
             target=_worker_main,
-            args=(settings.host, settings.port, settings.log_level, settings.access_log),
+            args=(settings.host, settings.port),
             name="maas-http-worker",
         )
         process.start()
         return process
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
+        draining.set()  # the job runner starts no more queued jobs
         stopping.set()
 
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, on_signal) for sig in DRAIN_SIGNALS}
     workers = [start() for _ in range(settings.effective_workers)]
     try:
         while not stopping.wait(RESTART_PAUSE_SECONDS):
@@ -162,9 +185,10 @@ def _supervise_workers(settings: Settings) -> None:
     finally:
         for worker in workers:
             if worker.is_alive():
-                worker.terminate()  # uvicorn finishes in-flight requests on SIGTERM
+                worker.terminate()  # each drains: in-flight requests and streams finish
+        deadline = time.monotonic() + settings.drain_seconds + DRAIN_MARGIN_SECONDS
         for worker in workers:
-            worker.join(30)
+            worker.join(max(0.0, deadline - time.monotonic()))
             if worker.is_alive():
                 worker.kill()
                 worker.join()

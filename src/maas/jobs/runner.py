@@ -183,14 +183,7 @@ class JobRunner:
         job_id = uuid.uuid4().hex
         workdir = self.workdir(job_id)
         workdir.mkdir(parents=True)
-        doc = {
-            "job_id": job_id,
-            "kind": kind,
-            "spec": spec,
-            "seed": seed,
-            "created_by": created_by,
-        }
-        (workdir / SPEC_FILE).write_text(json.dumps(doc, indent=2))
+        _write_spec(workdir, job_id, kind, spec, seed=seed, created_by=created_by)
         info = records.insert_job(self.db, job_id, kind, spec, seed=seed, created_by=created_by)
         self.wake()
         return info
@@ -300,8 +293,22 @@ class JobRunner:
             self._spawn(job_id)
 
     def _spawn(self, job_id: str) -> None:
+        workdir = self.workdir(job_id)
         try:
-            worker = start_worker(job_id, self.workdir(job_id), self.settings.child_env())
+            if not (workdir / SPEC_FILE).is_file():
+                # Submitted through another instance (its own MAAS_HOME): the row holds
+                # everything the worker needs to know.
+                info = records.get_job(self.db, job_id)
+                workdir.mkdir(parents=True, exist_ok=True)
+                _write_spec(
+                    workdir,
+                    job_id,
+                    info.kind,
+                    info.spec,
+                    seed=info.seed,
+                    created_by=info.created_by,
+                )
+            worker = start_worker(job_id, workdir, self.settings.child_env())
         except OSError as exc:
             self._set_final(job_id, "failed", error=f"could not start the worker: {exc}")
             return
@@ -427,3 +434,16 @@ class JobRunner:
                 if records.fail_orphan(self.db, job_id, f"{ORPHAN_MESSAGE} {cause}", now):
                     orphans.append(job_id)
         return orphans
+
+
+def _write_spec(
+    workdir: Path,
+    job_id: str,
+    kind: str,
+    spec: dict[str, Any],
+    *,
+    seed: int,
+    created_by: str | None,
+) -> None:
+    doc = {"job_id": job_id, "kind": kind, "spec": spec, "seed": seed, "created_by": created_by}
+    (workdir / SPEC_FILE).write_text(json.dumps(doc, indent=2))

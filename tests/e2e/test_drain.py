@@ -1,0 +1,167 @@
+"""Graceful drain: SIGTERM to `maas serve` while 16 SSE streams are open.
+
+Every stream completes, a request after SIGTERM is refused (connection refused or
+503, never a reset mid-response), queued jobs stay queued for another instance,
+and the process exits 0. Once as one process, once as a supervisor with two HTTP
+workers and an engine (the engine must outlive the workers' streams).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from maas.config import Settings
+from maas.jobs.records import get_job
+from maas.registry.store import Registry
+from tests.e2e.instances import launch
+from tests.gguf_helpers import SPECIAL_TOKENS, write_tiny_llama_gguf
+from tests.helpers import make_onnx_file
+
+pytestmark = pytest.mark.slow
+
+STREAMS = 16
+MAX_TOKENS = 96
+# The tiny random model samples its end tokens now and then; forbid them, so every
+# stream runs its full MAX_TOKENS and is still running when SIGTERM comes.
+NO_END = {str(i): -100 for i in range(len(SPECIAL_TOKENS))}
+
+
+@pytest.fixture(scope="module")
+def drain_home_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A registry holding the tiny GGUF chat model and a tiny ONNX model (for a job)."""
+    home = tmp_path_factory.mktemp("drain-home")
+    gguf = tmp_path_factory.mktemp("gguf") / "tiny.Q8_0.gguf"
+    write_tiny_llama_gguf(gguf)
+    registry = Registry(Settings(home=home))
+    try:
+        registry.push(gguf, "tiny")
+        registry.push(make_onnx_file(tmp_path_factory.mktemp("onnx") / "m.onnx").parent, "affine")
+    finally:
+        registry.close()
+    return home
+
+
+@dataclass
+class Stream:
+    status: int | None = None
+    events: list[tuple[float, dict[str, object]]] = field(default_factory=list)
+    done: bool = False
+    error: str | None = None
+
+
+def _stream(url: str, key: str, index: int, out: Stream) -> None:
+    body = {
+        "model": "tiny",
+        "messages": [{"role": "user", "content": f"tell me about the fox number {index}"}],
+        "max_tokens": MAX_TOKENS,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "logit_bias": NO_END,
+        "seed": index,
+    }
+    try:
+        with httpx.stream(
+            "POST",
+            f"{url}/v1/chat/completions",
+            json=body,
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=120,
+        ) as response:
+            out.status = response.status_code
+            for line in response.iter_lines():
+                if line == "data: [DONE]":
+                    out.done = True
+                elif line.startswith("data: "):
+                    out.events.append((time.monotonic(), json.loads(line[6:])))
+    except httpx.HTTPError as exc:  # a reset or a cut stream: the failure this test is about
+        out.error = f"{type(exc).__name__}: {exc}"
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_sigterm_with_16_open_streams_finishes_them_all_then_exits_0(
+    drain_home_template: Path, tmp_path: Path, workers: str
+) -> None:
+    home = tmp_path / "home"
+    shutil.copytree(drain_home_template, home)
+    server = launch(
+        home,
+        {
+            "MAAS_WORKERS": workers,
+            "MAAS_KV_CACHE_TOKENS": "4096",
+            # 4 decode at a time, 12 wait: the last streams start well after SIGTERM.
+            "MAAS_MAX_RUNNING_SEQUENCES": "4",
+            "MAAS_DRAIN_SECONDS": "60",
+        },
+    )
+    key = (home / "admin.key").read_text().strip()
+    auth = {"Authorization": f"Bearer {key}"}
+    try:
+        # A running job and a queued one (one job at a time by default).
+        jobs_url = f"{server.url}/admin/v1/jobs"
+        job_body = {"kind": "selftest", "spec": {"model": "affine", "sleep": 120}}
+        running_job = httpx.post(jobs_url, json=job_body, headers=auth).json()["id"]
+        queued_job = httpx.post(jobs_url, json=job_body, headers=auth).json()["id"]
+        _wait_for(lambda: httpx.get(f"{jobs_url}/{running_job}", headers=auth).json()["pid"])
+
+        streams = [Stream() for _ in range(STREAMS)]
+        threads = [
+            threading.Thread(target=_stream, args=(server.url, key, i, s), daemon=True)
+            for i, s in enumerate(streams)
+        ]
+        for thread in threads:
+            thread.start()
+        _wait_for(lambda: sum(1 for s in streams if s.events) >= 2)
+        sigterm_at = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+
+        # Refused from now on: a new connection is refused, or answered 503.
+        time.sleep(0.5)
+        for path in ("/readyz", "/v1/models"):
+            try:
+                late = httpx.get(f"{server.url}{path}", headers=auth, timeout=10)
+            except httpx.ConnectError:
+                continue
+            assert late.status_code == 503, (path, late.status_code)
+
+        for thread in threads:
+            thread.join(timeout=120)
+        exit_code = server.proc.wait(timeout=60)
+        drained_at = time.monotonic()
+    finally:
+        server.stop()
+    for i, stream in enumerate(streams):
+        assert stream.error is None, (i, stream.error)
+        assert stream.status == 200 and stream.done, i
+        usage = stream.events[-1][1]["usage"]
+        assert isinstance(usage, dict) and usage["completion_tokens"] == MAX_TOKENS, (i, usage)
+        finish = [c["finish_reason"] for _, e in stream.events for c in e["choices"]]  # type: ignore[attr-defined]
+        assert finish[-1] == "length", i
+    # The drain covered streams in flight: most of them were still sending after SIGTERM.
+    after = sum(1 for s in streams if s.events[-1][0] > sigterm_at)
+    assert after >= STREAMS // 2, after
+    assert exit_code == 0
+    print(f"\nworkers={workers}: drained {STREAMS} streams in {drained_at - sigterm_at:.2f} s")
+
+    registry = Registry(Settings(home=home))
+    try:
+        assert get_job(registry.db, queued_job).status == "queued"
+        interrupted = get_job(registry.db, running_job)
+        assert interrupted.status == "failed" and "interrupted" in (interrupted.error or "")
+    finally:
+        registry.close()
+
+
+def _wait_for(condition: object, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
