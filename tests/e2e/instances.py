@@ -6,6 +6,7 @@ it: to send SIGTERM, read the exit status, or kill one instance of several.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -24,6 +25,12 @@ class Instance:
     url: str
     home: Path
     proc: subprocess.Popen[bytes]
+
+    def kill(self) -> None:
+        """SIGKILL the whole instance (its process group): a machine lost, no cleanup."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
 
     def stop(self) -> int:
         if self.proc.poll() is None:
@@ -53,6 +60,7 @@ def launch(home: Path, env: dict[str, str] | None = None, *, name: str = "server
             env=full_env,
             stdout=subprocess.DEVNULL,
             stderr=log,
+            start_new_session=True,  # its own process group, so that kill() takes all of it
         )
     instance = Instance(f"http://127.0.0.1:{port}", home, proc)
     deadline = time.monotonic() + 90
