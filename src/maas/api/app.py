@@ -6,6 +6,7 @@ import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 import anyio.to_thread
 from fastapi import FastAPI
@@ -38,13 +39,15 @@ from maas.security.audit import AuditLog
 from maas.security.keys import KeyStore
 from maas.security.limits import RATE_WORDS, Limiter, RateLimiter
 from maas.security.quotas import Quotas
-from maas.security.quotas_redis import RedisQuotas
 from maas.security.usage import UsageRecorder
 from maas.serving.dataplane import DataPlane
 from maas.serving.engine.client import RemoteHost, RemoteLimiter, RemoteQuotas
 from maas.serving.hosts import LocalHost, ModelHost
 from maas.serving.manager import ModelManager
 from maas.serving.metrics import ServingMetrics
+
+if TYPE_CHECKING:
+    from maas.security.quotas_redis import RedisQuotas
 
 log = logging.getLogger("maas")
 
@@ -99,6 +102,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.usage = UsageRecorder(registry.db, watts=settings.energy_watts, quotas=quotas)
         redis_quotas: RedisQuotas | None = None
         if settings.redis_url:
+            from maas.security.quotas_redis import RedisQuotas  # the `redis` extra
+
             # Quotas global to every instance and worker sharing the Redis: counted
             # there, not in this process or the engine (security/quotas_redis.py).
             redis_quotas = RedisQuotas(
