@@ -61,7 +61,12 @@ async def _engine(
     kv: int = 2048,
     parked: int | None = None,
 ) -> AsyncIterator[LlamaGenerationEngine]:
-    options: dict[str, Any] = {"kv_cache_tokens": kv, "max_sequences": sequences}
+    # Flash attention off: greedy tokens are compared with llama.cpp's own exactly.
+    options: dict[str, Any] = {
+        "kv_cache_tokens": kv,
+        "max_sequences": sequences,
+        "flash_attention": False,
+    }
     if parked is not None:
         options["prefix_cache_sequences"] = parked
     executor = ThreadPoolExecutor(1)

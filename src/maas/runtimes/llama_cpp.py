@@ -156,7 +156,7 @@ class LlamaCppTextGenerationRuntime(TextGenerationRuntime):
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
         self.threads = int(options.get("threads") or max(1, cores - 1))
         self._kv_bytes = 0
-        self.flash_attention = bool(options.get("flash_attention", False))
+        self.flash_attention = bool(options.get("flash_attention", True))
 
     def gguf_file(self) -> Path:
         root = self.context.model_dir
@@ -198,11 +198,15 @@ class LlamaCppTextGenerationRuntime(TextGenerationRuntime):
         params.n_threads = self.threads
         params.n_threads_batch = self.threads
         params.kv_unified = True
-        # No flash attention: its CPU kernel for several query rows accumulates in
-        # half precision, so a sequence's logits would depend on what else is in the
-        # batch (measured: 7 of 16 greedy completions of a tiny model drifted from
-        # llama.cpp's single-sequence answer). Without it, batched greedy decoding is
-        # token-for-token llama.cpp's own (tests/e2e/test_openai_llama_cpp.py).
+        # Flash attention (MAAS_FLASH_ATTENTION, on by default): in the shared cache
+        # every token would otherwise attend to every used cell, masked, so a step's
+        # attention grows with the square of the running sequences (58% of a 32-stream
+        # step, profiled); flash attention skips the masked cells. Its CPU kernel sums
+        # in half precision in cell order, so a sequence's logits then depend a little
+        # on where its cells landed, i.e. on what ran beside it (measured: 7 of 16
+        # greedy completions of a tiny random model drifted; SmolLM2 Q4_1 drifts
+        # batched either way). Off, batched greedy decoding of a Q8_0 model is
+        # token-for-token llama.cpp's own (tests/serving/test_generation_llama.py).
         params.flash_attn_type = (
             lib.LLAMA_FLASH_ATTN_TYPE_ENABLED
             if self.flash_attention

@@ -208,6 +208,7 @@ class ModelManager:
             "max_sequences": self._settings.max_running_sequences,
             # llama.cpp's threads per decode step; 0 = the runtime's default.
             "threads": self._settings.torch_threads,
+            "flash_attention": self._settings.flash_attention,
         }
 
     def _record(self, model: str, stats: BatchStats) -> None:
