@@ -150,9 +150,12 @@ class LlamaCppTextGenerationRuntime(TextGenerationRuntime):
         self.batch_tokens = int(options.get("batch_tokens", 512))
         # All cores but one: the event loop that streams the tokens (and parses the
         # next requests) keeps a core, and llama.cpp's OpenMP threads, which spin at
-        # their barriers, never wait on a thread the OS has parked. Measured on 2 busy
-        # cores (SmolLM2 Q4_1, 1/8/32 streams): 2 threads 4.4/9.8/27.9 tok/s, 1 thread
-        # 35.7/59.7/39.9. MAAS_TORCH_THREADS overrides it.
+        # their barriers, never wait on a thread the OS has parked. Measured on 2
+        # cores (SmolLM2 Q4_1, 32 streams, in process): quiet, 2 threads 143.7 tok/s
+        # vs 1 thread 82.7; with one other busy process, 2 threads 23-29 tok/s vs 1
+        # thread 84-88, and at 1 or 8 streams 2 threads fall 10x even when quiet-ish.
+        # One thread is the count that never collapses; a dedicated machine can set
+        # more with MAAS_TORCH_THREADS.
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
         self.threads = int(options.get("threads") or max(1, cores - 1))
         self._kv_bytes = 0
