@@ -130,7 +130,9 @@ async def drive(server: Server, prompts: list[str], concurrency: int, max_new: i
         while not queue.empty():
             await one(client, queue.get_nowait())
 
-    limits = httpx.Limits(max_connections=concurrency + 4)
+    # No keep-alive: llama-server closes some connections after a stream, and a request
+    # sent on one of those gets no response; a new connection costs well under 1 ms.
+    limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=0)
     async with httpx.AsyncClient(timeout=600, limits=limits) as client:
         started = time.perf_counter()
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
