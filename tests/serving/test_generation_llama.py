@@ -9,26 +9,21 @@ tests/e2e/test_openai_llama_cpp.py.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import aclosing, asynccontextmanager
+from collections.abc import Iterator
+from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from maas.config import Settings
 from maas.errors import RateLimitedError
 from maas.registry.schemas import VersionInfo
-from maas.registry.store import Registry
-from maas.runtimes.base import RuntimeContext
-from maas.serving.generation import GenerationRequest, SamplingParams, create_engine
-from maas.serving.metrics import ServingMetrics
+from maas.serving.generation import GenerationRequest, SamplingParams
 from tests.gguf_helpers import CONTEXT, write_tiny_llama_gguf
+from tests.serving.llama_engines import llama_engine, pushed
 
 llama_cpp = pytest.importorskip("llama_cpp")
 
-from maas.runtimes.llama_cpp import LlamaCppTextGenerationRuntime  # noqa: E402
 from maas.serving.generation_llama import LlamaGenerationEngine  # noqa: E402
 from maas.serving.generation_llama_loop import DecodeLoop, Delivery, Sequence  # noqa: E402
 
@@ -44,57 +39,7 @@ def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def version(tmp_path_factory: pytest.TempPathFactory, tiny_gguf: Path) -> Iterator[VersionInfo]:
-    registry = Registry(Settings(home=tmp_path_factory.mktemp("home")))
-    try:
-        yield registry.push(tiny_gguf, "tiny")
-    finally:
-        registry.close()
-
-
-@asynccontextmanager
-async def _engine(
-    path: Path,
-    version: VersionInfo,
-    *,
-    sequences: int = 8,
-    queued: int = 8,
-    kv: int = 2048,
-    parked: int | None = None,
-) -> AsyncIterator[LlamaGenerationEngine]:
-    # Flash attention off: greedy tokens are compared with llama.cpp's own exactly.
-    options: dict[str, Any] = {
-        "kv_cache_tokens": kv,
-        "max_sequences": sequences,
-        "flash_attention": False,
-    }
-    if parked is not None:
-        options["prefix_cache_sequences"] = parked
-    executor = ThreadPoolExecutor(1)
-    runtime = LlamaCppTextGenerationRuntime(
-        RuntimeContext(
-            model_dir=path,
-            version=version,
-            executor=executor,
-            options=options,
-        )
-    )
-    await runtime.load()
-    engine = create_engine(
-        runtime,
-        metrics=ServingMetrics(),
-        model_label="tiny",
-        executor=executor,
-        max_running=sequences,
-        max_queued=queued,
-        kv_cache_tokens=kv,
-    )
-    assert isinstance(engine, LlamaGenerationEngine)
-    try:
-        yield engine
-    finally:
-        await engine.close()
-        await runtime.unload()
-        executor.shutdown()
+    yield from pushed(tmp_path_factory.mktemp("home"), tiny_gguf)
 
 
 async def _tokens(engine: LlamaGenerationEngine, prompt: str, params: SamplingParams) -> list[int]:
@@ -139,7 +84,7 @@ def test_runtime_reads_the_gguf_limits_template_and_memory(
     file_size = tiny_gguf.stat().st_size
 
     async def main() -> None:
-        async with _engine(tiny_gguf, version) as engine:
+        async with llama_engine(tiny_gguf, version) as engine:
             runtime = engine.llama
             assert runtime.context_length == CONTEXT
             assert runtime.has_chat_template
@@ -155,7 +100,7 @@ def test_batched_greedy_tokens_equal_llama_cpp_one_sequence_at_a_time(
     expected = [_llama_greedy(tiny_gguf, p, 20) for p in PROMPTS]
 
     async def main() -> list[list[int]]:
-        async with _engine(tiny_gguf, version) as engine:
+        async with llama_engine(tiny_gguf, version) as engine:
             greedy = SamplingParams(max_tokens=20, temperature=0)
 
             # Arriving one after another: prompts are read while others decode.
@@ -173,7 +118,7 @@ def test_a_cancelled_sequence_is_freed_within_one_step(
     tiny_gguf: Path, version: VersionInfo
 ) -> None:
     async def main() -> None:
-        async with _engine(tiny_gguf, version, sequences=1, queued=1) as engine:
+        async with llama_engine(tiny_gguf, version, sequences=1, queued=1) as engine:
             params = SamplingParams(max_tokens=CONTEXT - 16, temperature=1.0, seed=3)
             ids = engine.llama.encode_text("the quick brown fox")
             deliveries: asyncio.Queue[Delivery] = asyncio.Queue()
@@ -196,7 +141,7 @@ def test_closing_a_stream_frees_the_slot_for_the_next_request(
     tiny_gguf: Path, version: VersionInfo
 ) -> None:
     async def main() -> None:
-        async with _engine(tiny_gguf, version, sequences=1, queued=0) as engine:
+        async with llama_engine(tiny_gguf, version, sequences=1, queued=0) as engine:
             ids = engine.llama.encode_text("the quick brown fox")
             params = SamplingParams(max_tokens=CONTEXT - 16, temperature=1.0)
             async with aclosing(engine.generate(ids, params)) as chunks:
@@ -212,7 +157,7 @@ def test_requests_past_running_and_queued_sequences_are_refused_with_429(
     tiny_gguf: Path, version: VersionInfo
 ) -> None:
     async def main() -> None:
-        async with _engine(tiny_gguf, version, sequences=1, queued=1) as engine:
+        async with llama_engine(tiny_gguf, version, sequences=1, queued=1) as engine:
             ids = engine.llama.encode_text("the quick brown fox")
             params = SamplingParams(max_tokens=CONTEXT - 16, temperature=1.0)
             async with aclosing(engine.generate(ids, params, n=2)) as both:
@@ -229,7 +174,7 @@ def test_same_seed_same_tokens_other_seed_other_tokens(
     tiny_gguf: Path, version: VersionInfo
 ) -> None:
     async def main() -> list[list[int]]:
-        async with _engine(tiny_gguf, version) as engine:
+        async with llama_engine(tiny_gguf, version) as engine:
             return [
                 await _tokens(engine, "hello world", SamplingParams(max_tokens=16, seed=seed))
                 for seed in (5, 5, 6)
@@ -253,7 +198,7 @@ def test_a_shared_prefix_is_read_once_and_changes_no_token(
     greedy = SamplingParams(max_tokens=12, temperature=0)
 
     async def main() -> None:
-        async with _engine(tiny_gguf, version) as engine:
+        async with llama_engine(tiny_gguf, version) as engine:
             shared = len(engine.llama.encode_text(SHARED))
             assert shared > 100
             got = [await _tokens(engine, q, greedy) for q in questions]
@@ -276,7 +221,7 @@ def test_parked_cells_give_way_to_running_sequences(tiny_gguf: Path, version: Ve
     """Two sequences that need most of the cache: the parked one is dropped to make room."""
 
     async def main() -> None:
-        async with _engine(tiny_gguf, version, sequences=2, kv=512) as engine:
+        async with llama_engine(tiny_gguf, version, sequences=2, kv=512) as engine:
             loop = engine._decode_loop()
             short = SamplingParams(max_tokens=8, temperature=0)
             long = SamplingParams(max_tokens=200, temperature=0)
@@ -301,7 +246,7 @@ def test_with_every_sequence_id_taken_a_parked_match_is_taken_over(
     expected = _llama_greedy(tiny_gguf, question, 8)
 
     async def main() -> None:
-        async with _engine(tiny_gguf, version, sequences=1, parked=1) as engine:
+        async with llama_engine(tiny_gguf, version, sequences=1, parked=1) as engine:
             loop = engine._decode_loop()
             greedy = SamplingParams(max_tokens=8, temperature=0)
             ids = engine.llama.encode_text(question)

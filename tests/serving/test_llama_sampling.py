@@ -12,33 +12,27 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import aclosing, asynccontextmanager
+from collections.abc import Iterator
+from contextlib import aclosing
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from maas.config import Settings
 from maas.errors import InvalidRequestError
 from maas.registry.schemas import VersionInfo
-from maas.registry.store import Registry
-from maas.runtimes.base import RuntimeContext
 from maas.serving.generation import (
     GenerationRequest,
     Message,
     SamplingParams,
     TokenLogprob,
-    create_engine,
 )
 from maas.serving.llama_sampling import check_params
-from maas.serving.metrics import ServingMetrics
 from tests.gguf_helpers import write_tiny_llama_gguf
+from tests.serving.llama_engines import llama_engine, pushed
 
 llama_cpp = pytest.importorskip("llama_cpp")
 
-from maas.runtimes.llama_cpp import LlamaCppTextGenerationRuntime  # noqa: E402
 from maas.serving.generation_llama import LlamaGenerationEngine  # noqa: E402
 
 PROMPT = "the quick brown fox"
@@ -53,41 +47,7 @@ def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def version(tmp_path_factory: pytest.TempPathFactory, tiny_gguf: Path) -> Iterator[VersionInfo]:
-    registry = Registry(Settings(home=tmp_path_factory.mktemp("home")))
-    try:
-        yield registry.push(tiny_gguf, "tiny")
-    finally:
-        registry.close()
-
-
-@asynccontextmanager
-async def _engine(path: Path, version: VersionInfo) -> AsyncIterator[LlamaGenerationEngine]:
-    executor = ThreadPoolExecutor(1)
-    runtime = LlamaCppTextGenerationRuntime(
-        RuntimeContext(
-            model_dir=path,
-            version=version,
-            executor=executor,
-            options={"kv_cache_tokens": 2048, "max_sequences": 8},
-        )
-    )
-    await runtime.load()
-    engine = create_engine(
-        runtime,
-        metrics=ServingMetrics(),
-        model_label="tiny",
-        executor=executor,
-        max_running=8,
-        max_queued=8,
-        kv_cache_tokens=2048,
-    )
-    assert isinstance(engine, LlamaGenerationEngine)
-    try:
-        yield engine
-    finally:
-        await engine.close()
-        await runtime.unload()
-        executor.shutdown()
+    yield from pushed(tmp_path_factory.mktemp("home"), tiny_gguf)
 
 
 async def _generate(
@@ -110,7 +70,7 @@ def test_a_logit_bias_of_100_forces_a_token_and_of_minus_100_bans_one(
 ) -> None:
 
     async def main() -> None:
-        async with _engine(tiny_gguf, version) as engine:
+        async with llama_engine(tiny_gguf, version) as engine:
             greedy = SamplingParams(max_tokens=16, temperature=0)
             plain, _ = await _generate(engine, greedy)
             forced, _ = await _generate(engine, replace(greedy, logit_bias=((42, 100),)))
@@ -142,7 +102,7 @@ def test_penalties_lower_logits_by_openais_formula_over_generated_tokens_only(
             frequency_penalty=frequency,
             presence_penalty=presence,
         )
-        async with _engine(tiny_gguf, version) as engine:
+        async with llama_engine(tiny_gguf, version) as engine:
             tokens, logprobs = await _generate(engine, params)
             plain, _ = await _generate(engine, SamplingParams(max_tokens=48, temperature=0))
         assert tokens != plain  # the penalties changed something
@@ -173,7 +133,7 @@ def test_min_p_of_one_keeps_only_the_most_likely_token(
 ) -> None:
 
     async def main() -> None:
-        async with _engine(tiny_gguf, version) as engine:
+        async with llama_engine(tiny_gguf, version) as engine:
             greedy, _ = await _generate(engine, SamplingParams(max_tokens=24, temperature=0))
             sampled, _ = await _generate(
                 engine, SamplingParams(max_tokens=24, temperature=1.5, seed=7, min_p=1.0)
@@ -190,7 +150,7 @@ def test_min_p_of_one_keeps_only_the_most_likely_token(
 def test_repetition_penalty_changes_greedy_tokens(tiny_gguf: Path, version: VersionInfo) -> None:
 
     async def main() -> None:
-        async with _engine(tiny_gguf, version) as engine:
+        async with llama_engine(tiny_gguf, version) as engine:
             plain, _ = await _generate(engine, SamplingParams(max_tokens=48, temperature=0))
             penalised, _ = await _generate(
                 engine, SamplingParams(max_tokens=48, temperature=0, repetition_penalty=1.5)
@@ -206,7 +166,7 @@ def test_logit_bias_ids_outside_the_vocabulary_are_a_400_naming_logit_bias(
 ) -> None:
 
     async def main() -> None:
-        async with _engine(tiny_gguf, version) as engine:
+        async with llama_engine(tiny_gguf, version) as engine:
             request = GenerationRequest(
                 prompt=PROMPT, params=SamplingParams(max_tokens=4, logit_bias=((10_000, 5.0),))
             )
@@ -223,7 +183,7 @@ def test_a_grammar_llama_cpp_cannot_parse_is_refused_before_the_loop(
 ) -> None:
 
     async def main() -> None:
-        async with _engine(tiny_gguf, version) as engine:
+        async with llama_engine(tiny_gguf, version) as engine:
             bad = SamplingParams(grammar='root ::= "a" (')
             with pytest.raises(InvalidRequestError) as caught:
                 check_params(engine.llama, bad, grammar_param="response_format")
@@ -252,7 +212,7 @@ def test_a_json_schema_request_prepares_a_grammar_the_loop_follows(
             json_schema=json.dumps(schema),
             n=4,
         )
-        async with _engine(tiny_gguf, version) as engine:
+        async with llama_engine(tiny_gguf, version) as engine:
             ids, params = await engine.prepare(request)
             assert params.grammar is not None and "root ::=" in params.grammar
             texts = ["", "", "", ""]
@@ -292,7 +252,7 @@ def test_checking_the_drawn_token_first_gives_the_tokens_of_masking_first(
             response_format="json_schema",
             json_schema=json.dumps(schema),
         )
-        async with _engine(tiny_gguf, version) as engine:
+        async with llama_engine(tiny_gguf, version) as engine:
             ids, checked_after = await engine.prepare(request)
             masked_first = replace(checked_after, temperature=1.0, top_k=1)
             tokens = []
