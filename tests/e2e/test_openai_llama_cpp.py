@@ -396,6 +396,36 @@ def test_a_shared_system_prompt_is_read_once(smollm2_server: tuple[LiveServer, P
     assert all(answers)
 
 
+def test_usage_says_how_many_prompt_tokens_came_from_the_prefix_cache(client: Any) -> None:
+    system = "the quick brown fox jumps over the lazy dog, what is the capital of france? " * 4
+
+    def chat(question: str, stream: bool) -> Any:
+        asked = {
+            "model": "tiny",
+            "messages": [
+                {"role": "system", "content": system},
+                {"role": "user", "content": question},
+            ],
+            "max_tokens": 4,
+            "temperature": 0,
+        }
+        if not stream:
+            return client.chat.completions.create(**asked).usage
+        events = client.chat.completions.create(
+            **asked, stream=True, stream_options={"include_usage": True}
+        )
+        return [e.usage for e in events if e.usage][-1]
+
+    first = chat("hello world", stream=False)
+    second = chat("paris is the", stream=False)
+    third = chat("hello model", stream=True)
+    assert first.prompt_tokens_details.cached_tokens == 0
+    # The system turn and the template around it, at least (the questions differ).
+    for later in (second, third):
+        assert later.prompt_tokens_details.cached_tokens > 60
+        assert later.prompt_tokens_details.cached_tokens < later.prompt_tokens
+
+
 @pytest.fixture(scope="module")
 def tight_server(
     tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path

@@ -78,6 +78,7 @@ class _Completion:
     logprobs: list[TokenLogprob] = field(default_factory=list)
     finish_reason: str = "stop"
     tokens: int = 0
+    cached: int = 0  # prompt tokens it reused from the prefix cache
 
 
 async def _complete_all(generation: Generation, n: int) -> list[_Completion]:
@@ -91,14 +92,17 @@ async def _complete_all(generation: Generation, n: int) -> list[_Completion]:
             result.tokens = chunk.completion_tokens
             if chunk.finish_reason is not None:
                 result.finish_reason = chunk.finish_reason
+                result.cached = chunk.cached_tokens
     return results
 
 
-def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+def _usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dict[str, Any]:
+    """OpenAI's usage object; the prompt, counted once, is the first sequence's."""
     return {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached_tokens},
     }
 
 
@@ -173,7 +177,9 @@ async def chat_completions(
                     zip(results, answers, strict=True)
                 )
             ],
-            "usage": _usage(generation.prompt_tokens, sum(r.tokens for r in results)),
+            "usage": _usage(
+                generation.prompt_tokens, sum(r.tokens for r in results), results[0].cached
+            ),
         }
 
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -260,7 +266,9 @@ async def completions(
                 }
                 for index, result in enumerate(results)
             ],
-            "usage": _usage(generation.prompt_tokens, sum(r.tokens for r in results)),
+            "usage": _usage(
+                generation.prompt_tokens, sum(r.tokens for r in results), results[0].cached
+            ),
         }
 
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -302,12 +310,12 @@ async def completions(
 
 def _final_usage(
     include: bool, ident: str, object_name: str, created: int, model: str, fingerprint: str
-) -> Callable[[int, int], dict[str, Any]] | None:
+) -> Callable[[int, int, int], dict[str, Any]] | None:
     """The last event of ``stream_options.include_usage``: no choices, the token counts."""
     if not include:
         return None
 
-    def final(prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+    def final(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dict[str, Any]:
         return {
             "id": ident,
             "object": object_name,
@@ -315,7 +323,7 @@ def _final_usage(
             "model": model,
             "system_fingerprint": fingerprint,
             "choices": [],
-            "usage": _usage(prompt_tokens, completion_tokens),
+            "usage": _usage(prompt_tokens, completion_tokens, cached_tokens),
         }
 
     return final
@@ -326,16 +334,19 @@ def _streaming_response(
     *,
     first: list[dict[str, Any]],
     piece: Callable[[Chunk], dict[str, Any] | None],
-    final: Callable[[int, int], dict[str, Any]] | None,
+    final: Callable[[int, int, int], dict[str, Any]] | None,
 ) -> StreamingResponse:
     async def events() -> AsyncIterator[bytes]:
         tokens: dict[int, int] = {}
+        cached = 0
         try:
             for opening in first:
                 yield _sse(opening)
             try:
                 async for c in generation:
                     tokens[c.index] = c.completion_tokens
+                    if c.index == 0 and c.finish_reason is not None:
+                        cached = c.cached_tokens
                     payload = piece(c)
                     if payload is not None:  # None: nothing to send for this chunk yet
                         yield _sse(payload)
@@ -353,7 +364,7 @@ def _streaming_response(
                 }
                 yield _sse({"error": error})
             if final is not None:
-                yield _sse(final(generation.prompt_tokens, sum(tokens.values())))
+                yield _sse(final(generation.prompt_tokens, sum(tokens.values()), cached))
             yield _sse("[DONE]")
         finally:
             # A client that disconnected lands here too: stop its sequences now.

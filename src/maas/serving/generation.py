@@ -26,7 +26,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import Executor
 from contextlib import aclosing
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import anyio.to_thread
@@ -59,6 +59,7 @@ __all__ = [
     "Message",
     "Prepared",
     "SamplingParams",
+    "SequenceStats",
     "Step",
     "StopMatcher",
     "TokenLogprob",
@@ -72,6 +73,13 @@ _ENCODE_ON_LOOP_CHARS = 4096
 # What an engine's step source yields: new token ids, their log-probabilities (when
 # asked for), and "stop" / "length" with the last step.
 Step = tuple[list[int], list[TokenLogprob], str | None]
+
+
+@dataclass(slots=True)
+class SequenceStats:
+    """What an engine learns about one sequence as it runs, read when it ends."""
+
+    cached_tokens: int = 0  # leading prompt tokens served from a prefix cache
 
 
 class GenerationEngine(ABC):
@@ -103,9 +111,16 @@ class GenerationEngine(ABC):
 
     @abstractmethod
     def _steps(
-        self, prompt_ids: list[int], params: SamplingParams, max_tokens: int
+        self,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        max_tokens: int,
+        stats: SequenceStats | None = None,
     ) -> AsyncGenerator[Step, None]:
-        """New tokens of one sequence as they come; closing the generator frees its slot."""
+        """New tokens of one sequence as they come; closing the generator frees its slot.
+
+        ``stats``, when given, is filled in as the engine learns about the sequence.
+        """
 
     def kv_cache_usage(self) -> float:
         """Share of the KV cache in use, 0..1 (0 when the engine cannot tell)."""
@@ -231,7 +246,8 @@ class GenerationEngine(ABC):
         first = True
         pending: list[TokenLogprob] = []  # logprobs of tokens whose text is not out yet
         # aclosing: closing this stream (a stop string, a caller gone) frees the slot at once.
-        steps = self._steps(prompt_ids, params, max_tokens)
+        stats = SequenceStats()
+        steps = self._steps(prompt_ids, params, max_tokens, stats)
         try:
             async for new_ids, logprobs, finished in steps:
                 now = time.perf_counter()
@@ -250,15 +266,17 @@ class GenerationEngine(ABC):
                     self.metrics.tokens_generated.labels(self.label).inc(len(new_ids))
                 text = matcher.feed(decoder.push(new_ids)) if new_ids else ""
                 pending.extend(logprobs)
+                cached = stats.cached_tokens
                 if matcher.stopped:
-                    yield Chunk(text, "stop", produced, tuple(pending), index)
+                    yield Chunk(text, "stop", produced, tuple(pending), index, cached)
                     return
                 if finished is not None:
                     text += matcher.feed(decoder.flush())
                     if matcher.stopped:
-                        yield Chunk(text, "stop", produced, tuple(pending), index)
+                        yield Chunk(text, "stop", produced, tuple(pending), index, cached)
                         return
-                    yield Chunk(text + matcher.flush(), finished, produced, tuple(pending), index)
+                    text += matcher.flush()
+                    yield Chunk(text, finished, produced, tuple(pending), index, cached)
                     return
                 if text:
                     yield Chunk(text, None, produced, tuple(pending), index)

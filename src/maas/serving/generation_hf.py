@@ -31,7 +31,7 @@ from typing import Any
 
 from maas.errors import InvalidRequestError, UnavailableError
 from maas.runtimes.text_generation import HFTextGenerationRuntime
-from maas.serving.generation import GenerationEngine, Step
+from maas.serving.generation import GenerationEngine, SequenceStats, Step
 from maas.serving.generation_types import GenerationRequest, SamplingParams, TokenLogprob
 from maas.serving.metrics import ServingMetrics
 
@@ -93,7 +93,11 @@ class HFGenerationEngine(GenerationEngine):
                 )
 
     def _steps(
-        self, prompt_ids: list[int], params: SamplingParams, max_tokens: int
+        self,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        max_tokens: int,
+        stats: SequenceStats | None = None,  # transformers' prefix sharing is not reported
     ) -> AsyncGenerator[Step, None]:
         source = self._exact if params.exact_path else self._batched
         return source(prompt_ids, params, max_tokens)

@@ -16,7 +16,7 @@ from concurrent.futures import Executor
 
 from maas.errors import UnavailableError
 from maas.runtimes.llama_cpp import LlamaCppTextGenerationRuntime
-from maas.serving.generation import GenerationEngine, Step
+from maas.serving.generation import GenerationEngine, SequenceStats, Step
 from maas.serving.generation_llama_loop import DecodeLoop, Delivery, Sequence
 from maas.serving.generation_types import SamplingParams
 from maas.serving.metrics import ServingMetrics
@@ -76,7 +76,11 @@ class LlamaGenerationEngine(GenerationEngine):
             metrics.prefix_cached_tokens.labels(label).inc(sequence.cached)
 
     async def _steps(
-        self, prompt_ids: list[int], params: SamplingParams, max_tokens: int
+        self,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        max_tokens: int,
+        stats: SequenceStats | None = None,
     ) -> AsyncGenerator[Step, None]:
         decode_loop = self._decode_loop()
         deliveries: asyncio.Queue[Delivery] = asyncio.Queue()
@@ -89,6 +93,8 @@ class LlamaGenerationEngine(GenerationEngine):
                 if not first:  # admitted: the loop has looked the prompt up
                     first = True
                     self._count_prefix(sequence)
+                    if stats is not None:
+                        stats.cached_tokens = sequence.cached
                 if isinstance(item, BaseException):
                     done = True
                     raise UnavailableError(f"generation failed: {item}") from item

@@ -160,6 +160,7 @@ class Chunk:
     completion_tokens: int = 0  # of this sequence, so far
     logprobs: tuple[TokenLogprob, ...] = ()
     index: int = 0  # which of the request's n sequences
+    cached_tokens: int = 0  # prompt tokens it reused from the prefix cache (on its last chunk)
 
     def __post_init__(self) -> None:
         if not isinstance(self.logprobs, tuple):
