@@ -419,7 +419,8 @@ def test_usage_says_how_many_prompt_tokens_came_from_the_prefix_cache(client: An
     first = chat("hello world", stream=False)
     second = chat("paris is the", stream=False)
     third = chat("hello model", stream=True)
-    assert first.prompt_tokens_details.cached_tokens == 0
+    # At most the chat template's opening is shared with earlier tests' chats.
+    assert first.prompt_tokens_details.cached_tokens < 10
     # The system turn and the template around it, at least (the questions differ).
     for later in (second, third):
         assert later.prompt_tokens_details.cached_tokens > 60
