@@ -66,10 +66,12 @@ def _rss(pid: int) -> int:
 
 def _topology(server: LiveServer) -> tuple[int, list[int], list[int]]:
     """(supervisor pid, engine pids, worker pids) of the server."""
+    # By its port: other modules' servers (a session-scoped one) may be children too.
+    port = f"--port {server.url.rsplit(':', 1)[1]} "
     listening = [
         pid
         for pid in _children(os.getpid())
-        if "serve" in _cmdline(pid) and "maas" in _cmdline(pid)
+        if "serve" in _cmdline(pid) and "maas" in _cmdline(pid) and port in _cmdline(pid)
     ]
     (supervisor,) = listening
     children = _children(supervisor)
