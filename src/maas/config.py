@@ -2,6 +2,12 @@
 
 Build one :class:`Settings` at the edge (``create_app`` or the CLI) and pass it
 down; nothing else in the package touches ``os.environ``.
+
+This module is longer than our ~400-line guide on purpose: it is the one settings
+object the architecture asks for, one flat field list whose descriptions are the
+documentation of every ``MAAS_*`` variable (tests/test_config.py holds
+docs/configuration.md to it). Splitting it by subsystem would make several
+settings objects, or one object spread over modules that each need the others.
 """
 
 from __future__ import annotations
