@@ -64,6 +64,8 @@ ROUTE_SCOPES: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/admin/v1/loaded"): READ,
     ("POST", _V + "/load"): DEPLOY,
     ("POST", _V + "/unload"): DEPLOY,
+    ("GET", _V + "/deployment"): READ,
+    ("PUT", _V + "/deployment"): DEPLOY,
     # management: jobs, datasets, promotion
     ("GET", "/admin/v1/jobs"): READ,
     ("POST", "/admin/v1/jobs"): DEPLOY,

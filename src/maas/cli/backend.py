@@ -6,10 +6,11 @@ import getpass
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from maas.client.sync import MaasClient
 from maas.config import Settings
+from maas.registry.deployments import DeploymentSpec
 from maas.registry.refs import ModelRef
 from maas.registry.schemas import AliasEvent, GcResult, ModelInfo, VersionInfo
 from maas.registry.store import Registry
@@ -43,6 +44,8 @@ class Backend(Protocol):
     def alias_history(self, name: str, alias: str | None = None) -> list[AliasEvent]: ...
     def rollback(self, name: str, alias: str) -> VersionInfo: ...
     def gc(self, *, grace_seconds: int | None = None) -> GcResult: ...
+    def get_deployment(self, ref: str) -> DeploymentSpec: ...
+    def set_deployment(self, ref: str, **changes: Any) -> DeploymentSpec: ...
     def close(self) -> None: ...
 
 
@@ -125,6 +128,15 @@ class LocalBackend:
 
     def gc(self, *, grace_seconds: int | None = None) -> GcResult:
         return self.registry.gc(grace_seconds=grace_seconds)
+
+    def get_deployment(self, ref: str) -> DeploymentSpec:
+        info = self.registry.get_version(ref)
+        return self.registry.get_deployment(info.model, info.version)
+
+    def set_deployment(self, ref: str, **changes: Any) -> DeploymentSpec:
+        # Running servers sharing this database pick the change up within a poll.
+        info = self.registry.get_version(ref)
+        return self.registry.set_deployment(info.model, info.version, actor=self.actor, **changes)
 
 
 def open_backend(settings: Settings) -> Backend:

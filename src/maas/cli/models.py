@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from maas.cli.common import JsonOpt, backend_from, cli_errors, fail
+from maas.cli.deploy import deploy
 from maas.cli.model_push import import_gguf_command, push
 from maas.cli.output import human_bytes, out, print_json, table
 from maas.errors import NotFoundError
@@ -17,6 +18,7 @@ from maas.registry.schemas import VersionInfo
 app = typer.Typer(help="Manage models, versions and aliases.", no_args_is_help=True)
 app.command("push")(push)
 app.command("import-gguf")(import_gguf_command)
+app.command("deploy")(cli_errors(deploy))
 
 
 def _version_rows(versions: list[VersionInfo]) -> list[list[object]]:

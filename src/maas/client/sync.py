@@ -7,13 +7,16 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from maas import errors
 from maas.registry.refs import ModelRef
 from maas.registry.schemas import AliasEvent, GcResult, ModelInfo, VersionInfo
+
+if TYPE_CHECKING:
+    from maas.registry.deployments import DeploymentSpec
 
 _BY_STATUS: dict[int, type[errors.MaasError]] = {
     400: errors.InvalidRequestError,
@@ -205,6 +208,19 @@ class MaasClient:
 
     def delete_version(self, ref: str) -> None:
         self._request("DELETE", _version_path(ref))
+
+    # deployments
+    def get_deployment(self, ref: str) -> DeploymentSpec:
+        from maas.registry.deployments import DeploymentSpec  # its module needs SQLAlchemy
+
+        return DeploymentSpec.from_json(self._request("GET", _version_path(ref) + "/deployment"))
+
+    def set_deployment(self, ref: str, **changes: Any) -> DeploymentSpec:
+        """Change some deployment settings of a version; the others keep their values."""
+        from maas.registry.deployments import DeploymentSpec
+
+        data = self._request("PUT", _version_path(ref) + "/deployment", json=changes)
+        return DeploymentSpec.from_json(data)
 
     # aliases
     def set_alias(self, name: str, alias: str, version: int, *, reason: str = "") -> VersionInfo:

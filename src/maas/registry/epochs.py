@@ -7,7 +7,7 @@ request does no database query. Each such cache has a counter row in
 
 * ``keys``: bumped by ``KeyStore`` itself on revoke, rotate and update;
 * ``registry``: bumped automatically by any write session that adds, changes or
-  deletes a model, version, file or alias row (``track_registry_changes``), so
+  deletes a model, version, file, alias or deployment row (``track_registry_changes``), so
   no registry operation, present or future, can forget it.
 
 ``EpochWatcher`` reads every counter in one query every ``POLL_SECONDS`` and
@@ -30,7 +30,14 @@ from sqlalchemy import event, select
 from sqlalchemy.orm import Session
 
 from maas.registry.db import Database
-from maas.registry.models import AliasRow, ChangeEpochRow, ModelRow, VersionFileRow, VersionRow
+from maas.registry.models import (
+    AliasRow,
+    ChangeEpochRow,
+    DeploymentRow,
+    ModelRow,
+    VersionFileRow,
+    VersionRow,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +45,7 @@ KEYS = "keys"
 REGISTRY = "registry"
 POLL_SECONDS = 0.25
 
-_REGISTRY_ROWS = (ModelRow, VersionRow, VersionFileRow, AliasRow)
+_REGISTRY_ROWS = (ModelRow, VersionRow, VersionFileRow, AliasRow, DeploymentRow)
 _CHANGED = "maas.changed_epochs"  # session.info: names bumped in this transaction
 
 

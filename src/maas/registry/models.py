@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -253,3 +254,27 @@ class StoreFlagRow(Base):
     name: Mapped[str] = mapped_column(String(32), primary_key=True)
     value: Mapped[str] = mapped_column(String(128))
     set_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class DeploymentRow(Base):
+    """How one version is served (``maas.registry.deployments``); no row: the defaults.
+
+    ``loaded``: True = loaded on every instance, False = unloaded everywhere,
+    None = on demand. The replica fields are for Ray Serve mode. Deleting the
+    version deletes its row (ON DELETE CASCADE).
+    """
+
+    __tablename__ = "deployments"
+
+    version_id: Mapped[int] = mapped_column(
+        ForeignKey("versions.id", ondelete="CASCADE"), primary_key=True
+    )
+    loaded: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    pinned: Mapped[bool] = mapped_column(Boolean, default=False)
+    replicas: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    min_replicas: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    max_replicas: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    target_ongoing_requests: Mapped[float | None] = mapped_column(Float, nullable=True)
+    num_cpus: Mapped[float | None] = mapped_column(Float, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_by: Mapped[str | None] = mapped_column(String(160), nullable=True)

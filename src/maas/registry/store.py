@@ -22,12 +22,13 @@ from sqlalchemy.orm import selectinload
 
 from maas.config import Settings
 from maas.errors import ConflictError, InvalidRequestError
-from maas.registry import aliases
+from maas.registry import aliases, deployments
 from maas.registry.artifacts import FileEntry, Manifest, open_store
 from maas.registry.blobcache import VersionCache
 from maas.registry.blobmarker import check_writable, mark_encrypted
 from maas.registry.commit import create_version
 from maas.registry.db import Database, migrate
+from maas.registry.deployments import DeploymentSpec
 from maas.registry.epochs import track_registry_changes
 from maas.registry.formats import detect_format, metadata_for_task, validate_task
 from maas.registry.heads import require_classification_head
@@ -352,6 +353,20 @@ class Registry:
     def rollback(self, name: str, alias: str, *, actor: str | None = None) -> VersionInfo:
         """Point ``alias`` back at the version it held before its last move."""
         return aliases.rollback(self.db, name, alias, actor=actor)
+
+    # ------------------------------------------------------------- deployments
+    # How each version is served, for every instance: maas.registry.deployments.
+
+    def get_deployment(self, model: str, version: int) -> DeploymentSpec:
+        return deployments.get_deployment(self.db, model, version)
+
+    def set_deployment(
+        self, model: str, version: int, *, actor: str | None, **changes: Any
+    ) -> DeploymentSpec:
+        return deployments.set_deployment(self.db, model, version, actor=actor, **changes)
+
+    def list_deployments(self) -> list[DeploymentSpec]:
+        return deployments.list_deployments(self.db)
 
     # ------------------------------------------------------------- maintenance
 

@@ -22,7 +22,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -58,6 +58,8 @@ class HostStatus:
     budget_bytes: int
     used_bytes: int
     models: list[LoadedView]
+    # ref -> why its last load failed (on demand or desired by a deployment)
+    load_failures: dict[str, str] = field(default_factory=dict)
 
 
 class ModelHost(ABC):
@@ -113,6 +115,12 @@ class ModelHost(ABC):
 
     @abstractmethod
     async def status(self) -> HostStatus: ...
+
+    async def warm(self, version: VersionInfo) -> None:
+        """Load the version if it is not loaded, leaving its pin as it is (a
+        zero-downtime switch loads the new target before requests move to it)."""
+        if not await self.is_loaded(version.ref):
+            await self.load(version)
 
     @abstractmethod
     async def is_loaded(self, ref: str) -> bool: ...
@@ -203,11 +211,15 @@ class LocalHost(ModelHost):
     async def unload(self, ref: str) -> bool:
         return await self.manager.unload(ref)
 
+    async def warm(self, version: VersionInfo) -> None:
+        await self.manager.get(version)  # pins recorded for it apply (desired_pins)
+
     async def status(self) -> HostStatus:
         return HostStatus(
             budget_bytes=self.manager.budget,
             used_bytes=self.manager.used_bytes(),
             models=[view(m) for m in self.manager.loaded()],
+            load_failures=dict(self.manager.load_failures),
         )
 
     async def is_loaded(self, ref: str) -> bool:

@@ -8,6 +8,9 @@
 * Memory: each load reserves an estimate (the artifact size) before it starts
   and is re-accounted with the runtime's own figure afterwards; the least
   recently used model that is idle and not pinned is unloaded to make room.
+* Pins recorded in the registry (``desired_pins``, kept by
+  ``serving.reconcile``) hold for loads on demand too; the last failure to load
+  each version is kept (``load_failures``) for ``GET /admin/v1/loaded``.
 """
 
 from __future__ import annotations
@@ -72,6 +75,10 @@ class ModelManager:
         self._loading: dict[str, asyncio.Future[LoadedModel]] = {}
         self._reserved: dict[str, int] = {}
         self._lock = asyncio.Lock()
+        # Refs the registry says to pin (deployments): a load on demand pins them too.
+        self.desired_pins: frozenset[str] = frozenset()
+        # ref -> why its last load failed (cleared by a successful load).
+        self.load_failures: dict[str, str] = {}
 
     @property
     def budget(self) -> int:
@@ -144,6 +151,7 @@ class ModelManager:
                 detail = exc.message
             else:
                 detail = f"{type(exc).__name__}: {exc}"
+            self.load_failures[key] = detail
             raise UnavailableError(f"model {key} failed to load: {detail}") from exc
         memory = runtime.memory_bytes() or estimate
         async with self._lock:
@@ -173,7 +181,7 @@ class ModelManager:
                     name=key,
                 ),
                 memory=memory,
-                pinned=pinned,
+                pinned=pinned or key in self.desired_pins,
             )
             if version.task == "text-generation":
                 model.engine = create_engine(
@@ -186,6 +194,7 @@ class ModelManager:
                     kv_cache_tokens=self._settings.kv_cache_tokens,
                 )
             self._models[key] = model
+            self.load_failures.pop(key, None)
         elapsed = time.perf_counter() - started
         self._metrics.loads.labels(version.model, "success").inc()
         self._metrics.load_seconds.labels(version.model).observe(elapsed)
@@ -236,13 +245,21 @@ class ModelManager:
                 )
             await self._unload(victim, reason="evicted")
 
-    async def unload(self, key: str) -> bool:
+    async def unload(self, key: str, *, drain_seconds: float = 30.0) -> bool:
+        """Unload now: requests that borrowed the model finish first (up to
+        ``drain_seconds``; generation streams included), new ones load it again."""
         async with self._lock:
-            model = self._models.get(key)
-            if model is None:
-                return False
-            await self._unload(model, reason="request")
-            return True
+            model = self._models.pop(key, None)
+        if model is None:
+            return False
+        # Out of the table, so no new request borrows it; wait for the borrowers
+        # outside the lock, so that other models load meanwhile.
+        deadline = time.monotonic() + drain_seconds
+        # Polled: borrowers release with a bare decrement (``use``), on the hot path.
+        while model.active > 0 and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+        await self._unload(model, reason="request")
+        return True
 
     async def _unload(self, model: LoadedModel, *, reason: str) -> None:
         self._models.pop(model.key, None)

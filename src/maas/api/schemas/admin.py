@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 
 class _Body(BaseModel):
@@ -47,3 +47,19 @@ class AliasInfo(BaseModel):
 
 class DeletedResponse(BaseModel):
     deleted: str
+
+
+class DeploymentRequest(_Body):
+    """Settings to change; those not sent keep their values (null clears one)."""
+
+    loaded: StrictBool | None = Field(
+        default=None, description="true: loaded on every instance; false: unloaded; null: on demand"
+    )
+    pinned: StrictBool = Field(default=False, description="never evicted by the memory budget")
+    replicas: StrictInt | None = Field(default=None, description="fixed replica count (Ray)")
+    min_replicas: StrictInt | None = Field(default=None, description="autoscaling floor (Ray)")
+    max_replicas: StrictInt | None = Field(default=None, description="autoscaling ceiling (Ray)")
+    target_ongoing_requests: float | None = Field(
+        default=None, description="autoscaling target per replica (Ray)"
+    )
+    num_cpus: float | None = Field(default=None, description="CPUs per replica (Ray)")
