@@ -311,6 +311,8 @@ def test_a_client_that_disconnects_frees_its_slot(smollm2_live: LiveServer) -> N
         assert time.monotonic() < deadline, "the disconnected stream still holds its slot"
         time.sleep(0.05)
     assert _metric(server, "maas_generation_waiting", "smollm2") == 0
+    # The thread count the decode loop chose is shown (one core or more, never none).
+    assert _metric(server, "maas_llama_threads", "smollm2") >= 1
     # The slot and its KV cells are free again; the model still answers.
     deadline = time.monotonic() + 10
     while _metric(server, "maas_kv_cache_usage_ratio", "smollm2") != 0:

@@ -148,16 +148,14 @@ class LlamaCppTextGenerationRuntime(TextGenerationRuntime):
         self.max_sequences = min(self.max_sequences, _MAX_SEQUENCE_IDS)
         self.sequence_ids = min(self.max_sequences + max(0, parked), _MAX_SEQUENCE_IDS)
         self.batch_tokens = int(options.get("batch_tokens", 512))
-        # All cores but one: the event loop that streams the tokens (and parses the
-        # next requests) keeps a core, and llama.cpp's OpenMP threads, which spin at
-        # their barriers, never wait on a thread the OS has parked. Measured on 2
-        # cores (SmolLM2 Q4_1, 32 streams, in process): quiet, 2 threads 143.7 tok/s
-        # vs 1 thread 82.7; with one other busy process, 2 threads 23-29 tok/s vs 1
-        # thread 84-88, and at 1 or 8 streams 2 threads fall 10x even when quiet-ish.
-        # One thread is the count that never collapses; a dedicated machine can set
-        # more with MAAS_TORCH_THREADS.
+        # Threads: all cores but one to start with, the count that never collapses when
+        # something else (the HTTP front end, a job) wants a core; the decode loop adds
+        # the last core while it measures that faster (serving/llama_threads.py says
+        # why and how). MAAS_TORCH_THREADS fixes the count instead.
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
-        self.threads = int(options.get("threads") or max(1, cores - 1))
+        explicit = options.get("threads")
+        self.threads = int(explicit or max(1, cores - 1))
+        self.max_threads = self.threads if explicit else max(self.threads, cores)
         self._kv_bytes = 0
         self.flash_attention = bool(options.get("flash_attention", True))
 

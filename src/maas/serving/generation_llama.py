@@ -61,6 +61,11 @@ class LlamaGenerationEngine(GenerationEngine):
     def kv_cache_usage(self) -> float:
         return self._loop.cache_usage() if self._loop is not None else 0.0
 
+    def _gauges(self) -> None:
+        super()._gauges()
+        if self._loop is not None:  # an int the loop thread writes: read as it stands
+            self.metrics.llama_threads.labels(self.label).set(self._loop.threads.current)
+
     async def close(self) -> None:
         await super().close()
         decode_loop, self._loop = self._loop, None

@@ -10,7 +10,8 @@ One thread per loaded GGUF model owns its llama.cpp context and runs steps:
 2. **batch**: one ``llama_batch`` holds the next token of every decoding
    sequence (each under its own sequence id, at its own position) and then
    chunks of the prompts still being read, up to ``n_batch`` tokens;
-3. **decode** (``llama_decode``, which releases the GIL), then **sample** each
+3. **decode** (``llama_decode``, which releases the GIL, on as many threads as
+   ``llama_threads.ThreadPolicy`` measured best), then **sample** each
    sequence whose token asked for logits with its own sampler chain
    (``llama_sampling``);
 4. **deliver** the new tokens of the step to the event loop in one
@@ -31,6 +32,7 @@ import contextlib
 import ctypes
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,6 +45,7 @@ from maas.runtimes.llama_cpp import LlamaCppTextGenerationRuntime
 from maas.serving.generation_types import SamplingParams, TokenLogprob
 from maas.serving.llama_prefix import PrefixCache
 from maas.serving.llama_sampling import build_sampler, free_sampler
+from maas.serving.llama_threads import IdleMeter, ThreadPolicy
 
 log = logging.getLogger("maas.serving")
 
@@ -116,6 +119,8 @@ class DecodeLoop:
         self._lock = threading.Condition()
         self._closing = False
         self._batch = self.lib.llama_batch_init(self.batch_tokens, 0, 1)
+        self.threads = ThreadPolicy(runtime.threads, runtime.max_threads, spare=IdleMeter())
+        self._threads_now = runtime.threads  # what the context computes with now
         self._thread = threading.Thread(target=self._run, name=f"maas-llama-{name}", daemon=True)
         self._thread.start()
 
@@ -280,6 +285,13 @@ class DecodeLoop:
                 outputs.append((sequence, n - 1))
         batch.n_tokens = n
         self.steps += 1
+        # Steps that only decode are compared by their size; prompt steps are not compared.
+        key = n if len(outputs) == n else None
+        threads = self.threads.threads_for(key)
+        if threads != self._threads_now:
+            lib.llama_set_n_threads(self.ctx, threads, threads)
+            self._threads_now = threads
+        started = time.perf_counter()
         status = int(lib.llama_decode(self.ctx, batch))
         if status != 0:
             raise RuntimeError(f"llama_decode returned {status} for a batch of {n} tokens")
@@ -303,6 +315,8 @@ class DecodeLoop:
             deliveries.append((sequence, ([token], logprobs, finished)))
             if finished is not None:
                 self._release(sequence)
+        # Sampling is timed too: a second thread that spins on after the decode slows it.
+        self.threads.record(key, threads, time.perf_counter() - started)
         self._deliver(deliveries)
 
     def _logprobs(self, row: int, token: int, top: int) -> list[TokenLogprob]:

@@ -146,6 +146,12 @@ class ServingMetrics:
             ["model"],
             registry=r,
         )
+        self.llama_threads = Gauge(
+            "maas_llama_threads",
+            "Threads llama.cpp decodes a GGUF model's steps with (chosen by measuring)",
+            ["model"],
+            registry=r,
+        )
         self.batch_padding_ratio = Histogram(
             "maas_batch_padding_ratio",
             "Padded tokens / real tokens per executed batch of a text model (0 = no padding; "
