@@ -266,3 +266,37 @@ def test_checking_the_drawn_token_first_gives_the_tokens_of_masking_first(
         assert len(tokens[0]) > 8
 
     asyncio.run(main())
+
+
+def test_a_lazy_grammar_leaves_the_text_free_until_its_trigger_then_constrains_it(
+    tiny_gguf: Path, version: VersionInfo
+) -> None:
+    """What a tool_choice "auto" request gets: words as the model likes, a call held to form.
+
+    A seeded free run shows where some text first appears; the same seed with a
+    lazy grammar triggered by that text writes the same words up to it, then
+    exactly what the grammar allows after it, then ends.
+    """
+
+    async def main() -> None:
+        free = SamplingParams(max_tokens=40, temperature=1.0, seed=7)
+        async with llama_engine(tiny_gguf, version) as engine:
+            decode = engine.llama.tokenizer.decode
+            tokens, _ = await _generate(engine, free)
+            pieces = [decode([t]) for t in tokens]
+            for k in range(3, len(pieces)):  # a piece whose text first appears at its token
+                before, trigger = "".join(pieces[:k]), pieces[k]
+                # ASCII: no byte of it can hide in the halves of characters around it.
+                first_here = (before + trigger).find(trigger) == len(before)
+                if trigger.isascii() and trigger.strip() and first_here:
+                    break
+            else:
+                pytest.fail(f"no usable trigger in {pieces}")
+            grammar = f'root ::= {json.dumps(trigger)} " done"'
+            lazy = replace(free, grammar=grammar, grammar_trigger=trigger)
+            got, _ = await _generate(engine, lazy)
+            after = decode(got[k + 1 :])
+        assert got[: k + 1] == tokens[: k + 1]  # free until the trigger, the same draws
+        assert after == " done"
+
+    asyncio.run(main())

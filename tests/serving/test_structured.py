@@ -26,14 +26,24 @@ def _rules(grammar: str) -> dict[str, str]:
 
 def test_json_object_is_any_object_at_the_root() -> None:
     grammar = request_grammar(GenerationRequest(messages=MESSAGES, response_format="json_object"))
-    assert grammar is not None
-    assert _rules(grammar)["root"] == "object"
+    assert grammar is not None and grammar.trigger is None
+    assert _rules(grammar.text)["root"] == "object"
 
 
-def test_free_text_and_auto_tools_have_no_grammar() -> None:
+def test_free_text_has_no_grammar_and_auto_tools_a_lazy_one_that_waits_for_a_call() -> None:
     tools = (Tool("f"),)
     assert request_grammar(GenerationRequest(messages=MESSAGES)) is None
-    assert request_grammar(GenerationRequest(messages=MESSAGES, tools=tools)) is None
+    assert (
+        request_grammar(GenerationRequest(messages=MESSAGES, tools=tools, tool_choice="none"))
+        is None
+    )
+    auto = request_grammar(GenerationRequest(messages=MESSAGES, tools=tools))
+    required = request_grammar(
+        GenerationRequest(messages=MESSAGES, tools=tools, tool_choice="required")
+    )
+    assert auto is not None and required is not None
+    assert auto.trigger == "<tool_call>" and required.trigger is None
+    assert auto.text == required.text
 
 
 def test_json_strings_never_hold_raw_control_characters() -> None:
@@ -108,7 +118,7 @@ def test_a_named_tool_choice_allows_only_that_function_and_parallel_calls_repeat
     named = GenerationRequest(messages=MESSAGES, tools=tools, tool_choice="required", tool_name="b")
     grammar = request_grammar(named)
     assert grammar is not None
-    rules = _rules(grammar)
+    rules = _rules(grammar.text)
     assert rules["tool-call"] == '"<tool_call>" ( call-0 ) "</tool_call>"'
     assert rules["call-0-name"] == '"\\"b\\""'
     assert rules["root"] == 'tool-call ( "\\n" tool-call )*'

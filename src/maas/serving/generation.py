@@ -48,7 +48,7 @@ from maas.serving.generation_types import (
 )
 from maas.serving.llama_sampling import check_params
 from maas.serving.metrics import ServingMetrics
-from maas.serving.structured import request_grammar
+from maas.serving.structured import OutputGrammar, request_grammar
 
 __all__ = [
     "Chunk",
@@ -154,7 +154,7 @@ class GenerationEngine(ABC):
         else:
             encode = functools.partial(runtime.encode_text, request.prompt or "")
 
-        def build() -> tuple[list[int], str | None]:
+        def build() -> tuple[list[int], OutputGrammar | None]:
             return encode(), request_grammar(request)
 
         size = sum(len(t) for t in request.texts()) + len(request.json_schema or "")
@@ -167,7 +167,12 @@ class GenerationEngine(ABC):
             request.params.max_tokens,
             prompt_param="messages" if request.messages else "prompt",
         )
-        params = replace(request.params, max_tokens=max_tokens, grammar=grammar)
+        params = replace(
+            request.params,
+            max_tokens=max_tokens,
+            grammar=grammar.text if grammar is not None else None,
+            grammar_trigger=grammar.trigger if grammar is not None else None,
+        )
         grammar_param = "response_format" if request.response_format != "text" else "tools"
         check_params(runtime, params, grammar_param=grammar_param)
         self._check_room(request.n)

@@ -32,6 +32,7 @@ class SamplingParams:
     repetition_penalty: float = 1.0  # transformers' (CTRL) penalty; 1 = off
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit)
     grammar: str | None = None  # GBNF, root rule "root": what the output must match
+    grammar_trigger: str | None = None  # the grammar applies from this text on (None: all)
 
     def __post_init__(self) -> None:
         if not isinstance(self.stop, tuple):

@@ -27,6 +27,7 @@ Order:
 
 from __future__ import annotations
 
+import ctypes
 from dataclasses import replace
 from typing import Any
 
@@ -49,8 +50,8 @@ def build_sampler(lib: Any, vocab: Any, params: SamplingParams) -> Any:
     """
     if params.grammar is not None and exact_for(params):
         # The grammar asked about the drawn token first, the vocabulary only if refused.
-        grammar = _grammar(lib, vocab, params.grammar)
-        rest = build_sampler(lib, vocab, replace(params, grammar=None))
+        grammar = _grammar(lib, vocab, params.grammar, params.grammar_trigger)
+        rest = build_sampler(lib, vocab, replace(params, grammar=None, grammar_trigger=None))
         chain = _chain(lib)
         lib.llama_sampler_chain_add(chain, GrammarFirstSampler(lib, vocab, grammar, rest).sampler)
         return chain
@@ -67,7 +68,8 @@ def build_sampler(lib: Any, vocab: Any, params: SamplingParams) -> Any:
         )
     if params.grammar is not None:
         try:
-            lib.llama_sampler_chain_add(chain, _grammar(lib, vocab, params.grammar))
+            grammar = _grammar(lib, vocab, params.grammar, params.grammar_trigger)
+            lib.llama_sampler_chain_add(chain, grammar)
         except ValueError:
             lib.llama_sampler_free(chain)
             raise
@@ -105,11 +107,29 @@ def _chain(lib: Any) -> Any:
     return lib.llama_sampler_chain_init(chain_params)
 
 
-def _grammar(lib: Any, vocab: Any, grammar: str) -> Any:
-    sampler = lib.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
+def _grammar(lib: Any, vocab: Any, grammar: str, trigger: str | None) -> Any:
+    """llama.cpp's grammar sampler; with ``trigger``, lazy: it waits for that text.
+
+    A lazy grammar lets every token through until the generated text contains
+    ``trigger``; then it parses from the trigger's first character on (the
+    tokens that wrote it are replayed into the parse, even one that began
+    before it) and constrains every later token.
+    """
+    if trigger is None:
+        sampler = lib.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
+    else:
+        patterns = (ctypes.c_char_p * 1)(_regex_literal(trigger).encode())
+        sampler = lib.llama_sampler_init_grammar_lazy_patterns(
+            vocab, grammar.encode(), b"root", patterns, 1, None, 0
+        )
     if not sampler:
         raise ValueError("llama.cpp could not parse the grammar")
     return sampler
+
+
+def _regex_literal(text: str) -> str:
+    """``text`` as an ECMAScript regex (llama.cpp's ``std::regex``) matching itself."""
+    return "".join("\\" + c if c in "\\^$.*+?()[]{}|/" else c for c in text)
 
 
 def free_sampler(lib: Any, chain: Any) -> None:
@@ -138,10 +158,11 @@ def check_params(
                 param="logit_bias",
             )
     if params.grammar is not None:
-        sampler = lib.llama_sampler_init_grammar(vocab, params.grammar.encode(), b"root")
-        if not sampler:
+        try:
+            sampler = _grammar(lib, vocab, params.grammar, params.grammar_trigger)
+        except ValueError as exc:
             raise InvalidRequestError(
                 f"{grammar_param}: llama.cpp could not parse the grammar made from it",
                 param=grammar_param,
-            )
+            ) from exc
         lib.llama_sampler_free(sampler)

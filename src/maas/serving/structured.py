@@ -6,6 +6,11 @@ engine puts it first in the sequence's sampler chain (``llama_sampling``), so
 every sampled token keeps the output a prefix of something the grammar
 accepts, and once it is whole only an end-of-generation token may follow.
 
+With ``tool_choice: "auto"`` the model may answer in words or call a function,
+so the tool-call grammar is *lazy*: the text is free until the model opens a
+call (``<tool_call>``), and from there on the call must parse and name a real
+function with valid arguments (``OutputGrammar.trigger``).
+
 The JSON Schema to GBNF translation is llama-cpp-python's own
 (``llama_cpp.llama_grammar.SchemaConverter``, a port of llama.cpp's
 ``json_schema_to_grammar``), not a converter of ours. It enforces types,
@@ -24,6 +29,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from maas.errors import InvalidRequestError
@@ -95,22 +101,36 @@ _JSON_CHAR_RULE = (
 )
 
 
-def request_grammar(request: GenerationRequest) -> str | None:
+@dataclass(frozen=True, slots=True)
+class OutputGrammar:
+    """What a completion must match: GBNF (root rule ``root``), from where on."""
+
+    text: str
+    # None: from the first token. Else the grammar applies from the first occurrence of
+    # this text on (itself included), and whatever comes before it is free.
+    trigger: str | None = None
+
+
+def request_grammar(request: GenerationRequest) -> OutputGrammar | None:
     """The grammar a request's output must match, or None when it is free text.
 
     Raises ``InvalidRequestError`` naming ``response_format`` or ``tools`` for a
     schema that cannot be turned into a grammar.
     """
     if request.response_format == "json_object":
-        return schema_grammar({"type": "object"}, strict=False, param="response_format")
+        return OutputGrammar(
+            schema_grammar({"type": "object"}, strict=False, param="response_format")
+        )
     if request.response_format == "json_schema":
         schema = _load(request.json_schema or "{}", "response_format")
-        return schema_grammar(schema, strict=request.strict, param="response_format")
-    if request.calls_tools and request.tool_choice == "required":
+        return OutputGrammar(schema_grammar(schema, strict=request.strict, param="response_format"))
+    if request.calls_tools:
         tools = request.tools
         if request.tool_name is not None:
             tools = tuple(t for t in tools if t.name == request.tool_name)
-        return tool_call_grammar(tools, parallel=request.parallel_tool_calls)
+        grammar = tool_call_grammar(tools, parallel=request.parallel_tool_calls)
+        # "required": the answer is calls only; "auto": words, or calls once one opens.
+        return OutputGrammar(grammar, None if request.tool_choice == "required" else CALL_OPEN)
     return None
 
 
