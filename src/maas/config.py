@@ -64,6 +64,25 @@ class Settings(BaseSettings):
         description="Set by `maas serve --workers N` for its workers: the engine process's "
         "Unix socket path. Unset: models are loaded in the serving process itself.",
     )
+    ray_address: str | None = Field(
+        default=None,
+        description="`maas serve --ray`: run each loaded version as Ray Serve replicas on "
+        "this cluster: `auto` (the cluster running on this machine, or RAY_ADDRESS), `local` "
+        "(start a private one in this process) or an address (host:6379). Unset: models run "
+        "in this machine's engine (docs/ray.md).",
+    )
+    ray_max_ongoing_requests: int = Field(
+        default=64,
+        ge=1,
+        description="Ray mode: requests one replica holds at once (Ray routes the rest to other "
+        "replicas or queues them); a replica batches what it holds.",
+    )
+    ray_autoscaling: dict[str, float] = Field(
+        default_factory=dict,
+        description="Ray mode: Ray Serve autoscaling fields added to every autoscaled "
+        "version's settings (JSON), e.g. "
+        '\'{"upscale_delay_s": 5, "downscale_delay_s": 120, "look_back_period_s": 10}\'.',
+    )
     max_upload_bytes: int = Field(
         default=20 * GIB,
         gt=0,

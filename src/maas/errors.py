@@ -102,6 +102,12 @@ class UnavailableError(MaasError):
     type = "server_error"
 
 
+class ReplicaLostError(UnavailableError):
+    """The model replica running a request went away under it (``maas serve --ray``)."""
+
+    code = "replica_lost"
+
+
 class IntegrityError(MaasError):
     """Stored bytes no longer match their recorded digest."""
 

@@ -42,8 +42,7 @@ from maas.security.quotas import Quotas
 from maas.security.usage import UsageRecorder
 from maas.serving.dataplane import DataPlane
 from maas.serving.engine.client import RemoteHost, RemoteLimiter, RemoteQuotas
-from maas.serving.hosts import LocalHost, ModelHost
-from maas.serving.manager import ModelManager
+from maas.serving.hosts import ModelHost, create_host
 from maas.serving.metrics import ServingMetrics
 
 if TYPE_CHECKING:
@@ -89,7 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 limiter = RateLimiter(settings.redis_url, settings.redis_namespace)
             quotas: Quotas | None = RemoteQuotas(remote)
         else:
-            host = LocalHost(ModelManager(registry, settings, serving_metrics))
+            host = create_host(registry, settings, serving_metrics)  # in process, or Ray
             limiter = RateLimiter(settings.redis_url, settings.redis_namespace)
             quotas = None  # the usage recorder's own
         app.state.settings = settings

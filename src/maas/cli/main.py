@@ -216,10 +216,20 @@ def serve(
             "than one, the models live in one engine process shared by all workers.",
         ),
     ] = None,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            metavar="ADDRESS",
+            help="Run every loaded model as Ray Serve replicas (MAAS_RAY_ADDRESS): 'auto' "
+            "joins the Ray cluster of this machine, 'local' starts one, or a cluster address. "
+            "Needs the ray extra (pip install 'maas[ray]'); see docs/ray.md.",
+        ),
+    ] = None,
 ) -> None:
     """Run the API server."""
     base = settings_from(ctx)
-    overrides = {"host": host, "port": port, "workers": workers}
+    overrides = {"host": host, "port": port, "workers": workers, "ray_address": ray}
     settings = base.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     settings.check_auth_bind()
     registry = Registry(settings)
@@ -244,6 +254,8 @@ def serve(
     key_note = "created now" if created else "created earlier"
     workers = settings.effective_workers
     topology = f"{workers} HTTP workers + 1 model engine process" if workers > 1 else "one process"
+    if settings.ray_address:
+        topology = f"one process; models on Ray Serve at {settings.ray_address}"
     err.print(
         f"maas {__version__} serving at [bold]{url}[/bold]  (API docs: {url}/docs; {topology})"
     )

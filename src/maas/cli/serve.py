@@ -3,6 +3,11 @@
 ``--workers 1`` (or a one-core machine): uvicorn serves the app in this
 process, models included.
 
+``--ray ADDRESS``: one process too. The models run as Ray Serve replicas
+(``serving.ray_host``), so the machine's cores belong to them; this process
+only speaks HTTP, checks keys and limits and meters, and a busier front end is
+another maas instance (docs/ray.md).
+
 ``--workers N`` (N > 1; the default is one per core): this process becomes a
 supervisor. It starts the engine process (``serving.engine``: every loaded
 model, its batcher and its generation engine, once per machine) and restarts
@@ -62,7 +67,13 @@ DRAIN_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # as uvicorn's (cli/drain.py)
 
 
 def run_server(settings: Settings) -> None:
-    if settings.effective_workers <= 1:
+    if settings.effective_workers <= 1 or settings.ray_address:
+        if settings.ray_address and settings.workers > 1:
+            log.warning(
+                "--ray: serving HTTP from one process (MAAS_WORKERS=%d ignored); the models "
+                "run in Ray replicas, and more front-end capacity is more maas instances",
+                settings.workers,
+            )
         _serve_app(settings, sock=None)
         return
 

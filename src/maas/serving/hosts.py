@@ -27,13 +27,16 @@ from typing import Any
 
 import numpy as np
 
+from maas.config import Settings
 from maas.errors import InvalidRequestError
 from maas.registry.schemas import VersionInfo
+from maas.registry.store import Registry
 from maas.runtimes.base import TensorSpec
 from maas.runtimes.explain import ExplainableRuntime, Explanation
 from maas.serving.batching import RequestCost
 from maas.serving.generation import GenerationEvent, GenerationRequest, Prepared
 from maas.serving.manager import LoadedModel, ModelManager
+from maas.serving.metrics import ServingMetrics
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,3 +230,12 @@ class LocalHost(ModelHost):
 
     async def close(self) -> None:
         await self.manager.close()
+
+
+def create_host(registry: Registry, settings: Settings, metrics: ServingMetrics) -> ModelHost:
+    """The host of this machine's models: in this process, or Ray Serve replicas (``--ray``)."""
+    if settings.ray_address:
+        from maas.serving.ray_host import RayHost  # imports ray only when it is called
+
+        return RayHost(registry, settings)
+    return LocalHost(ModelManager(registry, settings, metrics))
