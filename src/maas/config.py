@@ -159,6 +159,13 @@ class Settings(BaseSettings):
         description="On SIGTERM, how long in-flight requests and streams may take to finish "
         "before they are cut off and the server exits.",
     )
+    warm_timeout_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description="When an alias moves to a version this server has not loaded while the "
+        "old one is loaded, how long requests keep going to the old one while the new one "
+        "loads (then they switch, and wait for the load); 0 = switch at once.",
+    )
     energy_watts: float = Field(
         default=35.0,
         ge=0,

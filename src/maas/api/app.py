@@ -42,8 +42,9 @@ from maas.security.quotas import Quotas
 from maas.security.usage import UsageRecorder
 from maas.serving.dataplane import DataPlane
 from maas.serving.engine.client import RemoteHost, RemoteLimiter, RemoteQuotas
-from maas.serving.hosts import ModelHost, create_host
+from maas.serving.hosts import LocalHost, ModelHost, create_host
 from maas.serving.metrics import ServingMetrics
+from maas.serving.reconcile import Reconciler
 
 if TYPE_CHECKING:
     from maas.security.quotas_redis import RedisQuotas
@@ -96,7 +97,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.keys = keys
         app.state.audit = AuditLog(registry.db)
         app.state.metrics = serving_metrics
-        app.state.dataplane = DataPlane(registry, host, serving_metrics)
+        app.state.dataplane = DataPlane(
+            registry, host, serving_metrics, warm_timeout=settings.warm_timeout_seconds
+        )
         app.state.limiter = limiter
         app.state.usage = UsageRecorder(registry.db, watts=settings.energy_watts, quotas=quotas)
         redis_quotas: RedisQuotas | None = None
@@ -121,7 +124,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         watcher.on(KEYS, keys.clear_cache)
         watcher.on(REGISTRY, app.state.dataplane.forget_resolved)
         registry.db.on_commit(REGISTRY, app.state.dataplane.forget_resolved)
+        # Deployments (load/unload/pin everywhere) are applied where the models live:
+        # here with one process, in the engine with --workers N (serving/reconcile.py).
+        reconciler = Reconciler(registry, host) if isinstance(host, LocalHost) else None
+        if reconciler is not None:
+            watcher.on(REGISTRY, reconciler.wake)
+            registry.db.on_commit(REGISTRY, reconciler.wake)
         await watcher.start()
+        if reconciler is not None:
+            await reconciler.start()
         runner = JobRunner(registry, settings)
         if not settings.engine_address:
             # A worker of `maas serve --workers N` submits and cancels jobs (rows) but
@@ -134,6 +145,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await runner.close()
             await watcher.close()
+            if reconciler is not None:
+                await reconciler.close()
+            await app.state.dataplane.close()
             await host.close()
             await app.state.usage.close()
             if redis_quotas is not None:

@@ -34,10 +34,7 @@ from maas.serving.context import RequestContext
 from maas.serving.generation import Chunk, GenerationRequest, Prepared
 from maas.serving.hosts import ModelHost
 from maas.serving.metrics import ServingMetrics
-
-# A safety net only: the server drops the cache whenever the registry changes
-# (``forget_resolved``, called on the "registry" change epoch: registry/epochs.py).
-RESOLVE_TTL_SECONDS = 60.0
+from maas.serving.resolver import Resolver
 
 # Task -> the name of its single input tensor on the V2 surface.
 _TEXT_INPUT = {"embeddings": "text", "text-classification": "text"}
@@ -104,12 +101,18 @@ class Generation:
 
 
 class DataPlane:
-    def __init__(self, registry: Registry, host: ModelHost, metrics: ServingMetrics) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        host: ModelHost,
+        metrics: ServingMetrics,
+        *,
+        warm_timeout: float = 60.0,
+    ) -> None:
         self.registry = registry
         self.host = host
         self.metrics = metrics
-        self._resolved: dict[str, tuple[float, VersionInfo]] = {}
-        self._forgotten = 0  # bumped by forget_resolved
+        self._resolver = Resolver(registry, host, warm_timeout=warm_timeout)
 
     # ----------------------------------------------------------------- plumbing
 
@@ -137,28 +140,11 @@ class DataPlane:
                 )
 
     async def resolve(self, ref: str | ModelRef) -> VersionInfo:
-        """The version a reference names, from a cache.
-
-        Resolution is three database queries on a worker thread (about 1 ms
-        here, holding the GIL). The server empties the cache whenever the
-        registry changes: at once for a change made in this process, within the
-        change-epoch poll (0.25 s) for one made by another process sharing the
-        database; ``RESOLVE_TTL_SECONDS`` bounds an entry's life besides.
-        """
+        """The version a reference names, from a cache (``serving.resolver``: no
+        database query on the request path; an alias that moved keeps its loaded
+        version until the new one is loaded here)."""
         parsed = ModelRef.parse(ref) if isinstance(ref, str) else ref
-        key = str(parsed)
-        now = time.monotonic()
-        cached = self._resolved.get(key)
-        if cached is not None and now - cached[0] < RESOLVE_TTL_SECONDS:
-            version = cached[1]
-        else:
-            forgotten = self._forgotten
-            version = await anyio.to_thread.run_sync(self.registry.resolve, parsed)
-            # A change while it read: the answer may predate it, so do not keep it.
-            if forgotten == self._forgotten:
-                if len(self._resolved) > 4096:
-                    self._resolved = {}
-                self._resolved[key] = (now, version)
+        version = await self._resolver.resolve(parsed)
         if version.task == DATASET_TASK:
             raise NotFoundError(f"{version.model!r} is a dataset, not a model", param="model")
         if version.status != "ready":
@@ -169,9 +155,12 @@ class DataPlane:
         return version
 
     def forget_resolved(self) -> None:
-        """Drop every cached resolution (the registry changed); safe from any thread."""
-        self._forgotten += 1
-        self._resolved = {}
+        """Drop every cached resolution (the registry changed); safe from any thread.
+        Called on the "registry" change epoch (registry/epochs.py)."""
+        self._resolver.forget()
+
+    async def close(self) -> None:
+        await self._resolver.close()
 
     def _expect_task(self, version: VersionInfo, task: str) -> None:
         if version.task != task:

@@ -202,6 +202,9 @@ class RemoteHost(ModelHost):
     async def unload(self, ref: str) -> bool:
         return bool(await self._call("unload", ref))
 
+    async def warm(self, version: VersionInfo) -> None:
+        await self._call("warm", version)
+
     async def status(self) -> HostStatus:
         status: HostStatus = await self._call("status")
         return status

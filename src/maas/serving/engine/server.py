@@ -38,6 +38,7 @@ from typing import Any
 
 from maas.config import Settings
 from maas.errors import MaasError
+from maas.registry.epochs import REGISTRY, EpochWatcher
 from maas.registry.store import Registry
 from maas.security.limits import RateLimiter
 from maas.security.quotas import QuotaCounters
@@ -48,6 +49,7 @@ from maas.serving.generation import Prepared
 from maas.serving.hosts import LocalHost
 from maas.serving.manager import ModelManager
 from maas.serving.metrics import ServingMetrics
+from maas.serving.reconcile import Reconciler
 
 log = logging.getLogger("maas.engine")
 
@@ -76,6 +78,7 @@ class EngineServer:
             "explain": self._explain,
             "load": self._load,
             "unload": host.unload,
+            "warm": host.warm,
             "status": host.status,
             "is_loaded": host.is_loaded,
             "metrics": self._metrics,
@@ -206,12 +209,22 @@ async def run_engine(settings: Settings, path: str) -> None:
     metrics = ServingMetrics()
     host = LocalHost(ModelManager(registry, settings, metrics))
     server = EngineServer(host, metrics, path, QuotaCounters(registry.db))
+    # The one reconciler of this instance's models: the workers run none, since they
+    # share these models (serving/reconcile.py). Its own epoch watcher: the workers'
+    # watchers only drop their caches.
+    reconciler = Reconciler(registry, host)
+    watcher = EpochWatcher(registry.db)
+    watcher.on(REGISTRY, reconciler.wake)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
+        await watcher.start()
+        await reconciler.start()
         await server.serve(stop)
     finally:
+        await watcher.close()
+        await reconciler.close()
         await host.close()
         registry.close()
