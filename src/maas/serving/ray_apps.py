@@ -70,6 +70,9 @@ def plan(spec: DeploymentSpec, settings: Settings) -> ReplicaPlan:
         # Replicas being stopped (scale-down, deletion) finish their requests
         # and streams first, like a draining server.
         "graceful_shutdown_timeout_s": settings.drain_seconds,
+        # Serve's access log writes a line per call in the replica: maas meters and logs
+        # requests itself.
+        "logging_config": {"enable_access_log": False},
     }
     if spec.autoscaling:
         autoscaling: dict[str, Any] = {
@@ -148,6 +151,7 @@ def deploy(settings: Settings, version: VersionInfo, replica_plan: ReplicaPlan) 
         _wait_running(name)
         handle = serve.get_app_handle(name)
     else:
+        _make_room(version, name, replica_plan)
         log.info("deploying %s on Ray (%s)", version.ref, replica_plan.options)
         deployment = serve.deployment(ModelReplica).options(name=DEPLOYMENT, **replica_plan.options)
         app = deployment.bind(replica_settings(settings, replica_plan.num_cpus), version)
@@ -160,10 +164,36 @@ def deploy(settings: Settings, version: VersionInfo, replica_plan: ReplicaPlan) 
     return handle
 
 
+def _make_room(version: VersionInfo, name: str, replica_plan: ReplicaPlan) -> None:
+    """Delete the version's older applications first when the cluster has no CPUs free
+    for the new one's replicas beside them: a brief wait for the new replicas beats a
+    deployment that never starts (requests queue in Ray's router meanwhile)."""
+    import ray
+
+    stale = [other for other in _applications() if _is_stale(other, version, name)]
+    if not stale:
+        return
+    options = replica_plan.options
+    autoscaling = options.get("autoscaling_config")
+    replicas = autoscaling["min_replicas"] if autoscaling else options["num_replicas"]
+    free = float(ray.available_resources().get("CPU", 0.0))
+    if replicas * replica_plan.num_cpus > free:
+        log.warning(
+            "no room on the Ray cluster for %s's new replicas beside its old ones "
+            "(%.2f CPUs free): stopping the old ones first",
+            version.ref,
+            free,
+        )
+        _delete(stale)
+
+
+def _is_stale(other: str, version: VersionInfo, current: str) -> bool:
+    return other != current and other.startswith(version_prefix(version))
+
+
 def delete_stale(version: VersionInfo, current: str) -> None:
     """Delete the version's applications other than ``current`` (older settings)."""
-    prefix = version_prefix(version)
-    _delete([name for name in _applications() if name != current and name.startswith(prefix)])
+    _delete([name for name in _applications() if _is_stale(name, version, current)])
 
 
 def _wait_running(name: str) -> None:
