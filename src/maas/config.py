@@ -207,6 +207,60 @@ class Settings(BaseSettings):
         ge=0,
         description="Default longest wait for a batch to fill once its first item arrived.",
     )
+    monitoring: bool = Field(
+        default=True,
+        description="Drift monitoring of what is served (docs/monitoring.md): each served "
+        "version's inputs and outputs are compared with a reference off the request path.",
+    )
+    monitoring_window: int = Field(
+        default=500,
+        ge=20,
+        description="Drift monitoring: items per window (the reference and the current "
+        "window each hold this many); a drift is detected within about one window.",
+    )
+    monitoring_interval_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        description="Drift monitoring: shortest time between two analyses of one version "
+        "(an analysis also waits for a quarter of a window of new items).",
+    )
+    monitoring_alpha: float = Field(
+        default=0.001,
+        gt=0,
+        lt=1,
+        description="Drift monitoring: a feature is drifting when its test's p-value is below "
+        "this threshold.",
+    )
+    alert_webhook_url: str | None = Field(
+        default=None,
+        description="Drift alerts: URL that receives a signed JSON POST when a version starts "
+        "drifting and when it stops; unset = no webhook (the alerts are in /metrics).",
+    )
+    alert_webhook_secret: SecretStr | None = Field(
+        default=None,
+        description="Drift alerts: key of the HMAC-SHA256 signature sent in the "
+        "X-Maas-Signature header (over timestamp.body).",
+    )
+    alert_webhook_attempts: int = Field(
+        default=6,
+        ge=1,
+        description="Drift alerts: tries per alert (back-off doubling from 0.5 s).",
+    )
+    feedback: bool = Field(
+        default=True,
+        description="Record classification and generation predictions so that "
+        "POST /v1/feedback can attach a label or score to them.",
+    )
+    feedback_capture_inputs: bool = Field(
+        default=False,
+        description="Store the (PII-redacted) input text of every recorded prediction, which "
+        "feedback export needs; off = only for models tagged feedback_capture=true.",
+    )
+    feedback_window: int = Field(
+        default=500,
+        ge=1,
+        description="Live accuracy: the newest labelled predictions of a version it counts.",
+    )
     master_key: SecretStr | None = Field(
         default=None,
         description="Master key for encryption at rest: 32 bytes, base64 or hex. When set "

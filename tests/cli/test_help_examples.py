@@ -183,6 +183,7 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prepared]:
             metrics={"accuracy": 0.95, "latency_ms_bs1": 3.5},
             description="stands in for the int8 version",
         )
+        _labelled_feedback(registry)
     finally:
         registry.close()
     env = _local(home)
@@ -202,6 +203,32 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prepared]:
     finally:
         os.chdir(cwd)
     yield Prepared(home, workdir, job_id)
+
+
+def _labelled_feedback(registry: Registry) -> None:
+    """Six predictions of reviews-clf:1 with captured inputs and labels (maas feedback)."""
+    from datetime import UTC, datetime
+
+    from maas.registry.feedback import PredictionRecord, attach_feedback, write_predictions
+
+    texts = ["the film was good", "dinner was awful", "a great day", "a dull film"] * 2
+    records = [
+        PredictionRecord(
+            f"pred-{i:024x}",
+            0,
+            "reviews-clf",
+            1,
+            "text-classification",
+            datetime.now(UTC),
+            output_label="pos",
+            input_text=text,
+        )
+        for i, text in enumerate(texts[:6])
+    ]
+    write_predictions(registry.db, records)
+    for i, record in enumerate(records):
+        label = "pos" if i % 2 == 0 else "neg"
+        attach_feedback(registry.db, record.prediction_id, 0, label=label, score=None, key_id=1)
 
 
 WITH_EXAMPLES = _with_examples()

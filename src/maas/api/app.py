@@ -18,11 +18,13 @@ from maas.api import (
     audit,
     chat,
     explain,
+    feedback,
     health,
     jobs,
     keys,
     loading,
     metrics,
+    monitoring,
     openai,
     redact,
     v2,
@@ -44,6 +46,7 @@ from maas.serving.dataplane import DataPlane
 from maas.serving.engine.client import RemoteHost, RemoteLimiter, RemoteQuotas
 from maas.serving.hosts import LocalHost, ModelHost, create_host
 from maas.serving.metrics import ServingMetrics
+from maas.serving.monitoring_setup import create_monitoring
 from maas.serving.reconcile import Reconciler
 
 if TYPE_CHECKING:
@@ -100,6 +103,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.dataplane = DataPlane(
             registry, host, serving_metrics, warm_timeout=settings.warm_timeout_seconds
         )
+        # Drift monitoring and prediction records, composed into the data plane.
+        watching = create_monitoring(settings, registry, host, serving_metrics)
+        app.state.dataplane.compose(monitor=watching.monitor, predictions=watching.predictions)
+        app.state.predictions = watching.predictions
         app.state.limiter = limiter
         app.state.usage = UsageRecorder(registry.db, watts=settings.energy_watts, quotas=quotas)
         redis_quotas: RedisQuotas | None = None
@@ -150,6 +157,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await app.state.dataplane.close()
             await host.close()
             await app.state.usage.close()
+            await watching.close()
             if redis_quotas is not None:
                 await redis_quotas.close()
             await app.state.limiter.close()
@@ -173,6 +181,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "Retry-After",
                 "Inference-Header-Content-Length",
                 *(f"x-ratelimit-{w}-{k}" for w in RATE_WORDS for k in ("requests", "tokens")),
+                feedback.PREDICTION_HEADER,
+                feedback.VERSION_HEADER,
             ],
         )
     # Innermost: the inference routes' own handlers, without FastAPI's router in between.
@@ -199,4 +209,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(audit.router)
     app.include_router(jobs.router)
     app.include_router(metrics.router)
+    app.include_router(feedback.router)
+    app.include_router(feedback.admin)
+    app.include_router(monitoring.router)
     return app

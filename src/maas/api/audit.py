@@ -61,6 +61,7 @@ ACTIONS: dict[tuple[str, str], str] = {
     ("DELETE", "/admin/v1/jobs/{job_id}"): "job.cancel",
     ("POST", "/admin/v1/datasets"): "dataset.create",
     ("POST", "/admin/v1/models/{name}/versions/{version}/promote"): "version.promote",
+    ("POST", "/admin/v1/models/{name}/feedback/export"): "feedback.export",
 }
 
 

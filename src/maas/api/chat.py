@@ -17,19 +17,19 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
 
 from maas.api.bodies import JsonBodyRoute
 from maas.api.chat_requests import chat_request, sampling_params
 from maas.api.chat_tools import ToolDeltas, tool_message
 from maas.api.deps import CtxDep, DataPlaneDep, get_admission, require_key
+from maas.api.feedback import answer_headers
 from maas.api.schemas.chat import ChatCompletionRequest, CompletionRequest
 from maas.errors import InvalidRequestError, MaasError
 from maas.registry.refs import model_name
@@ -140,12 +140,17 @@ def _sse(payload: dict[str, Any] | str) -> bytes:
 
 @router.post("/chat/completions", response_model=None)
 async def chat_completions(
-    request: Request, body: ChatCompletionRequest, ctx: CtxDep, dataplane: DataPlaneDep
+    request: Request,
+    response: Response,
+    body: ChatCompletionRequest,
+    ctx: CtxDep,
+    dataplane: DataPlaneDep,
 ) -> dict[str, Any] | StreamingResponse:
     _refuse_unsupported(body.unsupported())
     wanted = chat_request(body)
     generation = await _start(request, ctx, dataplane, "chat", body.model, wanted)
-    ident = f"chatcmpl-{secrets.token_hex(12)}"
+    ident = ctx.prediction_id  # chatcmpl-<24 hex>, made by the data plane
+    response.headers.update(answer_headers(ctx))
     created = int(time.time())
     fingerprint = f"maas-{generation.version.ref}"
     # Functions the model may call: its output is read for calls.
@@ -218,6 +223,7 @@ async def chat_completions(
 
     return _streaming_response(
         generation,
+        headers=answer_headers(ctx),
         first=[chunk(i, {"role": "assistant", "content": ""}, None) for i in range(body.n)],
         piece=piece,
         final=_final_usage(
@@ -231,7 +237,11 @@ async def chat_completions(
 
 @router.post("/completions", response_model=None)
 async def completions(
-    request: Request, body: CompletionRequest, ctx: CtxDep, dataplane: DataPlaneDep
+    request: Request,
+    response: Response,
+    body: CompletionRequest,
+    ctx: CtxDep,
+    dataplane: DataPlaneDep,
 ) -> dict[str, Any] | StreamingResponse:
     _refuse_unsupported(body.unsupported())
     prompt = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
@@ -246,7 +256,8 @@ async def completions(
             prompt=prompt, params=sampling_params(body, body.max_tokens, top), n=body.n
         ),
     )
-    ident = f"cmpl-{secrets.token_hex(12)}"
+    ident = ctx.prediction_id  # cmpl-<24 hex>, made by the data plane
+    response.headers.update(answer_headers(ctx))
     created = int(time.time())
     fingerprint = f"maas-{generation.version.ref}"
     if not body.stream:
@@ -297,6 +308,7 @@ async def completions(
 
     return _streaming_response(
         generation,
+        headers=answer_headers(ctx),
         first=[],
         piece=piece,
         final=_final_usage(
@@ -332,6 +344,7 @@ def _final_usage(
 def _streaming_response(
     generation: Generation,
     *,
+    headers: dict[str, str],
     first: list[dict[str, Any]],
     piece: Callable[[Chunk], dict[str, Any] | None],
     final: Callable[[int, int, int], dict[str, Any]] | None,
@@ -373,5 +386,5 @@ def _streaming_response(
     return StreamingResponse(
         events(),
         media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers},
     )

@@ -23,7 +23,21 @@ from maas.serving.metrics import ServingMetrics
 router = APIRouter(tags=["operations"], dependencies=[Depends(require_key)])
 
 # Recorded by the data plane in the worker that handled the request.
-WORKER_FAMILIES = frozenset({"maas_requests", "maas_request_seconds"})
+# Drift and feedback too: each worker monitors the requests it handles (serving/monitoring.py).
+WORKER_FAMILIES = frozenset(
+    {
+        "maas_requests",
+        "maas_request_seconds",
+        "maas_drift_score",
+        "maas_drift_p_value",
+        "maas_drift_alert",
+        "maas_drift_analysis_seconds",
+        "maas_alert_deliveries",
+        "maas_live_accuracy",
+        "maas_feedback_labelled",
+        "maas_feedback_score_mean",
+    }
+)
 
 
 class _Fixed:

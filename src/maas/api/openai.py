@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from maas.api.admin import run_sync
 from maas.api.bodies import openapi_body, read_body
 from maas.api.deps import AdmittedDep, CtxDep, DataPlaneDep, RegistryDep, require_key
+from maas.api.feedback import answer_headers
 from maas.api.inference_route import InferenceRoute
 from maas.api.schemas.openai import MAX_EMBEDDING_INPUTS, EmbeddingsRequest
 from maas.errors import InvalidRequestError, NotFoundError
@@ -100,12 +101,17 @@ async def create_embeddings(
         else:
             embedding = np.asarray(vector, dtype=np.float32)  # orjson writes it directly
         data.append({"object": "embedding", "index": index, "embedding": embedding})
+    # ``id`` is not in OpenAI's embeddings answer; its SDK keeps unknown fields, and the
+    # body then names the prediction as the chat answers' ``id`` does.
     payload = {
+        "id": ctx.prediction_id,
         "object": "list",
         "data": data,
         "model": body.model,
         "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
     }
     return Response(
-        orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json"
+        orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY),
+        media_type="application/json",
+        headers=answer_headers(ctx),
     )

@@ -80,6 +80,9 @@ ROUTE_SCOPES: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/admin/v1/datasets/{name}"): READ,
     ("POST", _V + "/promote"): DEPLOY,
     ("GET", _V + "/lineage"): READ,
+    # management: monitoring and feedback
+    ("GET", _M + "/monitoring"): READ,
+    ("POST", _M + "/feedback/export"): DEPLOY,
     # management: trust
     ("GET", "/admin/v1/keys"): ADMIN,
     ("POST", "/admin/v1/keys"): ADMIN,
@@ -98,6 +101,7 @@ ROUTE_SCOPES: dict[tuple[str, str], frozenset[str]] = {
     ("POST", "/v1/redact"): INFER,
     ("POST", "/v1/chat/completions"): INFER,
     ("POST", "/v1/completions"): INFER,
+    ("POST", "/v1/feedback"): INFER,
     # Open Inference Protocol V2
     ("GET", "/v2"): INFER_OR_READ,
     ("GET", "/v2/models/{model}"): INFER_OR_READ,

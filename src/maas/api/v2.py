@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from maas import __version__
 from maas.api.admin import version_ref
 from maas.api.deps import CtxDep, DataPlaneDep, RegistryDep, require_key
+from maas.api.feedback import answer_headers
 from maas.api.inference_route import InferenceRoute
 from maas.errors import InvalidRequestError, MaasError
 from maas.serving.context import RequestContext
@@ -120,22 +121,22 @@ async def _infer(
     result = await dataplane.infer(ctx, ref, tensors)
     names, binary = select_outputs(decoded, list(result.outputs))
     try:
+        # The answer's ``id`` echoes the request's (the protocol says so); a request
+        # without one gets the prediction id there. The header always has it.
         payload, json_length = encode_response(
             model_name=result.version.model,
             model_version=str(result.version.version),
-            request_id=decoded.id,
+            request_id=decoded.id or ctx.prediction_id,
             outputs=[(name, result.outputs[name]) for name in names],
             binary=binary,
         )
     except ValueError as exc:  # the model produced an output the protocol cannot carry
         raise MaasError(f"model {model}: {exc}") from exc
+    headers = answer_headers(ctx)
     if json_length is None:
-        return Response(payload, media_type="application/json")
-    return Response(
-        payload,
-        media_type="application/octet-stream",
-        headers={HEADER_LENGTH: str(json_length)},
-    )
+        return Response(payload, media_type="application/json", headers=headers)
+    headers[HEADER_LENGTH] = str(json_length)
+    return Response(payload, media_type="application/octet-stream", headers=headers)
 
 
 @inference.post("/models/{model}/infer")

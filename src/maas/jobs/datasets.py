@@ -135,10 +135,15 @@ def import_dataset(
     filename: str | None = None,
     description: str = "",
     created_by: str | None = None,
+    parent: str | None = None,
+    origin: dict[str, Any] | None = None,
 ) -> DatasetInfo:
     """Read ``source``, prepare it, and store it as the next version of dataset ``name``.
 
     ``filename`` names an uploaded file whose own path says nothing (a temp file).
+    ``parent`` and ``origin`` record lineage: the version the data came from (a
+    feedback export names the model version) and what made it, kept in
+    dataset.json's ``source``.
     """
     validate_model_name(name)
     options = options or DatasetOptions()
@@ -158,6 +163,8 @@ def import_dataset(
         records, stats, kind, source_doc = read_source(
             registry, source, filename, options, out, staging
         )
+        if origin:
+            source_doc = {**source_doc, "origin": origin}
         records, sampled_out = sample(records, options)
         if sampled_out:
             stats["sampled_out"] = sampled_out
@@ -221,6 +228,7 @@ def import_dataset(
                 description=description,
                 params=preprocessing,
                 created_by=created_by,
+                parent=parent,
             )
             if version.version == doc["version"]:
                 return dataset_info(version)

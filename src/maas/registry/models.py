@@ -278,3 +278,33 @@ class DeploymentRow(Base):
     num_cpus: Mapped[float | None] = mapped_column(Float, nullable=True)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_by: Mapped[str | None] = mapped_column(String(160), nullable=True)
+
+
+class PredictionRow(Base):
+    """One prediction that may receive feedback (``maas.registry.feedback``).
+
+    Written in batches off the request path; ``feedback_*`` are filled later by
+    ``POST /v1/feedback``. ``item`` tells apart the predictions of one request
+    (the texts of a V2 request, the ``n`` choices of a completion). ``input_text``
+    is kept only when capture is on for the model, after the PII policy.
+    """
+
+    __tablename__ = "predictions"
+    __table_args__ = (
+        Index("ix_predictions_model_version_feedback", "model", "version", "feedback_at"),
+    )
+
+    prediction_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    item: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model: Mapped[str] = mapped_column(String(64))
+    version: Mapped[int] = mapped_column(Integer)
+    task: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    key_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    output_label: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    output_score: Mapped[float | None] = mapped_column(Float, nullable=True)
+    input_text: Mapped[str | None] = mapped_column(Text, nullable=True)
+    feedback_label: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    feedback_score: Mapped[float | None] = mapped_column(Float, nullable=True)
+    feedback_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    feedback_key_id: Mapped[int | None] = mapped_column(Integer, nullable=True)

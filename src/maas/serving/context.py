@@ -30,6 +30,8 @@ class RequestContext:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost: RequestCost = field(default_factory=RequestCost)
+    # Names the answer (x-maas-prediction-id; feedback attaches to it): set by the data plane.
+    prediction_id: str = ""
 
     @classmethod
     def local(cls, *, route: str = "", timeout: float | None = None) -> RequestContext:

@@ -31,9 +31,11 @@ from maas.runtimes.base import TensorSpec
 from maas.runtimes.embeddings import Embedding
 from maas.security.pii import PiiPolicy, apply_input, apply_output, strictest
 from maas.serving.context import RequestContext
+from maas.serving.feedback import RECORDED_TASKS, PredictionRecorder, new_prediction_id
 from maas.serving.generation import Chunk, GenerationRequest, Prepared
 from maas.serving.hosts import ModelHost
 from maas.serving.metrics import ServingMetrics
+from maas.serving.monitoring import DriftMonitor
 from maas.serving.resolver import Resolver
 
 # Task -> the name of its single input tensor on the V2 surface.
@@ -101,6 +103,10 @@ class Generation:
 
 
 class DataPlane:
+    # Composed in by ``compose`` (the app does; tests and jobs may leave them out).
+    monitor: DriftMonitor | None = None
+    predictions: PredictionRecorder | None = None
+
     def __init__(
         self,
         registry: Registry,
@@ -116,12 +122,21 @@ class DataPlane:
 
     # ----------------------------------------------------------------- plumbing
 
+    def compose(
+        self, *, monitor: DriftMonitor | None = None, predictions: PredictionRecorder | None = None
+    ) -> None:
+        """Add drift monitoring and prediction recording: the data plane hands them each
+        answered request's items and results (serving/monitoring.py, serving/feedback.py)."""
+        self.monitor = monitor
+        self.predictions = predictions
+
     @contextmanager
     def track(self, ctx: RequestContext, route: str, ref: str) -> Iterator[RequestContext]:
         """Count one request by model, version, route and outcome, and time it."""
         record = ctx
         record.model = model_name(ref)
         record.route = route
+        record.prediction_id = new_prediction_id(route)
         started = time.perf_counter()
         try:
             yield record
@@ -210,6 +225,8 @@ class DataPlane:
                 items = [next(screened) if isinstance(i, str) else i for i in items]
             tracking.items = len(items)
             results: list[Embedding] = await self.host.predict(version, list(items), tracking.cost)
+            if self.monitor is not None:
+                self.monitor.observe(version, items, results)
             vectors = [r.vector for r in results]
             if dimensions is not None:
                 vectors = self._shorten(version, vectors, dimensions)
@@ -277,6 +294,17 @@ class DataPlane:
         tracking.items = len(items)
         results = await self.host.predict(version, items, tracking.cost)
         tracking.prompt_tokens = sum(getattr(r, "tokens", 0) for r in results)
+        if self.monitor is not None:
+            self.monitor.observe(version, items, results)
+        if self.predictions is not None and version.task in RECORDED_TASKS:
+            self.predictions.record_classifications(
+                tracking.prediction_id,
+                version,
+                items,
+                results,
+                key_id=_key_id(tracking),
+                pii=tracking.pii,
+            )
         if version.task == "embeddings":
             return {"embedding": np.stack([r.vector for r in results]).astype(np.float32)}
         # Classification: the top label, and every label's probability in label order.
@@ -351,6 +379,15 @@ class DataPlane:
                 # Only now: a request refused above has used no tokens.
                 tracking.prompt_tokens = prepared.prompt_tokens
                 tracking.items = request.n
+                if self.predictions is not None:
+                    self.predictions.record_generation(
+                        tracking.prediction_id,
+                        version,
+                        "\n".join(screened),
+                        request.n,
+                        key_id=_key_id(tracking),
+                        pii=tracking.pii,
+                    )
                 yield _Accepted(version, prepared)
                 produced: dict[int, int] = {}
                 held: dict[int, list[str]] = {}
@@ -388,6 +425,11 @@ class DataPlane:
             )
         inputs, outputs = await self.host.signature(version)
         return version, inputs, outputs
+
+
+def _key_id(ctx: RequestContext) -> int | None:
+    key = ctx.admitted.key
+    return key.id if key is not None else None
 
 
 def _no_tensor_interface(version: VersionInfo) -> InvalidRequestError:
