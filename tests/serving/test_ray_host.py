@@ -203,7 +203,7 @@ async def _replica_view(host: RayHost, ref: str) -> Any:
     return _unpack(await host._apps[ref].handle.status.remote())
 
 
-def test_a_changed_deployment_is_redeployed_and_autoscales_under_load(driver: Driver) -> None:
+def test_a_changed_deployment_is_redeployed_autoscales_and_unloads(driver: Driver) -> None:
     version = _version(driver, "enc")
     host = driver.host
     driver.run(host.load(version))
@@ -241,3 +241,11 @@ def test_a_changed_deployment_is_redeployed_and_autoscales_under_load(driver: Dr
         return await load(asyncio.Event())
 
     assert driver.run(scenario()) > 0
+    # Unloaded everywhere (a deployment record, as `maas models deploy --unload` writes).
+    driver.registry.set_deployment("enc", 1, actor="test", loaded=False)
+    deadline = time.monotonic() + 30
+    while "enc:1" in host._apps or any(
+        name.startswith("maas:enc:1:") for name in ray_apps._applications()
+    ):
+        assert time.monotonic() < deadline, "the unloaded version kept its application"
+        time.sleep(0.2)

@@ -38,6 +38,7 @@ import logging
 import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import anyio.to_thread
@@ -72,6 +73,7 @@ class _Deployed:
     plan: ray_apps.ReplicaPlan
     handle: Any  # ray.serve.handle.DeploymentHandle
     streams: Any  # the same handle with stream=True
+    stamp: datetime | None = None  # updated_at of the deployment record it was deployed by
     pinned: bool = False
     active: int = 0
     loaded_at: float = field(default_factory=time.time)
@@ -148,7 +150,7 @@ class RayHost(ModelHost):
         log.info("%s on Ray as %s in %.1fs", version.ref, name, time.perf_counter() - started)
         previous = self._apps.get(version.ref)
         deployed = _Deployed(
-            version, name, replica_plan, handle, handle.options(stream=True), pinned=False
+            version, name, replica_plan, handle, handle.options(stream=True), spec.updated_at
         )
         if previous is not None:
             deployed.pinned, deployed.loaded_at = previous.pinned, previous.loaded_at
@@ -185,6 +187,13 @@ class RayHost(ModelHost):
                 continue
             except Exception:
                 log.exception("reading the deployment settings of %s failed", ref)
+                continue
+            if spec.loaded is False and spec.updated_at != deployed.stamp:
+                # Unloaded everywhere (`maas models deploy --unload`, POST …/unload): the
+                # application is shared, so this deletes it if the instance that was asked
+                # has not yet. A later request deploys it again, on demand.
+                self._apps.pop(ref, None)
+                await anyio.to_thread.run_sync(ray_apps.delete_version, ref)
                 continue
             if ray_apps.plan(spec, self._settings).fingerprint == deployed.plan.fingerprint:
                 continue
