@@ -72,6 +72,10 @@ def start_ray_cluster() -> Iterator[RayCluster]:
             "--head",
             "--block",
             f"--port={port}",
+            # Ports of their own, so that a second cluster on the machine (a benchmark,
+            # another run) does not collide on Ray's fixed defaults (10001, 52365).
+            f"--ray-client-server-port={free_port()}",
+            f"--dashboard-agent-listen-port={free_port()}",
             f"--num-cpus={CPUS}",
             "--include-dashboard=false",
             "--disable-usage-stats",
