@@ -69,6 +69,9 @@ class _OneVersion:
     def resolve(self, ref: ModelRef) -> VersionInfo:
         return self.version
 
+    def get_routing(self, model: str) -> None:
+        return None  # no routing policy: plain names resolve as they are
+
 
 class ScriptedHost(ModelHost):
     """Answers ``generate`` with a fixed script and records how it was driven."""

@@ -27,6 +27,7 @@ from maas.api import (
     monitoring,
     openai,
     redact,
+    routing,
     v2,
 )
 from maas.api.errors import install_error_handlers
@@ -205,6 +206,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(redact.router)
     app.include_router(admin.router)
     app.include_router(loading.router)
+    app.include_router(routing.router)
     app.include_router(keys.router)
     app.include_router(audit.router)
     app.include_router(jobs.router)

@@ -49,6 +49,8 @@ ACTIONS: dict[tuple[str, str], str] = {
     ("POST", "/admin/v1/models/{name}/versions/{version}/load"): "version.load",
     ("POST", "/admin/v1/models/{name}/versions/{version}/unload"): "version.unload",
     ("PUT", "/admin/v1/models/{name}/versions/{version}/deployment"): "version.deploy",
+    ("PUT", "/admin/v1/models/{name}/routing"): "routing.set",
+    ("DELETE", "/admin/v1/models/{name}/routing"): "routing.clear",
     ("PUT", "/admin/v1/models/{name}/aliases/{alias}"): "alias.set",
     ("DELETE", "/admin/v1/models/{name}/aliases/{alias}"): "alias.delete",
     ("POST", "/admin/v1/models/{name}/aliases/{alias}/rollback"): "alias.rollback",

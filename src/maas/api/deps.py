@@ -19,6 +19,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from maas.api.permissions import MODEL_PATH_PARAMS, RULES
 from maas.config import Settings
+from maas.errors import InvalidRequestError
 from maas.registry.refs import model_name
 from maas.registry.store import Registry
 from maas.security.admission import Admission, Admitted
@@ -109,6 +110,15 @@ def make_context(request: Request, admitted: Admitted) -> RequestContext:
     settings: Settings = request.app.state.settings
     timeout = settings.request_timeout_seconds
     ctx = RequestContext(admitted, deadline=time.monotonic() + timeout if timeout else None)
+    ctx.request_id = request.headers.get("x-request-id", "")[:128]
+    pinned = request.headers.get("x-maas-version")
+    if pinned is not None:
+        if not (pinned.isascii() and pinned.isdigit() and int(pinned) >= 1):
+            raise InvalidRequestError(
+                f"x-maas-version must be a version number, not {pinned[:40]!r}",
+                param="x-maas-version",
+            )
+        ctx.pinned_version = int(pinned)
     request.state.ctx = ctx
     return ctx
 

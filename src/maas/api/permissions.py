@@ -66,6 +66,10 @@ ROUTE_SCOPES: dict[tuple[str, str], frozenset[str]] = {
     ("POST", _V + "/unload"): DEPLOY,
     ("GET", _V + "/deployment"): READ,
     ("PUT", _V + "/deployment"): DEPLOY,
+    ("GET", _M + "/routing"): READ,
+    ("PUT", _M + "/routing"): DEPLOY,
+    ("DELETE", _M + "/routing"): DEPLOY,
+    ("GET", _M + "/routing/history"): READ,
     # management: jobs, datasets, promotion
     ("GET", "/admin/v1/jobs"): READ,
     ("POST", "/admin/v1/jobs"): DEPLOY,

@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 from maas.client.sync import MaasClient
 from maas.config import Settings
+from maas.registry import routing
 from maas.registry.deployments import DeploymentSpec
 from maas.registry.refs import ModelRef
 from maas.registry.schemas import AliasEvent, GcResult, ModelInfo, VersionInfo
@@ -46,6 +47,9 @@ class Backend(Protocol):
     def gc(self, *, grace_seconds: int | None = None) -> GcResult: ...
     def get_deployment(self, ref: str) -> DeploymentSpec: ...
     def set_deployment(self, ref: str, **changes: Any) -> DeploymentSpec: ...
+    def get_routing(self, name: str) -> dict[str, Any] | None: ...
+    def set_routing(self, name: str, policy: dict[str, Any]) -> dict[str, Any]: ...
+    def clear_routing(self, name: str) -> None: ...
     def close(self) -> None: ...
 
 
@@ -137,6 +141,16 @@ class LocalBackend:
         # Running servers sharing this database pick the change up within a poll.
         info = self.registry.get_version(ref)
         return self.registry.set_deployment(info.model, info.version, actor=self.actor, **changes)
+
+    def get_routing(self, name: str) -> dict[str, Any] | None:
+        policy = routing.get_routing(self.registry.db, name)
+        return None if policy is None else policy.to_json()
+
+    def set_routing(self, name: str, policy: dict[str, Any]) -> dict[str, Any]:
+        return routing.set_routing(self.registry.db, name, policy, actor=self.actor).to_json()
+
+    def clear_routing(self, name: str) -> None:
+        routing.clear_routing(self.registry.db, name, actor=self.actor)
 
 
 def open_backend(settings: Settings) -> Backend:

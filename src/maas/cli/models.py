@@ -11,6 +11,7 @@ from maas.cli.common import JsonOpt, backend_from, cli_errors, fail
 from maas.cli.deploy import deploy
 from maas.cli.model_push import import_gguf_command, push
 from maas.cli.output import human_bytes, out, print_json, table
+from maas.cli.route import route
 from maas.errors import NotFoundError
 from maas.registry.refs import ModelRef
 from maas.registry.schemas import VersionInfo
@@ -19,6 +20,7 @@ app = typer.Typer(help="Manage models, versions and aliases.", no_args_is_help=T
 app.command("push")(push)
 app.command("import-gguf")(import_gguf_command)
 app.command("deploy")(cli_errors(deploy))
+app.command("route")(cli_errors(route))
 
 
 def _version_rows(versions: list[VersionInfo]) -> list[list[object]]:

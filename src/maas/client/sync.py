@@ -222,6 +222,23 @@ class MaasClient:
         data = self._request("PUT", _version_path(ref) + "/deployment", json=changes)
         return DeploymentSpec.from_json(data)
 
+    # routing
+    def get_routing(self, name: str) -> dict[str, Any] | None:
+        """The model's routing policy (``PUT …/routing``'s fields, who and when), or None."""
+        try:
+            data: dict[str, Any] = self._request("GET", f"/admin/v1/models/{name}/routing")
+        except errors.NotFoundError:
+            self.get_model(name)  # an unknown model still raises
+            return None
+        return data
+
+    def set_routing(self, name: str, policy: dict[str, Any]) -> dict[str, Any]:
+        data: dict[str, Any] = self._request("PUT", f"/admin/v1/models/{name}/routing", json=policy)
+        return data
+
+    def clear_routing(self, name: str) -> None:
+        self._request("DELETE", f"/admin/v1/models/{name}/routing")
+
     # aliases
     def set_alias(self, name: str, alias: str, version: int, *, reason: str = "") -> VersionInfo:
         data = self._request(

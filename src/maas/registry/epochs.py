@@ -7,8 +7,9 @@ request does no database query. Each such cache has a counter row in
 
 * ``keys``: bumped by ``KeyStore`` itself on revoke, rotate and update;
 * ``registry``: bumped automatically by any write session that adds, changes or
-  deletes a model, version, file, alias or deployment row (``track_registry_changes``), so
-  no registry operation, present or future, can forget it.
+  deletes a model, version, file, alias, deployment or routing policy row
+  (``track_registry_changes``), so no registry operation, present or future, can
+  forget it.
 
 ``EpochWatcher`` reads every counter in one query every ``POLL_SECONDS`` and
 calls the callbacks of those that moved: other processes see a change within
@@ -35,6 +36,7 @@ from maas.registry.models import (
     ChangeEpochRow,
     DeploymentRow,
     ModelRow,
+    RoutingPolicyRow,
     VersionFileRow,
     VersionRow,
 )
@@ -45,7 +47,14 @@ KEYS = "keys"
 REGISTRY = "registry"
 POLL_SECONDS = 0.25
 
-_REGISTRY_ROWS = (ModelRow, VersionRow, VersionFileRow, AliasRow, DeploymentRow)
+_REGISTRY_ROWS = (
+    ModelRow,
+    VersionRow,
+    VersionFileRow,
+    AliasRow,
+    DeploymentRow,
+    RoutingPolicyRow,
+)
 _CHANGED = "maas.changed_epochs"  # session.info: names bumped in this transaction
 
 

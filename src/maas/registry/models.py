@@ -308,3 +308,31 @@ class PredictionRow(Base):
     feedback_score: Mapped[float | None] = mapped_column(Float, nullable=True)
     feedback_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     feedback_key_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+class RoutingPolicyRow(Base):
+    """A model's routing policy (``maas.registry.routing``) as JSON; no row: no policy.
+
+    Deleting the model deletes it (ON DELETE CASCADE).
+    """
+
+    __tablename__ = "routing_policies"
+
+    model_id: Mapped[int] = mapped_column(
+        ForeignKey("models.id", ondelete="CASCADE"), primary_key=True
+    )
+    policy: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_by: Mapped[str | None] = mapped_column(String(160), nullable=True)
+
+
+class RoutingEventRow(Base):
+    """One change of a model's routing policy: the policy set (JSON), or None when cleared."""
+
+    __tablename__ = "routing_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), index=True)
+    policy: Mapped[str | None] = mapped_column(Text, nullable=True)
+    actor: Mapped[str | None] = mapped_column(String(160), nullable=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

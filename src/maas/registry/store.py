@@ -22,7 +22,7 @@ from sqlalchemy.orm import selectinload
 
 from maas.config import Settings
 from maas.errors import ConflictError, InvalidRequestError
-from maas.registry import aliases, deployments
+from maas.registry import aliases, deployments, routing
 from maas.registry.artifacts import FileEntry, Manifest, open_store
 from maas.registry.blobcache import VersionCache
 from maas.registry.blobmarker import check_writable, mark_encrypted
@@ -34,6 +34,7 @@ from maas.registry.formats import detect_format, metadata_for_task, validate_tas
 from maas.registry.heads import require_classification_head
 from maas.registry.models import AliasRow, ModelRow, VersionFileRow, VersionRow, utcnow
 from maas.registry.refs import ModelRef, validate_model_name
+from maas.registry.routing import RoutingPolicy
 from maas.registry.rows import aliases_of, model_info, model_row, version_info, version_row
 from maas.registry.schemas import AliasEvent, GcResult, ModelInfo, VersionInfo
 from maas.registry.sources import extract_archive, scan_directory
@@ -367,6 +368,10 @@ class Registry:
 
     def list_deployments(self) -> list[DeploymentSpec]:
         return deployments.list_deployments(self.db)
+
+    def get_routing(self, model: str) -> RoutingPolicy | None:
+        """The model's routing policy (``registry/routing.py`` sets and clears it)."""
+        return routing.get_routing(self.db, model)
 
     # ------------------------------------------------------------- maintenance
 

@@ -30,6 +30,10 @@ class RequestContext:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost: RequestCost = field(default_factory=RequestCost)
+    # From the caller's headers: x-request-id (routing places a request by it, so a retry
+    # lands on the same version) and x-maas-version (a plain model name pinned to it).
+    request_id: str = ""
+    pinned_version: int | None = None
     # Names the answer (x-maas-prediction-id; feedback attaches to it): set by the data plane.
     prediction_id: str = ""
 

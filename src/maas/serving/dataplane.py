@@ -30,6 +30,7 @@ from maas.registry.store import Registry
 from maas.runtimes.base import TensorSpec
 from maas.runtimes.embeddings import Embedding
 from maas.security.pii import PiiPolicy, apply_input, apply_output, strictest
+from maas.serving.batching import RequestCost
 from maas.serving.context import RequestContext
 from maas.serving.feedback import RECORDED_TASKS, PredictionRecorder, new_prediction_id
 from maas.serving.generation import Chunk, GenerationRequest, Prepared
@@ -37,6 +38,8 @@ from maas.serving.hosts import ModelHost
 from maas.serving.metrics import ServingMetrics
 from maas.serving.monitoring import DriftMonitor
 from maas.serving.resolver import Resolver
+from maas.serving.routing import Router, mirrored, targets
+from maas.serving.shadow import ShadowMirror
 
 # Task -> the name of its single input tensor on the V2 surface.
 _TEXT_INPUT = {"embeddings": "text", "text-classification": "text"}
@@ -119,6 +122,9 @@ class DataPlane:
         self.host = host
         self.metrics = metrics
         self._resolver = Resolver(registry, host, warm_timeout=warm_timeout)
+        self._router = Router(registry)
+        # Mirrors of requests a routing policy shadows: answers counted, compared, observed.
+        self.shadow = ShadowMirror(metrics, record=self._observe_shadow)
 
     # ----------------------------------------------------------------- plumbing
 
@@ -170,12 +176,89 @@ class DataPlane:
         return version
 
     def forget_resolved(self) -> None:
-        """Drop every cached resolution (the registry changed); safe from any thread.
-        Called on the "registry" change epoch (registry/epochs.py)."""
+        """Drop every cached resolution and routing policy (the registry changed); safe
+        from any thread. Called on the "registry" change epoch (registry/epochs.py)."""
         self._resolver.forget()
+        self._router.forget()
 
     async def close(self) -> None:
+        await self.shadow.close()
         await self._resolver.close()
+
+    async def serving_version(
+        self, ctx: RequestContext, ref: str
+    ) -> tuple[VersionInfo, VersionInfo | None]:
+        """The version that answers ``ref`` for this request, and the shadow it is mirrored to.
+
+        ``model:3`` and ``model@alias`` name their version; so does a plain name with
+        ``x-maas-version`` (``ctx.pinned_version``). Any other plain name goes through
+        the model's routing policy, if it has one (``serving.routing``), placed by the
+        request id (``x-request-id``, else the prediction id) or, sticky, by the key.
+        """
+        parsed = ModelRef.parse(ref)
+        if parsed.version is not None or parsed.alias is not None:
+            return await self.resolve(parsed), None
+        if ctx.pinned_version is not None:
+            return await self.resolve(ModelRef(parsed.name, version=ctx.pinned_version)), None
+        policy = await self._router.policy(parsed.name)
+        if policy is None:
+            return await self.resolve(parsed), None
+        request_id = ctx.request_id or ctx.prediction_id
+        key = ctx.admitted.key
+        version: VersionInfo | None = None
+        for target in targets(policy, request_id, str(key.id) if key is not None else None):
+            try:
+                version = await self.resolve(target)
+                break
+            except NotFoundError:  # its alias or version went away since the policy was set
+                continue
+        if version is None:
+            version = await self.resolve(parsed)
+        shadow: VersionInfo | None = None
+        if policy.shadow is not None and mirrored(policy, request_id):
+            try:
+                shadow = await self.resolve(ModelRef(parsed.name, version=policy.shadow.version))
+            except NotFoundError:
+                shadow = None
+            if shadow is not None and shadow.task != version.task:
+                shadow = None
+        return version, shadow
+
+    def _mirror(
+        self, shadow: VersionInfo | None, items: Sequence[Any], answered: list[Any]
+    ) -> None:
+        """Queue a copy of an answered request for the shadow version (never awaited)."""
+        if shadow is None:
+            return
+        copied = list(items)
+
+        async def run() -> list[Any]:
+            # Not the caller's cost: mirrors are metered as shadow traffic only.
+            results: list[Any] = await self.host.predict(shadow, copied, RequestCost())
+            return results
+
+        self.shadow.offer(shadow, copied, answered, run)
+
+    def _mirror_tensors(
+        self,
+        shadow: VersionInfo | None,
+        inputs: dict[str, np.ndarray],
+        answered: dict[str, np.ndarray],
+    ) -> None:
+        """``_mirror`` for a tensor model: one request of named tensors."""
+        if shadow is None:
+            return
+
+        async def run() -> list[dict[str, np.ndarray]]:
+            return [await self.host.predict_tensors(shadow, inputs, RequestCost())]
+
+        self.shadow.offer(shadow, [inputs], [answered], run)
+
+    def _observe_shadow(
+        self, version: VersionInfo, items: Sequence[Any], results: Sequence[Any]
+    ) -> None:
+        if self.monitor is not None and version.task != "tensor":  # as for served answers
+            self.monitor.observe(version, list(items), list(results))
 
     def _expect_task(self, version: VersionInfo, task: str) -> None:
         if version.task != task:
@@ -216,7 +299,7 @@ class DataPlane:
     ) -> EmbedResult:
         pii = ctx.pii
         with self.track(ctx, "embeddings", ref) as tracking:
-            version = await self.resolve(ref)
+            version, shadow = await self.serving_version(tracking, ref)
             tracking.version = str(version.version)
             self._expect_task(version, "embeddings")
             texts = [item for item in items if isinstance(item, str)]
@@ -227,6 +310,7 @@ class DataPlane:
             results: list[Embedding] = await self.host.predict(version, list(items), tracking.cost)
             if self.monitor is not None:
                 self.monitor.observe(version, items, results)
+            self._mirror(shadow, items, results)
             vectors = [r.vector for r in results]
             if dimensions is not None:
                 vectors = self._shorten(version, vectors, dimensions)
@@ -269,30 +353,36 @@ class DataPlane:
         """Run one request of named tensors through any servable model."""
         pii = ctx.pii
         with self.track(ctx, route, ref) as tracking:
-            version = await self.resolve(ref)
+            version, shadow = await self.serving_version(tracking, ref)
             tracking.version = str(version.version)
             if version.task == "tensor":
                 tracking.items = 1
                 outputs = await self.host.predict_tensors(version, inputs, tracking.cost)
+                self._mirror_tensors(shadow, inputs, outputs)
             elif version.task in _TEXT_INPUT:
                 texts = [
                     _utf8(item, _TEXT_INPUT[version.task], i)
                     for i, item in enumerate(_bytes_items(inputs, _TEXT_INPUT[version.task]))
                 ]
                 texts = await self.screen(version, texts, pii)
-                outputs = await self._run_items(version, texts, tracking)
+                outputs = await self._run_items(version, texts, tracking, shadow)
             elif version.task in _IMAGE_INPUT:
                 images = _bytes_items(inputs, _IMAGE_INPUT[version.task])
-                outputs = await self._run_items(version, images, tracking)
+                outputs = await self._run_items(version, images, tracking, shadow)
             else:
                 raise _no_tensor_interface(version)
             return InferResult(version, outputs)
 
     async def _run_items(
-        self, version: VersionInfo, items: list[Any], tracking: RequestContext
+        self,
+        version: VersionInfo,
+        items: list[Any],
+        tracking: RequestContext,
+        shadow: VersionInfo | None = None,
     ) -> dict[str, np.ndarray]:
         tracking.items = len(items)
         results = await self.host.predict(version, items, tracking.cost)
+        self._mirror(shadow, items, results)
         tracking.prompt_tokens = sum(getattr(r, "tokens", 0) for r in results)
         if self.monitor is not None:
             self.monitor.observe(version, items, results)
@@ -362,7 +452,7 @@ class DataPlane:
     ) -> AsyncGenerator[_Accepted | Chunk, None]:
         """One ``_Accepted`` (once every check passed), then the chunks to release."""
         with self.track(ctx, route, ref) as tracking:
-            version = await self.resolve(ref)
+            version, _ = await self.serving_version(tracking, ref)  # generation is not mirrored
             tracking.version = str(version.version)
             self._expect_task(version, "text-generation")
             texts = request.texts()

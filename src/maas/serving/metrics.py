@@ -146,6 +146,27 @@ class ServingMetrics:
             ["model"],
             registry=r,
         )
+        # Shadow traffic (routing policies): mirrors per outcome (ok, error, dropped),
+        # their latency, and agreement with the answer the caller got (classifiers).
+        self.shadow_requests = Counter(
+            "maas_shadow_requests",
+            "Requests mirrored to a shadow version, by outcome (ok, error, dropped)",
+            ["model", "version", "outcome"],
+            registry=r,
+        )
+        self.shadow_seconds = Histogram(
+            "maas_shadow_seconds",
+            "Time a shadow version took to answer a mirrored request",
+            ["model", "version"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.shadow_agreement = Counter(
+            "maas_shadow_agreement",
+            "Mirrored classifications whose top label agreed with the caller's answer",
+            ["model", "version", "agree"],
+            registry=r,
+        )
         self.llama_threads = Gauge(
             "maas_llama_threads",
             "Threads llama.cpp decodes a GGUF model's steps with (chosen by measuring)",
