@@ -33,7 +33,15 @@ import timeit
 from pathlib import Path
 from typing import Any
 
-from _common import REPO, SENTENCES, register_models, run_wrk, start_server, write_bodies
+from _common import (
+    REPO,
+    SENTENCES,
+    register_models,
+    run_wrk,
+    start_server,
+    tree_cpu_seconds,
+    write_bodies,
+)
 
 sys.path.insert(0, str(REPO))  # tests.monitoring_streams, the classifier the tests train
 
@@ -64,27 +72,33 @@ def overhead(seconds: float, repeats: int) -> None:
             print(f"load average before: {load()}")
             print(
                 f"{'c':>3} {'off req/s':>10} {'on req/s':>10} {'ratio':>6} "
-                f"{'off p50':>8} {'on p50':>8} {'ratio':>6}"
+                f"{'off p50':>8} {'on p50':>8} {'ratio':>6} "
+                f"{'off CPU/req':>11} {'on CPU/req':>11} {'ratio':>6}"
             )
             for connections in (1, 8, 32):
                 runs: dict[str, list[Any]] = {"off": [], "on": []}
+                cpu: dict[str, list[float]] = {"off": [], "on": []}
                 for _ in range(repeats):
                     for name, server in servers.items():
-                        runs[name].append(
-                            run_wrk(
-                                f"{server.url}/v1/embeddings",
-                                server.key,
-                                bodies,
-                                connections=connections,
-                                seconds=seconds,
-                            )
+                        before = tree_cpu_seconds(server.proc.pid)
+                        result = run_wrk(
+                            f"{server.url}/v1/embeddings",
+                            server.key,
+                            bodies,
+                            connections=connections,
+                            seconds=seconds,
                         )
+                        used = tree_cpu_seconds(server.proc.pid) - before
+                        runs[name].append(result)
+                        cpu[name].append(used / max(result.requests, 1) * 1000)
                 rps = {n: statistics.median(r.rps for r in rs) for n, rs in runs.items()}
                 p50 = {n: statistics.median(r.p50_ms for r in rs) for n, rs in runs.items()}
+                ms = {n: statistics.median(c) for n, c in cpu.items()}
                 print(
                     f"{connections:>3} {rps['off']:>10.1f} {rps['on']:>10.1f} "
                     f"{rps['on'] / rps['off']:>6.3f} {p50['off']:>7.2f}ms {p50['on']:>7.2f}ms "
-                    f"{p50['on'] / p50['off']:>6.3f}"
+                    f"{p50['on'] / p50['off']:>6.3f} {ms['off']:>9.2f}ms {ms['on']:>9.2f}ms "
+                    f"{ms['on'] / ms['off']:>6.3f}"
                 )
             print(f"load average after: {load()}")
         finally:
@@ -94,6 +108,66 @@ def overhead(seconds: float, repeats: int) -> None:
 
     per_id = min(timeit.repeat(lambda: new_prediction_id("embeddings"), number=10000, repeat=5))
     print(f"new_prediction_id: {per_id / 10000 * 1e6:.2f} us per request (in process)")
+
+
+# ----------------------------------------------------------------- hot path
+
+
+def hot_path() -> None:
+    """What monitoring and feedback add per request, timed in process (µs), and the CPU of
+    one analysis: figures that do not depend on how busy the machine is."""
+    import numpy as np
+
+    from maas.registry.schemas import VersionInfo
+    from maas.runtimes.embeddings import Embedding
+    from maas.runtimes.text_classification import Classification
+    from maas.serving.feedback import PredictionRecorder, new_prediction_id
+    from maas.serving.metrics import ServingMetrics
+    from maas.serving.monitoring import DriftMonitor
+
+    now = __import__("datetime").datetime.now()
+    version = VersionInfo(
+        model="m", version=1, task="text-classification", format="hf", digest="x",
+        size_bytes=0, status="ready", description="", metadata={}, metrics={}, params={},
+        tags={}, parent=None, job_id=None, aliases=[], created_at=now, created_by=None,
+    )  # fmt: skip
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(2000, 384)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    embedded = [Embedding(v, 12) for v in vectors]
+    classified = [Classification([("pos", 0.9), ("neg", 0.1)], 12) for _ in range(2000)]
+
+    async def per_request() -> None:
+        monitor = DriftMonitor(ServingMetrics(), window=500, interval_seconds=1e9)
+        n = 20000
+        started = time.perf_counter()
+        for i in range(n):
+            monitor.observe(version, ["a sentence of some length"], [embedded[i % 2000]])
+        observe_us = (time.perf_counter() - started) / n * 1e6
+        recorder = PredictionRecorder(None, ServingMetrics())  # type: ignore[arg-type]
+        recorder.flush_seconds = 1e9  # time the hot path only, never the writer
+        started = time.perf_counter()
+        for i in range(n):
+            recorder.record_classifications(
+                new_prediction_id("infer"), version, ["text"], [classified[i % 2000]],
+                key_id=1, pii=None,
+            )  # fmt: skip
+        record_us = (time.perf_counter() - started) / n * 1e6
+        if recorder._task is not None:
+            recorder._task.cancel()
+        print(f"per request: observe {observe_us:.2f} us, record a classification "
+              f"(with its id) {record_us:.2f} us")  # fmt: skip
+
+    asyncio.run(per_request())
+    for label, results in (("embeddings", embedded), ("classifier", classified)):
+        monitor = DriftMonitor(ServingMetrics(), window=500)
+        state = monitor._start_version(version)
+        batch = [(["a sentence of some length"] * 5, results[i : i + 5]) for i in range(0, 1000, 5)]
+        monitor._analyse_sync(state, batch)  # baseline + a full current window
+        state.current.values.clear()
+        started = time.process_time()
+        monitor._analyse_sync(state, batch[100:])
+        print(f"one analysis at window 500, {label}: {time.process_time() - started:.3f} s CPU")
 
 
 # -------------------------------------------------------------------- drift
@@ -219,12 +293,15 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--overhead", action="store_true")
     parser.add_argument("--drift", action="store_true")
+    parser.add_argument("--hot-path", action="store_true")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--window", type=int, default=500)
     args = parser.parse_args(argv)
-    both = not args.overhead and not args.drift
+    both = not args.overhead and not args.drift and not args.hot_path
+    if args.hot_path or both:
+        hot_path()
     if args.drift or both:
         asyncio.run(drift(args.trials, args.window))
     if args.overhead or both:

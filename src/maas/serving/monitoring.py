@@ -224,7 +224,9 @@ class DriftMonitor:
         self.step = max(1, window // 4)
         self.interval = interval_seconds
         self.alpha = alpha
-        self.permutations = permutations
+        # A permutation p-value is at least 1 / (permutations + 1): enough of them that MMD
+        # can go below alpha at all (1999 at the default 0.001; a smaller alpha costs more).
+        self.permutations = max(permutations, math.ceil(2 / alpha))
         self._predict = predict
         self._reference_texts = reference_texts
         self._alert = alert
