@@ -160,6 +160,7 @@ def test_chat_stream_has_the_openai_shape(client: Any, reference: Any) -> None:
     )
     chunks = list(stream)
     assert all(c.object == "chat.completion.chunk" for c in chunks)
+    assert {c.model for c in chunks} == {"gpt2:1"}  # the version that answered, usage included
     assert chunks[0].choices[0].delta.role == "assistant"
     body = [c for c in chunks if c.choices]
     assert "".join(c.choices[0].delta.content or "" for c in body) == expected

@@ -54,6 +54,7 @@ def test_openai_client_embeddings_match_in_process_model(
     assert got.shape == (4, 384)
     assert np.all(_cosines(got, reference) > 0.999)
     assert response.usage.prompt_tokens > len(SENTENCES)
+    assert response.model == "minilm:1"  # the version that answered
 
 
 @pytest.mark.slow

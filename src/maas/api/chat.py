@@ -167,7 +167,7 @@ async def chat_completions(
             "id": ident,
             "object": "chat.completion",
             "created": created,
-            "model": body.model,
+            "model": generation.version.ref,
             "system_fingerprint": fingerprint,
             "choices": [
                 {
@@ -196,7 +196,7 @@ async def chat_completions(
             "id": ident,
             "object": "chat.completion.chunk",
             "created": created,
-            "model": body.model,
+            "model": generation.version.ref,
             "system_fingerprint": fingerprint,
             "choices": [
                 {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
@@ -227,7 +227,12 @@ async def chat_completions(
         first=[chunk(i, {"role": "assistant", "content": ""}, None) for i in range(body.n)],
         piece=piece,
         final=_final_usage(
-            include_usage, ident, "chat.completion.chunk", created, body.model, fingerprint
+            include_usage,
+            ident,
+            "chat.completion.chunk",
+            created,
+            generation.version.ref,
+            fingerprint,
         ),
     )
 
@@ -266,7 +271,7 @@ async def completions(
             "id": ident,
             "object": "text_completion",
             "created": created,
-            "model": body.model,
+            "model": generation.version.ref,
             "system_fingerprint": fingerprint,
             "choices": [
                 {
@@ -289,7 +294,7 @@ async def completions(
             "id": ident,
             "object": "text_completion",
             "created": created,
-            "model": body.model,
+            "model": generation.version.ref,
             "system_fingerprint": fingerprint,
             "choices": [
                 {
@@ -312,7 +317,12 @@ async def completions(
         first=[],
         piece=piece,
         final=_final_usage(
-            include_usage, ident, "text_completion", created, body.model, fingerprint
+            include_usage,
+            ident,
+            "text_completion",
+            created,
+            generation.version.ref,
+            fingerprint,
         ),
     )
 

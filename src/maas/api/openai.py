@@ -107,7 +107,8 @@ async def create_embeddings(
         "id": ctx.prediction_id,
         "object": "list",
         "data": data,
-        "model": body.model,
+        # The version that answered, as name:version (a routing policy may have chosen it).
+        "model": result.version.ref,
         "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
     }
     return Response(
