@@ -74,3 +74,36 @@ def test_the_buffer_stays_bounded_when_analyses_cannot_keep_up() -> None:
         return monitor._states[version.ref].buffered
 
     assert asyncio.run(scenario()) <= 100  # two windows, whatever came in
+
+
+def test_tensor_models_are_watched_column_by_column(
+    registry: Registry, settings: Settings, onnx_file: Path
+) -> None:
+    import numpy as np
+
+    registry.push(onnx_file.parent, "affine", task="tensor")
+
+    async def scenario() -> tuple[bool, set[str], set[str]]:
+        metrics = ServingMetrics()
+        plane = DataPlane(registry, create_host(registry, settings, metrics), metrics)
+        monitor = DriftMonitor(metrics, window=WINDOW, interval_seconds=0.0)
+        plane.compose(monitor=monitor)
+        rng = np.random.default_rng(0)
+        try:
+            for shift in [0.0] * (WINDOW * 3) + [3.0] * WINDOW:  # one row a request
+                x = (rng.normal(size=(1, 4)) + np.array([shift, 0, 0, 0])).astype(np.float32)
+                await plane.infer(RequestContext.local(), "affine", {"x": x})
+                await monitor.settle()
+            report = monitor.version_report("affine", 1)
+            assert report is not None
+            crossed = {f.feature for f in report.features if f.crossed}
+            return report.drifting, crossed, {f.feature for f in report.features}
+        finally:
+            await plane.host.close()
+
+    drifting, crossed, watched = asyncio.run(scenario())
+    assert drifting
+    # Only the first input column moved, and only it crosses (the outputs mix all four:
+    # y = x @ W + b, where x[0]'s weights are the smallest, so they move too little to tell).
+    assert crossed == {"input:x[0]"}
+    assert watched == {f"input:x[{i}]" for i in range(4)} | {f"output:y[{j}]" for j in range(3)}

@@ -358,6 +358,8 @@ class DataPlane:
             if version.task == "tensor":
                 tracking.items = 1
                 outputs = await self.host.predict_tensors(version, inputs, tracking.cost)
+                if self.monitor is not None:
+                    self.monitor.observe_tensors(version, inputs, outputs)
                 self._mirror_tensors(shadow, inputs, outputs)
             elif version.task in _TEXT_INPUT:
                 texts = [

@@ -18,7 +18,10 @@ Policy
   splits into more, shorter tokens: the cheap stand-in for an unknown-token
   rate, which WordPiece vocabularies rarely emit), and for outputs the predicted
   label and its probability (classifiers), the embedding and its norm
-  (embedding models). Images: input size in bytes, and the outputs.
+  (embedding models). Images: input size in bytes, and the outputs. Tensor
+  models: each column of each numeric input and output tensor of at most
+  ``MAX_TENSOR_COLUMNS`` columns (``input:x[0]``, ``output:y[2]``), one value
+  per row; wider tensors (images, sequences) are not watched column by column.
 * **Reference.** The version's training data when its lineage names a dataset
   (``params["dataset"]``, which the train job writes): a sample of the
   dataset's train split of one window is run through the model once, so that
@@ -87,6 +90,7 @@ FEATURES: dict[str, tuple[str, str]] = {
 }
 
 Observation = dict[str, Any]  # feature -> value (float, str or np.ndarray)
+MAX_TENSOR_COLUMNS = 16
 # Runs items through the version (the host's predict): how a dataset reference gets outputs.
 Predict = Callable[[VersionInfo, list[Any]], Awaitable[list[Any]]]
 # Finds the texts of the version's training data (a worker thread calls it); None: none.
@@ -116,6 +120,39 @@ def features_of(item: Any, result: Any) -> Observation:
         found["embedding"] = vector
         found["embedding_norm"] = float(np.linalg.norm(vector))
     return found
+
+
+@dataclass(frozen=True, slots=True)
+class TensorRequest:
+    """One request of a tensor model, kept whole on the hot path, split into rows later."""
+
+    inputs: dict[str, np.ndarray]
+    outputs: dict[str, np.ndarray]
+
+
+def tensor_features(request: TensorRequest) -> list[Observation]:
+    """One observation per row: every column of every narrow numeric tensor."""
+    rows: list[Observation] = []
+    for side, tensors in (("input", request.inputs), ("output", request.outputs)):
+        for name, array in tensors.items():
+            if array.dtype.kind not in "fiub" or array.ndim == 0:
+                continue
+            table = array.reshape(array.shape[0], -1) if array.ndim > 1 else array[:, None]
+            if table.shape[1] > MAX_TENSOR_COLUMNS:
+                continue
+            values = table.astype(np.float64)  # (rows, columns)
+            while len(rows) < len(values):
+                rows.append({})
+            for i, row in enumerate(values):
+                for j, value in enumerate(row):
+                    rows[i][f"{side}:{name}[{j}]"] = float(value)
+    return rows
+
+
+def feature_side(name: str) -> str:
+    if name in FEATURES:
+        return FEATURES[name][0]
+    return "output" if name.startswith("output:") else "input"
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,6 +320,12 @@ class DriftMonitor:
             state.running = True  # before the task runs: the next request must not spawn one
             self._spawn(self._analyse(state))
 
+    def observe_tensors(
+        self, version: VersionInfo, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]
+    ) -> None:
+        """Note one tensor request (counted as one item; its rows are split off the loop)."""
+        self.observe(version, [TensorRequest(inputs, outputs)], [None])
+
     # ------------------------------------------------------------------- reading
 
     @property
@@ -392,18 +435,22 @@ class DriftMonitor:
     ) -> VersionReport | None:
         for items, results in batch:
             for item, result in zip(items, results, strict=False):
-                observation = features_of(item, result)
-                if state.reference is None:
-                    state.capture.add(observation)
-                    if state.capture.full():
-                        state.reference = state.capture
-                        state.reference_doc = {
-                            "kind": "baseline",
-                            "source": "the first full window served",
-                            "items": self.window,
-                        }
+                if isinstance(item, TensorRequest):
+                    observations = tensor_features(item)
                 else:
-                    state.current.add(observation)
+                    observations = [features_of(item, result)]
+                for observation in observations:
+                    if state.reference is None:
+                        state.capture.add(observation)
+                        if state.capture.full():
+                            state.reference = state.capture
+                            state.reference_doc = {
+                                "kind": "baseline",
+                                "source": "the first full window served",
+                                "items": self.window,
+                            }
+                    else:
+                        state.current.add(observation)
         if state.reference is None or not state.current.full():
             return None
         state.analyses += 1
@@ -413,7 +460,7 @@ class DriftMonitor:
             if not reference or len(reference) < 2:
                 continue
             outcome = self._test(name, list(reference), list(window), state.analyses)
-            side = FEATURES.get(name, ("input", CONTINUOUS))[0]
+            side = feature_side(name)
             floor = MIN_EFFECT.get(outcome.test)
             size = outcome.effect if outcome.test == "chi2" else outcome.statistic
             big_enough = floor is None or (size is not None and size >= floor)
