@@ -18,7 +18,7 @@ from maas.registry.schemas import VersionInfo
 from maas.registry.store import Registry
 from maas.runtimes.base import RuntimeContext
 from maas.runtimes.llama_cpp import LlamaCppTextGenerationRuntime
-from maas.serving.generation import create_engine
+from maas.serving.generation import EngineLimits, create_engine
 from maas.serving.generation_llama import LlamaGenerationEngine
 from maas.serving.metrics import ServingMetrics
 
@@ -61,9 +61,7 @@ async def llama_engine(
         metrics=ServingMetrics(),
         model_label="tiny",
         executor=executor,
-        max_running=sequences,
-        max_queued=queued,
-        kv_cache_tokens=kv,
+        limits=EngineLimits(max_running=sequences, max_queued=queued, kv_cache_tokens=kv),
     )
     assert isinstance(engine, LlamaGenerationEngine)
     try:

@@ -82,6 +82,15 @@ class SequenceStats:
     cached_tokens: int = 0  # leading prompt tokens served from a prefix cache
 
 
+@dataclass(frozen=True, slots=True)
+class EngineLimits:
+    """How much one model's engine takes on at once (the settings of the same names)."""
+
+    max_running: int  # sequences in the running batch (MAAS_MAX_RUNNING_SEQUENCES)
+    max_queued: int  # waiting for a place in it, beyond which 429 (MAAS_MAX_QUEUED_REQUESTS)
+    kv_cache_tokens: int  # KV cache cells, all sequences together (MAAS_KV_CACHE_TOKENS)
+
+
 class GenerationEngine(ABC):
     """Generation for one loaded text-generation model: ``prepare``, then ``generate``."""
 
@@ -92,17 +101,15 @@ class GenerationEngine(ABC):
         metrics: ServingMetrics,
         model_label: str,
         executor: Executor,
-        max_running: int,
-        max_queued: int,
-        kv_cache_tokens: int,
+        limits: EngineLimits,
     ) -> None:
         self.runtime = runtime
         self.metrics = metrics
         self.label = model_label
         self.executor = executor
-        self.max_running = max_running
-        self.max_queued = max_queued
-        self.kv_cache_tokens = kv_cache_tokens
+        self.max_running = limits.max_running
+        self.max_queued = limits.max_queued
+        self.kv_cache_tokens = limits.kv_cache_tokens
         self.inflight = 0
         self.running = 0
         self._closed = False
@@ -307,9 +314,7 @@ def create_engine(
     metrics: ServingMetrics,
     model_label: str,
     executor: Executor,
-    max_running: int,
-    max_queued: int,
-    kv_cache_tokens: int,
+    limits: EngineLimits,
 ) -> GenerationEngine:
     """The generation engine that serves ``runtime`` (llama.cpp for GGUF, else transformers)."""
     from maas.runtimes.llama_cpp import LlamaCppTextGenerationRuntime
@@ -319,9 +324,7 @@ def create_engine(
         "metrics": metrics,
         "model_label": model_label,
         "executor": executor,
-        "max_running": max_running,
-        "max_queued": max_queued,
-        "kv_cache_tokens": kv_cache_tokens,
+        "limits": limits,
     }
     if isinstance(runtime, LlamaCppTextGenerationRuntime):
         from maas.serving.generation_llama import LlamaGenerationEngine

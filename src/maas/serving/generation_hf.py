@@ -31,7 +31,7 @@ from typing import Any
 
 from maas.errors import InvalidRequestError, UnavailableError
 from maas.runtimes.text_generation import HFTextGenerationRuntime
-from maas.serving.generation import GenerationEngine, SequenceStats, Step
+from maas.serving.generation import EngineLimits, GenerationEngine, SequenceStats, Step
 from maas.serving.generation_types import GenerationRequest, SamplingParams, TokenLogprob
 from maas.serving.metrics import ServingMetrics
 
@@ -48,18 +48,10 @@ class HFGenerationEngine(GenerationEngine):
         metrics: ServingMetrics,
         model_label: str,
         executor: Executor,
-        max_running: int,
-        max_queued: int,
-        kv_cache_tokens: int,
+        limits: EngineLimits,
     ) -> None:
         super().__init__(
-            runtime,
-            metrics=metrics,
-            model_label=model_label,
-            executor=executor,
-            max_running=max_running,
-            max_queued=max_queued,
-            kv_cache_tokens=kv_cache_tokens,
+            runtime, metrics=metrics, model_label=model_label, executor=executor, limits=limits
         )
         self.hf = runtime
         self._managers: dict[str, Any] = {}

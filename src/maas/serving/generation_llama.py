@@ -13,10 +13,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator
 from concurrent.futures import Executor
+from dataclasses import replace
 
 from maas.errors import UnavailableError
 from maas.runtimes.llama_cpp import LlamaCppTextGenerationRuntime
-from maas.serving.generation import GenerationEngine, SequenceStats, Step
+from maas.serving.generation import EngineLimits, GenerationEngine, SequenceStats, Step
 from maas.serving.generation_llama_loop import DecodeLoop, Delivery, Sequence
 from maas.serving.generation_types import SamplingParams
 from maas.serving.metrics import ServingMetrics
@@ -32,19 +33,16 @@ class LlamaGenerationEngine(GenerationEngine):
         metrics: ServingMetrics,
         model_label: str,
         executor: Executor,
-        max_running: int,
-        max_queued: int,
-        kv_cache_tokens: int,
+        limits: EngineLimits,
     ) -> None:
         # The runtime's context was sized for the sequences it may hold.
+        running = min(limits.max_running, runtime.max_sequences)
         super().__init__(
             runtime,
             metrics=metrics,
             model_label=model_label,
             executor=executor,
-            max_running=min(max_running, runtime.max_sequences),
-            max_queued=max_queued,
-            kv_cache_tokens=kv_cache_tokens,
+            limits=replace(limits, max_running=running),
         )
         self.llama = runtime
         self._loop: DecodeLoop | None = None

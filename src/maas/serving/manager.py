@@ -37,7 +37,7 @@ from maas.runtimes.base import Runtime, RuntimeContext
 from maas.runtimes.registry import runtime_class
 from maas.serving.batching import AdaptiveBatcher, BatchStats
 from maas.serving.compute_pool import ComputePool
-from maas.serving.generation import GenerationEngine, create_engine
+from maas.serving.generation import EngineLimits, GenerationEngine, create_engine
 from maas.serving.metrics import ServingMetrics
 
 log = logging.getLogger("maas.serving")
@@ -189,9 +189,11 @@ class ModelManager:
                     metrics=self._metrics,
                     model_label=version.model,
                     executor=self._executor,
-                    max_running=self._settings.max_running_sequences,
-                    max_queued=self._settings.max_queued_requests,
-                    kv_cache_tokens=self._settings.kv_cache_tokens,
+                    limits=EngineLimits(
+                        max_running=self._settings.max_running_sequences,
+                        max_queued=self._settings.max_queued_requests,
+                        kv_cache_tokens=self._settings.kv_cache_tokens,
+                    ),
                 )
             self._models[key] = model
             self.load_failures.pop(key, None)
