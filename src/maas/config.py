@@ -219,10 +219,11 @@ class Settings(BaseSettings):
         "window each hold this many); a drift is detected within about one window.",
     )
     monitoring_interval_seconds: float = Field(
-        default=10.0,
+        default=30.0,
         ge=0,
         description="Drift monitoring: shortest time between two analyses of one version "
-        "(an analysis also waits for a quarter of a window of new items).",
+        "(an analysis also waits for a quarter of a window of new items); bounds the "
+        "background CPU under heavy traffic.",
     )
     monitoring_alpha: float = Field(
         default=0.001,

@@ -189,7 +189,7 @@ class DriftMonitor:
         metrics: ServingMetrics,
         *,
         window: int = 500,
-        interval_seconds: float = 10.0,
+        interval_seconds: float = 30.0,
         alpha: float = 0.001,
         permutations: int = 1999,
         predict: Predict | None = None,
