@@ -73,3 +73,8 @@ def test_chat_and_completion_answers_carry_both_headers_and_use_the_id(
                 assert f'"id": "{prediction_id}"' in first
             else:
                 assert r.json()["id"] == prediction_id
+            # A generation is recorded, a moment after its answer (off its path): feedback
+            # sent at once still finds it.
+            r = http.post("/v1/feedback", json={"prediction_id": prediction_id, "score": 1.0})
+            assert r.status_code == 200, r.text
+            assert r.json()["model"] == "smollm2" and r.json()["predicted"] is None
