@@ -31,7 +31,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import stats  # type: ignore[import-untyped]
+
+
+def _stats() -> Any:
+    """scipy.stats, imported at the first analysis: every HTTP worker imports this module,
+    and scipy.stats adds ~60 MB to a process that may never analyse anything."""
+    from scipy import stats  # type: ignore[import-untyped]
+
+    return stats
+
 
 # Vectors compared by MMD: each window is subsampled to this many (the kernel matrix
 # is (2n)^2 floats; 200 points per side detect a shift of topic or language easily).
@@ -63,7 +71,7 @@ def ks_test(reference: np.ndarray, current: np.ndarray) -> TestOutcome:
     # scipy's "auto" tries the exact distribution up to 10000 points a side and warns when
     # it fails (large samples with ties): ask for the asymptotic one past its own bound.
     method = "exact" if len(reference) * len(current) < 10_000 else "asymp"
-    result = stats.ks_2samp(reference, current, method=method)
+    result = _stats().ks_2samp(reference, current, method=method)
     return TestOutcome("ks", float(result.statistic), float(result.pvalue))
 
 
@@ -75,7 +83,7 @@ def label_test(reference: Sequence[str], current: Sequence[str]) -> TestOutcome:
     psi = _psi(ref_counts, cur_counts)
     if len(categories) < 2:  # one label on both sides: nothing changed
         return TestOutcome("chi2", 0.0, 1.0, psi)
-    result = stats.chi2_contingency(np.stack([ref_counts, cur_counts]))
+    result = _stats().chi2_contingency(np.stack([ref_counts, cur_counts]))
     return TestOutcome("chi2", float(result.statistic), float(result.pvalue), psi)
 
 
@@ -122,7 +130,7 @@ def mmd_test(
         np.put_along_axis(s, iy, -1.0 / m, axis=-1)
         return np.asarray(np.sum((s @ kernel) * s, axis=-1))
 
-    result = stats.permutation_test(
+    result = _stats().permutation_test(
         (np.arange(n), np.arange(n, n + m)),
         mmd2,
         permutation_type="independent",
