@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import statistics
 import sys
@@ -219,15 +220,18 @@ def drain(root: Path) -> dict[str, Any]:
         finished.append(done)
 
     threads = [threading.Thread(target=stream) for _ in range(STREAMS)]
-    for thread in threads:
-        thread.start()
-    started.wait()  # every stream has its first chunk
-    signalled = time.perf_counter()
-    server.proc.send_signal(signal.SIGTERM)
-    code = server.proc.wait(timeout=120)
-    exit_seconds = time.perf_counter() - signalled
-    for thread in threads:
-        thread.join()
+    try:
+        for thread in threads:
+            thread.start()
+        started.wait(timeout=300)  # every stream has its first chunk
+        signalled = time.perf_counter()
+        server.proc.send_signal(signal.SIGTERM)
+        code = server.proc.wait(timeout=120)
+        exit_seconds = time.perf_counter() - signalled
+        for thread in threads:
+            thread.join()
+    finally:
+        server.stop()  # nothing left if it exited; killed if anything above failed
     return {"exit_seconds": exit_seconds, "exit_code": code, "finished": sum(finished)}
 
 
@@ -302,47 +306,50 @@ def main() -> None:
     print(f"load average before: {load_average()} ({os.cpu_count()} cores)")
     figures: dict[str, Any] = {"load_before": load_average()}
     root = Path(tempfile.mkdtemp(prefix="maas-scale-"))
-    bodies = embeddings_bodies(root / "bodies.jsonl")
-    with postgres_database() as database_url:
-        shared = {
-            "MAAS_DATABASE_URL": database_url,
-            "MAAS_REDIS_URL": REDIS_URL,
-            "MAAS_REDIS_NAMESPACE": f"bench-{uuid.uuid4().hex[:8]}",
-            "MAAS_ARTIFACT_URL": (root / "store").as_uri(),
-            "MAAS_WORKERS": "1",
-            "MAAS_LOG_LEVEL": "warning",
-            # One torch thread per forward, as a replica of 1 CPU runs. The default (all
-            # cores) collapses when anything else runs: here, with other work on the
-            # machine, one sentence took 130-490 ms at 1 connection against 13 ms.
-            "MAAS_TORCH_THREADS": "1",
-        }
-        push_models(
-            Settings(
-                home=root / "pusher",
-                database_url=database_url,
-                artifact_url=(root / "store").as_uri(),
-            ),
-            root,
-        )
-        a = start_server(_home(root, "a"), shared)
-        b: Server | None = None
-        try:
-            warm(a)
-            figures["embedded_c1"] = latency_c1(a, bodies, seconds).p50_ms
-            figures["instances_1"] = throughput([a], bodies, seconds)
-            # One admin key in the shared database: B creates none, and uses A's.
-            (_home(root, "b") / "admin.key").write_text(a.key)
-            b = start_server(_home(root, "b"), shared)
-            warm(b)
-            figures["instances_2"] = throughput([a, b], bodies, seconds)
-            figures["alias_seconds"] = alias_moves([a, b], database_url, root / "mover", moves)
-        finally:
-            a.stop()
-            if b is not None:
-                b.stop()
-        if not args.no_ray:
-            figures.update(ray_measures(root, bodies, seconds, shared, a.key))
-    figures["drain"] = drain(root)
+    try:
+        bodies = embeddings_bodies(root / "bodies.jsonl")
+        with postgres_database() as database_url:
+            shared = {
+                "MAAS_DATABASE_URL": database_url,
+                "MAAS_REDIS_URL": REDIS_URL,
+                "MAAS_REDIS_NAMESPACE": f"bench-{uuid.uuid4().hex[:8]}",
+                "MAAS_ARTIFACT_URL": (root / "store").as_uri(),
+                "MAAS_WORKERS": "1",
+                "MAAS_LOG_LEVEL": "warning",
+                # One torch thread per forward, as a replica of 1 CPU runs. The default (all
+                # cores) collapses when anything else runs: here, with other work on the
+                # machine, one sentence took 130-490 ms at 1 connection against 13 ms.
+                "MAAS_TORCH_THREADS": "1",
+            }
+            push_models(
+                Settings(
+                    home=root / "pusher",
+                    database_url=database_url,
+                    artifact_url=(root / "store").as_uri(),
+                ),
+                root,
+            )
+            a = start_server(_home(root, "a"), shared)
+            b: Server | None = None
+            try:
+                warm(a)
+                figures["embedded_c1"] = latency_c1(a, bodies, seconds).p50_ms
+                figures["instances_1"] = throughput([a], bodies, seconds)
+                # One admin key in the shared database: B creates none, and uses A's.
+                (_home(root, "b") / "admin.key").write_text(a.key)
+                b = start_server(_home(root, "b"), shared)
+                warm(b)
+                figures["instances_2"] = throughput([a, b], bodies, seconds)
+                figures["alias_seconds"] = alias_moves([a, b], database_url, root / "mover", moves)
+            finally:
+                a.stop()
+                if b is not None:
+                    b.stop()
+            if not args.no_ray:
+                figures.update(ray_measures(root, bodies, seconds, shared, a.key))
+        figures["drain"] = drain(root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)  # homes, caches, the copied store
     figures["load_after"] = load_average()
     report(figures)
     if args.json:
