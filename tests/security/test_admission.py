@@ -56,4 +56,4 @@ def test_trust_layer_off_serves_without_a_key_and_meters_nothing(
         # y = x @ W + b with W = arange(12).reshape(4, 3), b = 1
         assert r.json()["outputs"][0]["data"] == [61.0, 71.0, 81.0]
         assert client.get("/admin/v1/models").status_code == 200
-        assert client.app.state.usage._pending == []  # nothing queued for metering
+        assert client.app.state.usage.pending == []  # nothing queued for metering

@@ -124,6 +124,10 @@ MODEL_PATH_PARAMS = ("name", "model", "model_id")
 # Inference routes (infer scope alone) are metered: they count against RPM, TPM
 # and quotas and leave a usage record. Discovery (infer or read) and management
 # are not. Derived from the table, so a new inference route cannot go unmetered.
+# Feedback needs infer (the caller of a prediction labels it) but runs no model: it is
+# not usage, so it is not metered.
+NOT_INFERENCE = frozenset({("POST", "/v1/feedback")})
 RULES: dict[tuple[str, str], RouteRule] = {
-    route: RouteRule(scopes, metered=scopes == INFER) for route, scopes in ROUTE_SCOPES.items()
+    route: RouteRule(scopes, metered=scopes == INFER and route not in NOT_INFERENCE)
+    for route, scopes in ROUTE_SCOPES.items()
 }

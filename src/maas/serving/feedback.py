@@ -25,17 +25,15 @@ not the request. A text a ``block`` policy refuses is not stored.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import secrets
 import time
 from datetime import UTC, datetime
 from typing import Any
 
-import anyio.to_thread
 from prometheus_client import Gauge
 
+from maas.registry.batch_writer import BatchWriter
 from maas.registry.db import Database
 from maas.registry.feedback import FeedbackStats, PredictionRecord, write_predictions
 from maas.registry.schemas import VersionInfo
@@ -47,7 +45,6 @@ log = logging.getLogger(__name__)
 ID_PREFIXES = {"chat": "chatcmpl", "completions": "cmpl", "embeddings": "emb"}
 RECORDED_TASKS = frozenset({"text-classification", "image-classification", "text-generation"})
 _REDACT = PiiPolicy(mode="redact", scope="input")
-FLUSH_ROWS = 128  # the usage recorder's reasoning: each write's GIL hold stays ~2 ms
 
 
 def new_prediction_id(route: str) -> str:
@@ -85,10 +82,11 @@ class PredictionRecorder:
         self.db = db
         self.capture_inputs = capture_inputs
         self.flush_seconds = flush_seconds
-        # Records, and the PII policy to apply to a record's captured text (None: no text).
-        self._pending: list[tuple[PredictionRecord, PiiPolicy | None]] = []
-        self._task: asyncio.Task[None] | None = None
-        self._wake = asyncio.Event()
+        # Records, and the PII policy to apply to a record's captured text (None: no text),
+        # written in batches off the request path.
+        self._writer: BatchWriter[tuple[PredictionRecord, PiiPolicy | None]] = BatchWriter(
+            self._write, name="prediction writer", flush_seconds=flush_seconds
+        )
         # Set from the database whenever this process takes feedback (the monitoring
         # route reads the database itself, so it sees every worker's and instance's).
         labels = ["model", "version"]
@@ -135,6 +133,7 @@ class PredictionRecorder:
         """One row per classified item: its top label and that label's probability."""
         policy = self._capture_policy(version, pii)
         now = datetime.now(UTC)
+        records: list[tuple[PredictionRecord, PiiPolicy | None]] = []
         for index, (item, result) in enumerate(zip(items, results, strict=False)):
             top = result.labels[0] if getattr(result, "labels", None) else (None, None)
             record = PredictionRecord(
@@ -149,8 +148,8 @@ class PredictionRecorder:
                 None if top[1] is None else float(top[1]),
                 item if policy is not None and isinstance(item, str) else None,
             )
-            self._pending.append((record, policy))
-        self._wake_writer()
+            records.append((record, policy))
+        self._writer.add(*records)
 
     def record_generation(
         self,
@@ -165,6 +164,7 @@ class PredictionRecorder:
         """One row per choice of a generation (no output label: it is free text)."""
         policy = self._capture_policy(version, pii)
         now = datetime.now(UTC)
+        records: list[tuple[PredictionRecord, PiiPolicy | None]] = []
         for index in range(choices):
             record = PredictionRecord(
                 prediction_id,
@@ -176,8 +176,8 @@ class PredictionRecorder:
                 key_id,
                 input_text=prompt if policy is not None else None,
             )
-            self._pending.append((record, policy))
-        self._wake_writer()
+            records.append((record, policy))
+        self._writer.add(*records)
 
     def _capture_policy(self, version: VersionInfo, pii: PiiPolicy | None) -> PiiPolicy | None:
         if not captures(version, self.capture_inputs):
@@ -185,39 +185,14 @@ class PredictionRecorder:
         tagged = version.tags.get("pii_policy")
         return strictest(pii, PiiPolicy.parse(str(tagged)) if tagged else None, _REDACT)
 
-    def _wake_writer(self) -> None:
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(
-                self._run(), name="prediction writer"
-            )
-        elif len(self._pending) >= FLUSH_ROWS:
-            self._wake.set()
-
     def pending(self, prediction_id: str) -> bool:
         """True while a prediction of this id waits to be written by this process."""
-        return any(record.prediction_id == prediction_id for record, _ in self._pending)
+        return any(record.prediction_id == prediction_id for record, _ in self._writer.pending)
 
     # -------------------------------------------------------------- writing
 
-    async def _run(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.flush_seconds):
-                    await self._wake.wait()
-            self._wake.clear()
-            await self.flush()
-
     async def flush(self) -> int:
-        batch, self._pending = self._pending, []
-        if not batch:
-            return 0
-        try:
-            await anyio.to_thread.run_sync(self._write, batch)
-        except Exception:
-            self._pending[:0] = batch  # keep them for the next try
-            log.exception("writing %d predictions failed; will retry", len(batch))
-            return 0
-        return len(batch)
+        return await self._writer.flush()
 
     def _write(self, batch: list[tuple[PredictionRecord, PiiPolicy | None]]) -> None:
         records = []
@@ -231,8 +206,4 @@ class PredictionRecorder:
         write_predictions(self.db, records)
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        await self.flush()
+        await self._writer.close()
