@@ -143,7 +143,7 @@ class LocalBackend:
         return self.registry.set_deployment(info.model, info.version, actor=self.actor, **changes)
 
     def get_routing(self, name: str) -> dict[str, Any] | None:
-        policy = routing.get_routing(self.registry.db, name)
+        policy = self.registry.get_routing(name)
         return None if policy is None else policy.to_json()
 
     def set_routing(self, name: str, policy: dict[str, Any]) -> dict[str, Any]:
