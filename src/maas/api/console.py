@@ -1,0 +1,649 @@
+"""The web console at ``/console``: pages, sign-in and sign-out, and the API proxy.
+
+The console adds no privilege of its own. A browser signs in with an API key;
+from then on it holds only a session id (``maas.console.sessions``). Everything
+it reads or changes goes through the same ``/admin/v1``, ``/v1`` and ``/v2``
+routes as any client, with that key, so the route x scope table
+(``api.permissions``), the model allowlists, metering and the audit log apply
+unchanged:
+
+- pages are rendered on the server from what those routes answer, called
+  in-process with the session's key (``ConsoleApi``);
+- the pages' scripts send actions to ``/console/api/<route>``; ``ConsoleProxy``
+  checks the session and its CSRF token, then hands the request to the app as
+  ``/<route>`` with the key as its bearer credential (streams and uploads pass
+  through untouched). A key the API refuses (revoked, expired) ends the session.
+
+``ConsoleProxy`` also gives every console page its own Content-Security-Policy
+(scripts and styles from the console's own files only; no inline script).
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from http import HTTPStatus
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import parse_qs, quote, urlencode
+
+import anyio.to_thread
+import httpx
+from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from maas.api.errors import error_payload
+from maas.config import Settings
+from maas.console import sessions as sess
+from maas.console.views import cost_rows, usage_csv
+from maas.errors import MaasError
+from maas.security.keys import KeyInfo
+from maas.security.scopes import SCOPES, effective_scopes
+
+log = logging.getLogger("maas.console")
+
+PREFIX = "/console"
+API_PREFIX = PREFIX + "/api"
+# What the proxy forwards to: the public API, nothing else (not the console itself).
+FORWARDED = ("/admin/v1/", "/v1/", "/v2/", "/v2", "/metrics")
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+PACKAGE = Path(__file__).resolve().parents[1] / "console"
+STATIC = PACKAGE / "static"
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+)
+_STRIPPED = frozenset({b"cookie", b"authorization", sess.CSRF_HEADER.encode()})
+TASKS = ("embeddings", "text-classification", "text-generation", "image-classification", "tensor")
+JOB_KINDS_SHOWN = ("train", "evaluate", "quantize", "prune", "distill", "export", "selftest")
+
+
+def session_store(app: Any) -> sess.SessionStore:
+    """The app's console sessions, created on first use under ``MAAS_HOME/console``."""
+    store: sess.SessionStore | None = getattr(app.state, "console_sessions", None)
+    if store is None:
+        settings: Settings = app.state.settings
+        store = sess.SessionStore(settings.home / "console" / "sessions")
+        app.state.console_sessions = store
+    return store
+
+
+def _cookie(scope: Scope, name: str) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key == b"cookie":
+            text: str = value.decode("latin-1")
+            for part in text.split(";"):
+                k, _, v = part.strip().partition("=")
+                if k == name:
+                    return v
+    return None
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+def same_origin(scope: Scope) -> bool:
+    """False when the browser says the request comes from another site.
+
+    Browsers send ``Origin`` on every POST/PUT/PATCH/DELETE and ``Sec-Fetch-Site``
+    on every request; either naming another origin is refused. Neither present
+    (a non-browser client) leaves the decision to the CSRF token alone.
+    """
+    fetch_site = _header(scope, b"sec-fetch-site")
+    if fetch_site is not None and fetch_site not in ("same-origin", "none"):
+        return False
+    origin = _header(scope, b"origin")
+    if origin is None:
+        return True
+    host = _header(scope, b"host") or ""
+    return origin.split("://", 1)[-1] == host
+
+
+async def _send_json_error(send: Send, path: str, status: int, message: str) -> None:
+    body = json.dumps(error_payload(path, status, message)).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"cache-control", b"no-store"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class ConsoleProxy:
+    """Pure ASGI middleware, outermost: ``/console/api/<route>`` -> ``/<route>`` with
+    the session's key; every other ``/console`` response gets the console's CSP."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope.get("path", "")
+        if scope["type"] != "http" or not (path == PREFIX or path.startswith(PREFIX + "/")):
+            await self.app(scope, receive, send)
+            return
+        if path.startswith(API_PREFIX + "/"):
+            await self._forward(scope, receive, send)
+            return
+
+        async def page_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [
+                    (k, v)
+                    for k, v in message.get("headers", [])
+                    if k not in (b"content-security-policy", b"cache-control")
+                ]
+                headers.append((b"content-security-policy", CSP.encode()))
+                if not path.startswith(PREFIX + "/static/"):
+                    headers.append((b"cache-control", b"no-store"))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, page_headers)
+
+    async def _forward(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope["path"]
+        target = path[len(API_PREFIX) :]
+        if not target.startswith(FORWARDED):
+            await _send_json_error(send, path, 404, f"the console forwards no route {target}")
+            return
+        store = session_store(scope["app"])
+        session_id = _cookie(scope, sess.SESSION_COOKIE)
+        session = await anyio.to_thread.run_sync(store.get, session_id)
+        if session is None:
+            await _send_json_error(send, path, 401, "not signed in to the console: see /console")
+            return
+        if scope["method"] not in SAFE_METHODS:
+            if not same_origin(scope):
+                await _send_json_error(send, path, 403, "cross-site request refused")
+                return
+            if not sess.tokens_match(session.csrf, _header(scope, sess.CSRF_HEADER.encode())):
+                await _send_json_error(send, path, 403, "missing or wrong CSRF token")
+                return
+        headers = [(k, v) for k, v in scope.get("headers", []) if k not in _STRIPPED]
+        headers.append((b"authorization", b"Bearer " + session.key.encode()))
+        inner: Scope = {
+            **scope,
+            "path": target,
+            "raw_path": target.encode(),
+            "headers": headers,
+            "state": {},
+        }
+
+        async def watch(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] == 401:
+                # The key no longer works (revoked, expired): the session ends with it.
+                await anyio.to_thread.run_sync(store.delete, session_id)
+            await send(message)
+
+        await self.app(inner, receive, watch)
+
+
+# ----------------------------------------------------------------- pages
+
+
+@functools.cache
+def templates() -> Environment:
+    """The console's Jinja2 environment; autoescaping on for every template."""
+    env = Environment(
+        loader=FileSystemLoader(PACKAGE / "templates"),
+        autoescape=select_autoescape(default=True, default_for_string=True),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["bytes"] = _human_bytes
+    env.filters["fraction"] = _fraction
+    env.filters["when"] = lambda v: str(v)[:19].replace("T", " ") if v else ""
+    return env
+
+
+def _fraction(job: Mapping[str, Any]) -> float:
+    """How far a job is, 0..1, from its last progress event (``step`` of ``total``)."""
+    if job.get("status") == "succeeded":
+        return 1.0
+    progress = job.get("progress") or {}
+    total = progress.get("total") or 0
+    return min(1.0, float(progress.get("step", 0)) / total) if total else 0.0
+
+
+def _human_bytes(value: Any) -> str:
+    number = float(value or 0)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if number < 1024 or unit == "GiB":
+            return f"{number:.0f} {unit}" if unit == "B" else f"{number:.1f} {unit}"
+        number /= 1024
+    return f"{number:.1f} GiB"
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """What one API route answered a page."""
+
+    status: int
+    data: Any
+
+    @property
+    def ok(self) -> bool:
+        return self.status < 400
+
+    @property
+    def error(self) -> str:
+        if self.ok:
+            return ""
+        err = self.data.get("error") if isinstance(self.data, dict) else None
+        message = err.get("message") if isinstance(err, dict) else err
+        return f"{self.status} {HTTPStatus(self.status).phrase}: {message or ''}".strip(": ")
+
+
+class ConsoleApi:
+    """The routes a page reads, called in-process with the session's key."""
+
+    def __init__(self, app: FastAPI, key: str) -> None:
+        self._client = _client(app)
+        self._auth = {"Authorization": f"Bearer {key}"}
+
+    async def get(self, path: str, params: Mapping[str, Any] | None = None) -> Reply:
+        query = {k: v for k, v in (params or {}).items() if v not in (None, "")}
+        response = await self._client.get(path, params=query, headers=self._auth)
+        kind = response.headers.get("content-type", "")
+        data = response.json() if kind.startswith("application/json") else response.text
+        return Reply(response.status_code, data)
+
+
+def _client(app: FastAPI) -> httpx.AsyncClient:
+    client: httpx.AsyncClient | None = getattr(app.state, "console_client", None)
+    if client is None:
+        transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 0))
+        client = httpx.AsyncClient(transport=transport, base_url="http://console.internal")
+        app.state.console_client = client
+    return client
+
+
+@dataclass(frozen=True, slots=True)
+class Signed:
+    """A signed-in page request: the session and the key as it stands now."""
+
+    session: sess.Session
+    key: KeyInfo
+    api: ConsoleApi
+
+    def can(self, scope: str) -> bool:
+        return scope in effective_scopes(self.key.scopes)
+
+
+async def signed_in(request: Request) -> Signed | None:
+    """The request's live session, its key re-checked (revoked or expired: None)."""
+    store = session_store(request.app)
+    session_id = request.cookies.get(sess.SESSION_COOKIE)
+    session = await anyio.to_thread.run_sync(store.get, session_id)
+    if session is None:
+        return None
+    try:
+        key = await request.app.state.admission.authenticate(session.key)
+    except MaasError:
+        await anyio.to_thread.run_sync(store.delete, session_id)
+        return None
+    return Signed(session, key, ConsoleApi(request.app, session.key))
+
+
+def render(request: Request, template: str, signed: Signed | None, **context: Any) -> HTMLResponse:
+    page = templates().get_template(template)
+    html = page.render(
+        path=request.url.path,
+        signed=signed,
+        csrf=signed.session.csrf if signed else "",
+        can=signed.can if signed else (lambda _scope: False),
+        **context,
+    )
+    return HTMLResponse(html)
+
+
+def to_sign_in() -> RedirectResponse:
+    return RedirectResponse(PREFIX, status_code=303)
+
+
+router = APIRouter(prefix=PREFIX, include_in_schema=False)
+
+
+@router.get("", response_class=HTMLResponse)
+async def sign_in_page(request: Request, error: str = "") -> Response:
+    if await signed_in(request) is not None:
+        return RedirectResponse(PREFIX + "/models", status_code=303)
+    token = sess.new_token()
+    response = render(request, "signin.html", None, login_token=token, error=error[:200])
+    response.set_cookie(
+        sess.LOGIN_COOKIE,
+        token,
+        max_age=sess.LOGIN_TOKEN_SECONDS,
+        path=PREFIX,
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
+    return response
+
+
+async def _form(request: Request) -> dict[str, str]:
+    """An urlencoded form body (the sign-in and sign-out forms send nothing else)."""
+    body = (await request.body()).decode("utf-8", "replace")
+    return {k: v[0] for k, v in parse_qs(body, keep_blank_values=True).items()}
+
+
+@router.post("/session")
+async def sign_in(request: Request) -> Response:
+    form = await _form(request)
+    if not same_origin(request.scope) or not sess.tokens_match(
+        request.cookies.get(sess.LOGIN_COOKIE, ""), form.get(sess.CSRF_FIELD)
+    ):
+        return RedirectResponse(PREFIX + "?error=the+form+expired%2C+try+again", 303)
+    credential = form.get("key", "").strip()
+    try:
+        key = await request.app.state.admission.authenticate(credential)
+    except MaasError as exc:
+        return RedirectResponse(PREFIX + "?" + urlencode({"error": exc.message}), 303)
+    store = session_store(request.app)
+    session = await anyio.to_thread.run_sync(
+        functools.partial(
+            store.create,
+            credential,
+            key_id=key.id,
+            key_name=key.name,
+            scopes=tuple(key.scopes),
+            key_expires_at=key.expires_at,
+        )
+    )
+    landing = "/models" if key.has_scope("read") else "/playground"
+    response = RedirectResponse(PREFIX + landing, status_code=303)
+    response.delete_cookie(sess.LOGIN_COOKIE, path=PREFIX)
+    response.set_cookie(
+        sess.SESSION_COOKIE,
+        session.id,
+        max_age=max(1, int(session.expires_at - session.created_at)),
+        path=PREFIX,
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
+    return response
+
+
+@router.post("/signout")
+async def sign_out(request: Request) -> Response:
+    signed = await signed_in(request)
+    if signed is not None:
+        form = await _form(request)
+        if not sess.tokens_match(signed.session.csrf, form.get(sess.CSRF_FIELD)):
+            return Response("missing or wrong CSRF token", status_code=403)
+        await anyio.to_thread.run_sync(session_store(request.app).delete, signed.session.id)
+    response = to_sign_in()
+    response.delete_cookie(sess.SESSION_COOKIE, path=PREFIX)
+    return response
+
+
+@router.get("/static/{name:path}")
+async def static(name: str) -> Response:
+    path = (STATIC / name).resolve()
+    if not path.is_relative_to(STATIC) or not path.is_file():
+        return Response("not found", status_code=404, media_type="text/plain")
+    return FileResponse(path, headers={"cache-control": "public, max-age=3600"})
+
+
+# ---------------------------------------------------------------- models
+
+
+@router.get("/models", response_class=HTMLResponse)
+async def models_page(request: Request, q: str = "") -> Response:
+    if (signed := await signed_in(request)) is None:
+        return to_sign_in()
+    reply = await signed.api.get("/admin/v1/models")
+    models = reply.data if reply.ok else []
+    needle = q.strip().lower()
+    if needle:
+        models = [
+            m
+            for m in models
+            if needle in m["name"]
+            or needle in (m["description"] or "").lower()
+            or any(needle in f"{k}={v}".lower() for k, v in m["tags"].items())
+        ]
+    return render(
+        request, "models.html", signed, models=models, q=q, error=reply.error, tasks=TASKS
+    )
+
+
+@router.get("/models/{name}", response_class=HTMLResponse)
+async def model_page(request: Request, name: str) -> Response:
+    if (signed := await signed_in(request)) is None:
+        return to_sign_in()
+    base = f"/admin/v1/models/{quote(name, safe='')}"
+    model = await signed.api.get(base)
+    if not model.ok:
+        return render(request, "error.html", signed, error=model.error, title=name)
+    versions = await signed.api.get(base + "/versions")
+    history = await signed.api.get(base + "/history")
+    latest = model.data["latest_version"]
+    lineage = await signed.api.get(f"{base}/versions/{latest}/lineage") if latest else None
+    return render(
+        request,
+        "model.html",
+        signed,
+        model=model.data,
+        versions=list(reversed(versions.data)) if versions.ok else [],
+        history=list(reversed(history.data)) if history.ok else [],
+        lineage=lineage.data if lineage is not None and lineage.ok else [],
+    )
+
+
+# ------------------------------------------------------------ keys, usage
+
+
+@router.get("/keys", response_class=HTMLResponse)
+async def keys_page(request: Request) -> Response:
+    if (signed := await signed_in(request)) is None:
+        return to_sign_in()
+    reply = await signed.api.get("/admin/v1/keys")
+    return render(
+        request,
+        "keys.html",
+        signed,
+        keys=reply.data if reply.ok else [],
+        error=reply.error,
+        scopes=SCOPES,
+    )
+
+
+UsageGroup = Annotated[str, Query(pattern="^(day|month|model|key|route|status)$")]
+
+
+async def _usage(
+    signed: Signed, group_by: str, start: str, end: str, price_tokens: float, price_compute: float
+) -> tuple[list[dict[str, Any]], str]:
+    reply = await signed.api.get(
+        "/admin/v1/usage", {"group_by": group_by, "from": start, "to": end}
+    )
+    rows = reply.data["data"] if reply.ok else []
+    return cost_rows(rows, price_tokens, price_compute), reply.error
+
+
+@router.get("/usage", response_class=HTMLResponse)
+async def usage_page(
+    request: Request,
+    group_by: UsageGroup = "day",
+    start: Annotated[str, Query(alias="from", max_length=40)] = "",
+    end: Annotated[str, Query(alias="to", max_length=40)] = "",
+    price_1k_tokens: Annotated[float, Query(ge=0)] = 0.0,
+    price_compute_second: Annotated[float, Query(ge=0)] = 0.0,
+) -> Response:
+    if (signed := await signed_in(request)) is None:
+        return to_sign_in()
+    rows, error = await _usage(signed, group_by, start, end, price_1k_tokens, price_compute_second)
+    query = urlencode(
+        {
+            "group_by": group_by,
+            "from": start,
+            "to": end,
+            "price_1k_tokens": price_1k_tokens,
+            "price_compute_second": price_compute_second,
+        }
+    )
+    return render(
+        request,
+        "usage.html",
+        signed,
+        rows=rows,
+        error=error,
+        group_by=group_by,
+        start=start,
+        end=end,
+        price_1k_tokens=price_1k_tokens,
+        price_compute_second=price_compute_second,
+        csv_link=f"{PREFIX}/usage.csv?{query}",
+        chart=[
+            {"x": r[group_by], "tokens": r["total_tokens"], "requests": r["requests"]} for r in rows
+        ]
+        if group_by in ("day", "month")
+        else [],
+    )
+
+
+@router.get("/usage.csv")
+async def usage_export(
+    request: Request,
+    group_by: UsageGroup = "day",
+    start: Annotated[str, Query(alias="from", max_length=40)] = "",
+    end: Annotated[str, Query(alias="to", max_length=40)] = "",
+    price_1k_tokens: Annotated[float, Query(ge=0)] = 0.0,
+    price_compute_second: Annotated[float, Query(ge=0)] = 0.0,
+) -> Response:
+    if (signed := await signed_in(request)) is None:
+        return to_sign_in()
+    rows, error = await _usage(signed, group_by, start, end, price_1k_tokens, price_compute_second)
+    if error:
+        return Response(error, status_code=403, media_type="text/plain")
+    out = io.StringIO()
+    usage_csv(csv.writer(out), rows, group_by)
+    return Response(
+        out.getvalue(),
+        media_type="text/csv",
+        headers={"content-disposition": f'attachment; filename="maas-usage-{group_by}.csv"'},
+    )
+
+
+# ----------------------------------------------------------------- audit
+
+
+@router.get("/audit", response_class=HTMLResponse)
+async def audit_page(
+    request: Request,
+    actor: Annotated[str, Query(max_length=200)] = "",
+    action: Annotated[str, Query(max_length=200)] = "",
+    after_id: Annotated[int | None, Query(ge=0)] = None,
+    verify: bool = False,
+) -> Response:
+    if (signed := await signed_in(request)) is None:
+        return to_sign_in()
+    reply = await signed.api.get(
+        "/admin/v1/audit", {"actor": actor, "action": action, "after_id": after_id, "limit": 100}
+    )
+    report = await signed.api.get("/admin/v1/audit/verify") if verify else None
+    entries = reply.data if reply.ok else []
+    next_page = ""
+    if len(entries) == 100:
+        next_page = urlencode({"actor": actor, "action": action, "after_id": entries[-1]["id"]})
+    return render(
+        request,
+        "audit.html",
+        signed,
+        entries=entries,
+        error=reply.error,
+        actor=actor,
+        action=action,
+        report=report,
+        next_page=next_page,
+    )
+
+
+# --------------------------------------------------------- serving, jobs
+
+
+@router.get("/serving", response_class=HTMLResponse)
+async def serving_page(request: Request) -> Response:
+    if (signed := await signed_in(request)) is None:
+        return to_sign_in()
+    loaded = await signed.api.get("/admin/v1/loaded")
+    models = await signed.api.get("/admin/v1/models")
+    return render(
+        request,
+        "serving.html",
+        signed,
+        loaded=loaded.data if loaded.ok else None,
+        models=models.data if models.ok else [],
+        error=loaded.error,
+    )
+
+
+@router.get("/jobs", response_class=HTMLResponse)
+async def jobs_page(request: Request) -> Response:
+    if (signed := await signed_in(request)) is None:
+        return to_sign_in()
+    jobs = await signed.api.get("/admin/v1/jobs", {"limit": 50})
+    datasets = await signed.api.get("/admin/v1/datasets")
+    return render(
+        request,
+        "jobs.html",
+        signed,
+        jobs=jobs.data if jobs.ok else [],
+        datasets=datasets.data if datasets.ok else [],
+        error=jobs.error,
+        kinds=JOB_KINDS_SHOWN,
+    )
+
+
+@router.get("/jobs/{job_id}", response_class=HTMLResponse)
+async def job_page(request: Request, job_id: str) -> Response:
+    if (signed := await signed_in(request)) is None:
+        return to_sign_in()
+    base = f"/admin/v1/jobs/{quote(job_id, safe='')}"
+    job = await signed.api.get(base)
+    if not job.ok:
+        return render(request, "error.html", signed, error=job.error, title=job_id)
+    job_log = await signed.api.get(base + "/log")
+    return render(
+        request,
+        "job.html",
+        signed,
+        job=job.data,
+        log_text=job_log.data if job_log.ok else "",
+        finished=job.data["status"] in ("succeeded", "failed", "cancelled"),
+    )
+
+
+# ------------------------------------------------------------ playground
+
+
+@router.get("/playground", response_class=HTMLResponse)
+async def playground_page(request: Request) -> Response:
+    if (signed := await signed_in(request)) is None:
+        return to_sign_in()
+    reply = await signed.api.get("/v1/models")
+    models = reply.data["data"] if reply.ok else []
+    by_task: dict[str, list[str]] = {}
+    for model in models:
+        by_task.setdefault(model.get("task", ""), []).append(model["id"])
+    return render(request, "playground.html", signed, by_task=by_task, error=reply.error)
