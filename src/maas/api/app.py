@@ -27,6 +27,7 @@ from maas.api import (
     monitoring,
     openai,
     redact,
+    rollouts,
     routing,
     v2,
 )
@@ -49,6 +50,7 @@ from maas.serving.hosts import LocalHost, ModelHost, create_host
 from maas.serving.metrics import ServingMetrics
 from maas.serving.monitoring_setup import create_monitoring
 from maas.serving.reconcile import Reconciler
+from maas.serving.rollouts import RolloutController
 
 if TYPE_CHECKING:
     from maas.security.quotas_redis import RedisQuotas
@@ -142,15 +144,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if reconciler is not None:
             await reconciler.start()
         runner = JobRunner(registry, settings)
+        controller = RolloutController(registry.db, app.state.audit)
         if not settings.engine_address:
             # A worker of `maas serve --workers N` submits and cancels jobs (rows) but
-            # does not run them: the supervisor's one runner does (see cli/serve.py).
+            # does not run them: the supervisor's one runner does (see cli/serve.py),
+            # and judges the rollouts.
             await runner.start()
+            await controller.start()
         app.state.jobs = runner
         gc.freeze()  # startup's objects live as long as the app: never scan them again
         try:
             yield
         finally:
+            await controller.close()
             await runner.close()
             await watcher.close()
             if reconciler is not None:
@@ -207,6 +213,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(admin.router)
     app.include_router(loading.router)
     app.include_router(routing.router)
+    app.include_router(rollouts.router)
     app.include_router(keys.router)
     app.include_router(audit.router)
     app.include_router(jobs.router)

@@ -51,6 +51,8 @@ ACTIONS: dict[tuple[str, str], str] = {
     ("PUT", "/admin/v1/models/{name}/versions/{version}/deployment"): "version.deploy",
     ("PUT", "/admin/v1/models/{name}/routing"): "routing.set",
     ("DELETE", "/admin/v1/models/{name}/routing"): "routing.clear",
+    ("POST", "/admin/v1/models/{name}/rollouts"): "rollout.start",
+    ("POST", "/admin/v1/models/{name}/rollouts/{rollout_id}/cancel"): "rollout.cancel",
     ("PUT", "/admin/v1/models/{name}/aliases/{alias}"): "alias.set",
     ("DELETE", "/admin/v1/models/{name}/aliases/{alias}"): "alias.delete",
     ("POST", "/admin/v1/models/{name}/aliases/{alias}/rollback"): "alias.rollback",

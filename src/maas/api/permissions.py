@@ -70,6 +70,10 @@ ROUTE_SCOPES: dict[tuple[str, str], frozenset[str]] = {
     ("PUT", _M + "/routing"): DEPLOY,
     ("DELETE", _M + "/routing"): DEPLOY,
     ("GET", _M + "/routing/history"): READ,
+    ("GET", _M + "/rollouts"): READ,
+    ("POST", _M + "/rollouts"): DEPLOY,
+    ("GET", _M + "/rollouts/{rollout_id}"): READ,
+    ("POST", _M + "/rollouts/{rollout_id}/cancel"): DEPLOY,
     # management: jobs, datasets, promotion
     ("GET", "/admin/v1/jobs"): READ,
     ("POST", "/admin/v1/jobs"): DEPLOY,

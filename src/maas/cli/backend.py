@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 from maas.client.sync import MaasClient
 from maas.config import Settings
-from maas.registry import routing
+from maas.registry import rollouts, routing
 from maas.registry.deployments import DeploymentSpec
 from maas.registry.refs import ModelRef
 from maas.registry.schemas import AliasEvent, GcResult, ModelInfo, VersionInfo
@@ -50,6 +50,10 @@ class Backend(Protocol):
     def get_routing(self, name: str) -> dict[str, Any] | None: ...
     def set_routing(self, name: str, policy: dict[str, Any]) -> dict[str, Any]: ...
     def clear_routing(self, name: str) -> None: ...
+    def start_rollout(self, name: str, plan: dict[str, Any]) -> dict[str, Any]: ...
+    def list_rollouts(self, name: str) -> list[dict[str, Any]]: ...
+    def get_rollout(self, name: str, rollout_id: int) -> dict[str, Any]: ...
+    def cancel_rollout(self, name: str, rollout_id: int) -> dict[str, Any]: ...
     def close(self) -> None: ...
 
 
@@ -151,6 +155,21 @@ class LocalBackend:
 
     def clear_routing(self, name: str) -> None:
         routing.clear_routing(self.registry.db, name, actor=self.actor)
+
+    # A local rollout is judged by the controller of a server on the same registry.
+    def start_rollout(self, name: str, plan: dict[str, Any]) -> dict[str, Any]:
+        db = self.registry.db
+        return rollouts.start_rollout(db, name, plan, actor=self.actor).to_json()
+
+    def list_rollouts(self, name: str) -> list[dict[str, Any]]:
+        return [r.to_json() for r in rollouts.list_rollouts(self.registry.db, name)]
+
+    def get_rollout(self, name: str, rollout_id: int) -> dict[str, Any]:
+        return rollouts.get_rollout(self.registry.db, name, rollout_id).to_json()
+
+    def cancel_rollout(self, name: str, rollout_id: int) -> dict[str, Any]:
+        db = self.registry.db
+        return rollouts.cancel_rollout(db, name, rollout_id, actor=self.actor).to_json()
 
 
 def open_backend(settings: Settings) -> Backend:

@@ -11,6 +11,7 @@ from maas.cli.common import JsonOpt, backend_from, cli_errors, fail
 from maas.cli.deploy import deploy
 from maas.cli.model_push import import_gguf_command, push
 from maas.cli.output import human_bytes, out, print_json, table
+from maas.cli.rollout import app as rollout_app
 from maas.cli.route import route
 from maas.errors import NotFoundError
 from maas.registry.refs import ModelRef
@@ -21,6 +22,7 @@ app.command("push")(push)
 app.command("import-gguf")(import_gguf_command)
 app.command("deploy")(cli_errors(deploy))
 app.command("route")(cli_errors(route))
+app.add_typer(rollout_app, name="rollout")
 
 
 def _version_rows(versions: list[VersionInfo]) -> list[list[object]]:

@@ -106,20 +106,25 @@ def run_server(settings: Settings) -> None:
 
 
 def _run_jobs(settings: Settings, draining: threading.Event, done: threading.Event) -> None:
-    """The job runner of a multi-worker server, on its own event loop, until ``done``;
-    it starts no queued job once ``draining``."""
+    """The job runner and rollout controller of a multi-worker server, on their own event
+    loop, until ``done``; the runner starts no queued job once ``draining``."""
     from maas.jobs.runner import JobRunner
     from maas.registry.store import Registry
+    from maas.security.audit import AuditLog
+    from maas.serving.rollouts import RolloutController
 
     async def main() -> None:
         registry = await asyncio.to_thread(Registry, settings)
         runner = JobRunner(registry, settings)
+        rollouts = RolloutController(registry.db, AuditLog(registry.db))
         await runner.start()
+        await rollouts.start()
         try:
             await asyncio.to_thread(draining.wait)
             runner.stop_claiming()
             await asyncio.to_thread(done.wait)
         finally:
+            await rollouts.close()
             await runner.close()
             registry.close()
 

@@ -239,6 +239,28 @@ class MaasClient:
     def clear_routing(self, name: str) -> None:
         self._request("DELETE", f"/admin/v1/models/{name}/routing")
 
+    # rollouts
+    def start_rollout(self, name: str, plan: dict[str, Any]) -> dict[str, Any]:
+        """Start a canary rollout: ``{"candidate": 3, "steps": [5, 25, 100], ...}``."""
+        data: dict[str, Any] = self._request("POST", f"/admin/v1/models/{name}/rollouts", json=plan)
+        return data
+
+    def list_rollouts(self, name: str) -> list[dict[str, Any]]:
+        data: list[dict[str, Any]] = self._request("GET", f"/admin/v1/models/{name}/rollouts")
+        return data
+
+    def get_rollout(self, name: str, rollout_id: int) -> dict[str, Any]:
+        data: dict[str, Any] = self._request(
+            "GET", f"/admin/v1/models/{name}/rollouts/{rollout_id}"
+        )
+        return data
+
+    def cancel_rollout(self, name: str, rollout_id: int) -> dict[str, Any]:
+        data: dict[str, Any] = self._request(
+            "POST", f"/admin/v1/models/{name}/rollouts/{rollout_id}/cancel"
+        )
+        return data
+
     # aliases
     def set_alias(self, name: str, alias: str, version: int, *, reason: str = "") -> VersionInfo:
         data = self._request(

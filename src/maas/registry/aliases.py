@@ -30,35 +30,49 @@ def set_alias(
     with db.write() as s:
         model = model_row(s, name)
         target = version_row(s, ModelRef(name, version=version))
-        if target.status != "ready":
-            raise ConflictError(
-                f"{name}:{version} has status {target.status!r}; only ready versions "
-                "can carry an alias",
-                param="version",
-            )
-        existing = s.scalar(
-            select(AliasRow).where(AliasRow.model_id == model.id, AliasRow.name == alias)
-        )
-        previous = existing.version.number if existing is not None else None
-        if existing is None:
-            s.add(AliasRow(model_id=model.id, name=alias, version_id=target.id, updated_by=actor))
-        elif existing.version_id != target.id:
-            existing.version_id = target.id
-            existing.updated_at = utcnow()
-            existing.updated_by = actor
-        if previous != version:
-            s.add(
-                AliasEventRow(
-                    model_id=model.id,
-                    alias=alias,
-                    from_version=previous,
-                    to_version=version,
-                    actor=actor,
-                    reason=reason,
-                )
-            )
-        s.flush()
+        move_alias(s, model, alias, target, actor=actor, reason=reason)
         return version_info(s, target)
+
+
+def move_alias(
+    s: Session,
+    model: ModelRow,
+    alias: str,
+    target: VersionRow,
+    *,
+    actor: str | None,
+    reason: str,
+) -> None:
+    """Point ``alias`` at ``target`` and record the move, inside the caller's transaction
+    (a rollout's promotion moves ``production`` in the transaction that ends it)."""
+    if target.status != "ready":
+        raise ConflictError(
+            f"{model.name}:{target.number} has status {target.status!r}; only ready versions "
+            "can carry an alias",
+            param="version",
+        )
+    existing = s.scalar(
+        select(AliasRow).where(AliasRow.model_id == model.id, AliasRow.name == alias)
+    )
+    previous = existing.version.number if existing is not None else None
+    if existing is None:
+        s.add(AliasRow(model_id=model.id, name=alias, version_id=target.id, updated_by=actor))
+    elif existing.version_id != target.id:
+        existing.version_id = target.id
+        existing.updated_at = utcnow()
+        existing.updated_by = actor
+    if previous != target.number:
+        s.add(
+            AliasEventRow(
+                model_id=model.id,
+                alias=alias,
+                from_version=previous,
+                to_version=target.number,
+                actor=actor,
+                reason=reason,
+            )
+        )
+    s.flush()
 
 
 def delete_alias(db: Database, name: str, alias: str, *, actor: str | None = None) -> None:

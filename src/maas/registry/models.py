@@ -336,3 +336,48 @@ class RoutingEventRow(Base):
     policy: Mapped[str | None] = mapped_column(Text, nullable=True)
     actor: Mapped[str | None] = mapped_column(String(160), nullable=True)
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class RolloutRow(Base):
+    """A canary rollout of one candidate version (``maas.registry.rollouts``).
+
+    ``active_model_id`` equals ``model_id`` while the rollout runs and is NULL once
+    it ended; its unique constraint is what allows one running rollout per model,
+    even when two instances start one at the same moment.
+    """
+
+    __tablename__ = "rollouts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), index=True)
+    active_model_id: Mapped[int | None] = mapped_column(Integer, nullable=True, unique=True)
+    candidate: Mapped[int] = mapped_column(Integer)
+    baseline: Mapped[int] = mapped_column(Integer)
+    plan: Mapped[str] = mapped_column(Text)  # JSON: steps, step_seconds, criteria
+    state: Mapped[str] = mapped_column(String(16))
+    step: Mapped[int] = mapped_column(Integer, default=0)
+    step_started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    prior_policy: Mapped[str | None] = mapped_column(Text, nullable=True)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    origin: Mapped[str | None] = mapped_column(String(160), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_by: Mapped[str | None] = mapped_column(String(160), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class RolloutEventRow(Base):
+    """One decision of a rollout (start, advance, promote, rollback, cancel) and its figures."""
+
+    __tablename__ = "rollout_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    rollout_id: Mapped[int] = mapped_column(
+        ForeignKey("rollouts.id", ondelete="CASCADE"), index=True
+    )
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    action: Mapped[str] = mapped_column(String(16))
+    step: Mapped[int] = mapped_column(Integer)
+    percent: Mapped[int] = mapped_column(Integer)
+    figures: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON
+    reason: Mapped[str] = mapped_column(Text, default="")
+    actor: Mapped[str | None] = mapped_column(String(160), nullable=True)

@@ -30,11 +30,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from maas.errors import InvalidRequestError, NotFoundError
+from maas.errors import ConflictError, InvalidRequestError, NotFoundError
 from maas.registry.db import Database
 from maas.registry.models import (
     AliasRow,
+    ModelRow,
+    RolloutRow,
     RoutingEventRow,
     RoutingPolicyRow,
     VersionRow,
@@ -196,17 +199,44 @@ def set_routing(db: Database, name: str, body: Any, *, actor: str | None = None)
                     "only ready versions can receive traffic",
                     param="shadow",
                 )
-        text = json.dumps(policy.body(), sort_keys=True)
-        row = s.get(RoutingPolicyRow, model.id)
-        now = utcnow()
-        if row is None:
-            row = RoutingPolicyRow(model_id=model.id, policy=text, updated_at=now, updated_by=actor)
-            s.add(row)
-        else:
-            row.policy, row.updated_at, row.updated_by = text, now, actor
-        s.add(RoutingEventRow(model_id=model.id, policy=text, actor=actor, at=now))
-        s.flush()
+        refuse_during_rollout(s, model)
+        row = write_policy(s, model, policy.body(), actor=actor)
+        assert row is not None
         return _policy(name, row)
+
+
+def write_policy(
+    s: Session, model: ModelRow, body: dict[str, Any] | None, *, actor: str | None
+) -> RoutingPolicyRow | None:
+    """Store ``body`` (already checked) as the model's policy, or clear it (None), and
+    record the change, inside the caller's transaction (a rollout's step uses it)."""
+    row = s.get(RoutingPolicyRow, model.id)
+    now = utcnow()
+    text = None if body is None else json.dumps(body, sort_keys=True)
+    if text is None:
+        if row is not None:
+            s.delete(row)
+            row = None
+    elif row is None:
+        row = RoutingPolicyRow(model_id=model.id, policy=text, updated_at=now, updated_by=actor)
+        s.add(row)
+    else:
+        row.policy, row.updated_at, row.updated_by = text, now, actor
+    s.add(RoutingEventRow(model_id=model.id, policy=text, actor=actor, at=now))
+    s.flush()
+    return row
+
+
+def refuse_during_rollout(s: Session, model: ModelRow) -> None:
+    """A rollout owns the model's routing while it runs: a manual change would be
+    overwritten at its next step, so it is refused instead (409 naming the rollout)."""
+    running = s.scalar(select(RolloutRow.id).where(RolloutRow.active_model_id == model.id))
+    if running is not None:
+        raise ConflictError(
+            f"model {model.name!r} has rollout {running} running, which sets its routing; "
+            f"cancel it first (POST /admin/v1/models/{model.name}/rollouts/{running}/cancel)",
+            param="model",
+        )
 
 
 def _check_target(s: Any, model_id: int, ref: ModelRef) -> None:
@@ -239,11 +269,10 @@ def get_routing(db: Database, name: str) -> RoutingPolicy | None:
 def clear_routing(db: Database, name: str, *, actor: str | None = None) -> None:
     with db.write() as s:
         model = model_row(s, name)
-        row = s.get(RoutingPolicyRow, model.id)
-        if row is None:
+        if s.get(RoutingPolicyRow, model.id) is None:
             raise NotFoundError(f"model {name!r} has no routing policy", param="model")
-        s.delete(row)
-        s.add(RoutingEventRow(model_id=model.id, policy=None, actor=actor, at=utcnow()))
+        refuse_during_rollout(s, model)
+        write_policy(s, model, None, actor=actor)
 
 
 def routing_history(db: Database, name: str) -> list[RoutingEvent]:
