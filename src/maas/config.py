@@ -135,6 +135,28 @@ class Settings(BaseSettings):
         gt=0,
         description="Largest inference request body (V2 tensors, JSON bodies).",
     )
+    max_audio_bytes: int = Field(
+        default=25 * 1024**2,
+        gt=0,
+        description="Largest audio file /v1/audio/transcriptions and /translations accept "
+        "(413 beyond; OpenAI's own limit is 25 MB).",
+    )
+    max_audio_seconds: float = Field(
+        default=1800.0,
+        gt=0,
+        description="Longest audio a transcription decodes (400 beyond); longer than 30 s "
+        "is cut into overlapping windows.",
+    )
+    max_speech_input_chars: int = Field(
+        default=4096,
+        gt=0,
+        description="Longest text /v1/audio/speech speaks (413 beyond).",
+    )
+    max_image_pixels: int = Field(
+        default=1024 * 1024,
+        gt=0,
+        description="Largest width x height /v1/images/generations makes (413 beyond).",
+    )
     request_timeout_seconds: float = Field(
         default=300.0,
         ge=0,

@@ -1,14 +1,16 @@
 """Recognise what kind of model a directory holds and read its basic metadata.
 
-Four layouts are understood:
+Five layouts are understood:
 
 * ``hf``: a Hugging Face directory, ``config.json`` plus ``*.safetensors``.
 * ``onnx``: one ``*.onnx`` graph (optionally with external-data files).
 * ``safetensors``: the maas-native layout, ``maas.json`` plus ``*.safetensors``.
+* ``diffusers``: a diffusers pipeline, ``model_index.json`` plus one subfolder
+  per component (unet, vae, text encoder, tokenizer, scheduler), safetensors.
 * ``gguf``: one llama.cpp ``*.gguf`` file (weights, usually quantized, with its
   tokenizer and chat template), kept as it is and served by llama.cpp.
 
-A fourth, ``dataset`` (``dataset.json`` plus JSONL splits), is not a model but
+Another, ``dataset`` (``dataset.json`` plus JSONL splits), is not a model but
 a versioned dataset stored the same content-addressed way.
 
 Only headers are read (safetensors' JSON header, ONNX graph without external
@@ -34,10 +36,13 @@ TASKS = (
     "text-generation",
     "image-classification",
     "tensor",
+    "automatic-speech-recognition",
+    "text-to-speech",
+    "text-to-image",
     # Not a model: a versioned dataset (see maas.jobs.datasets); never served.
     "dataset",
 )
-FORMATS = ("hf", "onnx", "safetensors", "gguf", "dataset")
+FORMATS = ("hf", "onnx", "safetensors", "gguf", "diffusers", "dataset")
 DATASET_TASK = "dataset"
 
 # ONNX TensorProto element types -> Open Inference Protocol V2 datatypes.
@@ -103,6 +108,43 @@ def safetensors_parameter_count(path: Path) -> int:
     return total
 
 
+# Speech models told apart by their config: Whisper-family sequence-to-sequence models
+# transcribe, VITS (MMS-TTS) speaks.
+_SPEECH_RECOGNITION_TYPES = ("whisper",)
+_TEXT_TO_SPEECH_ARCHITECTURES = ("VitsModel",)
+
+
+def _diffusers_format(root: Path, files: list[Path], size: int) -> DetectedFormat:
+    """A diffusers pipeline: ``model_index.json`` naming its parts, each in a subfolder.
+
+    Only safetensors weights are taken (the unsafe-format check refuses pickles).
+    """
+    index = _read_json(root / "model_index.json")
+    pipeline = index.get("_class_name")
+    if not isinstance(pipeline, str):
+        raise InvalidRequestError("model_index.json names no pipeline class (_class_name)")
+    components = sorted(
+        name
+        for name, value in index.items()
+        if not name.startswith("_") and isinstance(value, list) and value[0] is not None
+    )
+    weights = [p for p in files if p.suffix == ".safetensors"]
+    if not weights:
+        raise InvalidRequestError(
+            "a diffusers pipeline must hold its weights as .safetensors files", param="path"
+        )
+    return DetectedFormat(
+        "diffusers",
+        "text-to-image",
+        {
+            "pipeline": pipeline,
+            "components": components,
+            "parameter_count": sum(safetensors_parameter_count(p) for p in weights),
+            "size_bytes": size,
+        },
+    )
+
+
 def _task_from_hf_config(root: Path, config: dict[str, Any]) -> str | None:
     if (root / "modules.json").is_file() or (root / "sentence_bert_config.json").is_file():
         return "embeddings"
@@ -113,6 +155,13 @@ def _task_from_hf_config(root: Path, config: dict[str, Any]) -> str | None:
             return "text-generation"
         if arch.endswith("ForImageClassification"):
             return "image-classification"
+        if (
+            arch.endswith(("ForSpeechSeq2Seq", "ForConditionalGeneration"))
+            and config.get("model_type") in _SPEECH_RECOGNITION_TYPES
+        ):
+            return "automatic-speech-recognition"
+        if arch in _TEXT_TO_SPEECH_ARCHITECTURES:
+            return "text-to-speech"
     return None
 
 
@@ -223,6 +272,9 @@ def detect_format(root: Path) -> DetectedFormat:
             DATASET_TASK,
             {"dataset": _read_json(root / "dataset.json"), "size_bytes": size},
         )
+
+    if (root / "model_index.json").is_file():
+        return _diffusers_format(root, files, size)
 
     if (root / "maas.json").is_file():
         spec = _read_json(root / "maas.json")

@@ -27,6 +27,12 @@ BUILTIN: dict[tuple[str, str], str] = {
     ("embeddings", "onnx"): "maas.runtimes.onnx_text:OnnxEmbeddingRuntime",
     ("text-generation", "hf"): "maas.runtimes.text_generation:HFTextGenerationRuntime",
     ("text-generation", "gguf"): "maas.runtimes.llama_cpp:LlamaCppTextGenerationRuntime",
+    (
+        "automatic-speech-recognition",
+        "hf",
+    ): "maas.runtimes.speech_recognition:WhisperSpeechRecognitionRuntime",
+    ("text-to-speech", "hf"): "maas.runtimes.text_to_speech:VitsTextToSpeechRuntime",
+    ("text-to-image", "diffusers"): "maas.runtimes.text_to_image:DiffusersTextToImageRuntime",
 }
 
 

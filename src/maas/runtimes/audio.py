@@ -1,0 +1,146 @@
+"""Audio in and out: decode an upload to 16 kHz mono, encode a waveform for a response.
+
+Decoding uses PyAV (FFmpeg's libraries, bundled in its wheels): it reads WAV,
+FLAC, OGG (Vorbis, Opus), MP3, WebM and MP4 audio from bytes in memory, and its
+resampler turns any rate and channel layout into the float32 mono samples a
+speech model takes. Nothing shells out to an ``ffmpeg`` binary that may not be
+installed.
+
+Encoding a response: WAV and raw PCM are written here (a 44-byte header and
+16-bit samples), so they can be streamed block by block as they are produced;
+FLAC, MP3 and Opus go through soundfile (libsndfile).
+
+Every problem with the input raises ``AudioError`` (a ``ValueError``) with a
+sentence that names it: empty, not audio, no audio stream, longer than allowed.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+SAMPLE_RATE = 16_000  # what Whisper-family feature extractors expect
+# The formats ``encode`` writes: OpenAI's speech ``response_format`` values.
+OUTPUT_FORMATS = ("wav", "flac", "mp3", "opus", "pcm")
+MEDIA_TYPES = {
+    "wav": "audio/wav",
+    "flac": "audio/flac",
+    "mp3": "audio/mpeg",
+    "opus": "audio/ogg",
+    "pcm": "audio/pcm",
+}
+# Samples per block when streaming WAV/PCM (0.5 s at 24 kHz).
+STREAM_BLOCK = 12_000
+
+
+class AudioError(ValueError):
+    """The uploaded bytes cannot be used as audio; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedAudio:
+    samples: np.ndarray  # (n,) float32 in [-1, 1], mono, at ``SAMPLE_RATE``
+    source_format: str  # the container PyAV recognised, e.g. "wav", "ogg", "mp3"
+
+    @property
+    def seconds(self) -> float:
+        return float(self.samples.shape[0]) / SAMPLE_RATE
+
+
+def decode(data: bytes, *, max_seconds: float) -> DecodedAudio:
+    """Encoded audio bytes -> 16 kHz mono float32, refusing more than ``max_seconds``."""
+    if not data:
+        raise AudioError("the audio file is empty")
+    import av  # heavy (FFmpeg's libraries): only when audio is decoded
+
+    try:
+        container = av.open(io.BytesIO(data), mode="r")
+    except (av.FFmpegError, UnicodeDecodeError, ValueError) as exc:
+        raise AudioError(f"the file is not audio that can be decoded ({exc})") from exc
+    with container:
+        if not container.streams.audio:
+            raise AudioError("the file holds no audio stream")
+        stream = container.streams.audio[0]
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+        limit = int(max_seconds * SAMPLE_RATE)
+        blocks: list[np.ndarray] = []
+        total = 0
+        try:
+            for frame in container.decode(stream):
+                for out in resampler.resample(frame):
+                    block = out.to_ndarray().reshape(-1)  # (samples,) packed mono float32
+                    blocks.append(block)
+                    total += block.shape[0]
+                if total > limit:
+                    raise AudioError(
+                        f"the audio is longer than {max_seconds:g} s (MAAS_MAX_AUDIO_SECONDS)"
+                    )
+            for out in resampler.resample(None):  # flush what the resampler holds
+                blocks.append(out.to_ndarray().reshape(-1))
+        except av.FFmpegError as exc:
+            raise AudioError(f"the audio could not be decoded ({exc})") from exc
+        source = container.format.name.split(",")[0]
+    samples = np.concatenate(blocks).astype(np.float32) if blocks else np.zeros(0, np.float32)
+    if samples.shape[0] == 0:
+        raise AudioError("the audio holds no samples")
+    if samples.shape[0] > limit:
+        raise AudioError(f"the audio is longer than {max_seconds:g} s (MAAS_MAX_AUDIO_SECONDS)")
+    if not np.isfinite(samples).all():
+        raise AudioError("the audio holds samples that are not finite numbers")
+    return DecodedAudio(samples, source)
+
+
+def _int16(samples: np.ndarray) -> np.ndarray:
+    """float32 in [-1, 1] -> little-endian int16 (clipped)."""
+    scaled: np.ndarray = np.clip(samples, -1.0, 1.0) * 32767.0
+    return scaled.astype("<i2")
+
+
+def wav_header(frames: int, sample_rate: int) -> bytes:
+    """The 44-byte header of a 16-bit mono PCM WAV file holding ``frames`` samples."""
+    data_bytes = frames * 2
+    return b"".join(
+        [
+            b"RIFF",
+            struct.pack("<I", 36 + data_bytes),
+            b"WAVEfmt ",
+            struct.pack("<IHHIIHH", 16, 1, 1, sample_rate, sample_rate * 2, 2, 16),
+            b"data",
+            struct.pack("<I", data_bytes),
+        ]
+    )
+
+
+def encode_blocks(samples: np.ndarray, sample_rate: int, fmt: str) -> Iterator[bytes]:
+    """A waveform (``(n,)`` float32) as the bytes of ``fmt``, in blocks as they are encoded.
+
+    WAV and PCM come out block by block; the compressed formats are encoded by
+    libsndfile in one call (it writes their headers last) and then sent in blocks.
+    """
+    if fmt not in OUTPUT_FORMATS:
+        raise AudioError(f"response_format must be one of {', '.join(OUTPUT_FORMATS)}")
+    if fmt in ("wav", "pcm"):
+        if fmt == "wav":
+            yield wav_header(samples.shape[0], sample_rate)
+        for start in range(0, samples.shape[0], STREAM_BLOCK):
+            yield _int16(samples[start : start + STREAM_BLOCK]).tobytes()
+        return
+    import soundfile
+
+    buffer = io.BytesIO()
+    container, subtype = {
+        "flac": ("FLAC", "PCM_16"),
+        "mp3": ("MP3", "MPEG_LAYER_III"),
+        "opus": ("OGG", "OPUS"),
+    }[fmt]
+    rate = sample_rate
+    if fmt == "opus" and rate not in (8000, 12000, 16000, 24000, 48000):
+        raise AudioError(f"opus cannot carry {rate} Hz audio; ask for wav, flac or mp3")
+    soundfile.write(buffer, samples, rate, format=container, subtype=subtype)
+    encoded = buffer.getvalue()
+    for start in range(0, len(encoded), 64 * 1024):
+        yield encoded[start : start + 64 * 1024]
