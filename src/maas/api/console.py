@@ -60,6 +60,7 @@ CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
 )
+_PAGE_HEADERS = frozenset({b"content-security-policy", b"cache-control", b"referrer-policy"})
 _STRIPPED = frozenset({b"cookie", b"authorization", sess.CSRF_HEADER.encode()})
 TASKS = ("embeddings", "text-classification", "text-generation", "image-classification", "tensor")
 JOB_KINDS_SHOWN = ("train", "evaluate", "quantize", "prune", "distill", "export", "selftest")
@@ -144,12 +145,11 @@ class ConsoleProxy:
 
         async def page_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = [
-                    (k, v)
-                    for k, v in message.get("headers", [])
-                    if k not in (b"content-security-policy", b"cache-control")
-                ]
+                headers = [(k, v) for k, v in message.get("headers", []) if k not in _PAGE_HEADERS]
                 headers.append((b"content-security-policy", CSP.encode()))
+                # The API's "no-referrer" would make the browser send "Origin: null" on
+                # the console's own POSTs, which the origin check must refuse.
+                headers.append((b"referrer-policy", b"same-origin"))
                 if not path.startswith(PREFIX + "/static/"):
                     headers.append((b"cache-control", b"no-store"))
                 message = {**message, "headers": headers}
@@ -314,6 +314,11 @@ def render(request: Request, template: str, signed: Signed | None, **context: An
     return HTMLResponse(html)
 
 
+def landing(key: KeyInfo) -> str:
+    """The first page after sign-in: models for a reader, the playground for inference."""
+    return "/models" if key.has_scope("read") else "/playground"
+
+
 def to_sign_in() -> RedirectResponse:
     return RedirectResponse(PREFIX, status_code=303)
 
@@ -323,8 +328,8 @@ router = APIRouter(prefix=PREFIX, include_in_schema=False)
 
 @router.get("", response_class=HTMLResponse)
 async def sign_in_page(request: Request, error: str = "") -> Response:
-    if await signed_in(request) is not None:
-        return RedirectResponse(PREFIX + "/models", status_code=303)
+    if (signed := await signed_in(request)) is not None:
+        return RedirectResponse(PREFIX + landing(signed.key), status_code=303)
     token = sess.new_token()
     response = render(request, "signin.html", None, login_token=token, error=error[:200])
     response.set_cookie(
@@ -368,8 +373,7 @@ async def sign_in(request: Request) -> Response:
             key_expires_at=key.expires_at,
         )
     )
-    landing = "/models" if key.has_scope("read") else "/playground"
-    response = RedirectResponse(PREFIX + landing, status_code=303)
+    response = RedirectResponse(PREFIX + landing(key), status_code=303)
     response.delete_cookie(sess.LOGIN_COOKIE, path=PREFIX)
     response.set_cookie(
         sess.SESSION_COOKIE,
