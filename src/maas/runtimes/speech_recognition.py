@@ -113,18 +113,23 @@ def chunk_audio(
 def stitch(windows: Sequence[Window], answers: Sequence[Transcribed]) -> list[Segment]:
     """Join the segments of overlapping windows into one timeline that covers the audio.
 
-    A window keeps the segments whose middle falls in its own part, clamped to it.
+    A window keeps the segments whose middle falls in its own part, clamped to it
+    (the first and the last window also keep what falls outside the audio).
     The segments tile the audio: the first of a window starts where its part
     starts, and a gap (silence, or a model that gave no timestamps) goes to the
     segment before it, so subtitles never leave a hole or go back in time.
     """
     out: list[Segment] = []
-    for window, answer in zip(windows, answers, strict=True):
+    for index, (window, answer) in enumerate(zip(windows, answers, strict=True)):
         base = window.offset / SAMPLE_RATE
+        # The first and last windows also own what a model places before the start or
+        # past the end of the audio (clamped below): its text is not dropped.
+        lowest = window.keep_from if index > 0 else -math.inf
+        highest = window.keep_to if index < len(windows) - 1 else math.inf
         kept: list[Segment] = []
         for seg in answer.segments:
             start, end = base + seg.start, base + seg.end
-            own = window.keep_from <= (start + end) / 2 < window.keep_to
+            own = lowest <= (start + end) / 2 < highest
             if not own and len(answer.segments) > 1:  # a lone segment covers its window
                 continue
             kept.append(Segment(start, end, seg.text, seg.tokens))

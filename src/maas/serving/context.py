@@ -29,6 +29,9 @@ class RequestContext:
     items: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # Usage units of the media routes: seconds of audio heard or spoken, images made.
+    audio_seconds: float = 0.0
+    images: int = 0
     cost: RequestCost = field(default_factory=RequestCost)
     # From the caller's headers: x-request-id (routing places a request by it, so a retry
     # lands on the same version) and x-maas-version (a plain model name pinned to it).

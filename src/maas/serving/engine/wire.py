@@ -31,7 +31,10 @@ from maas.runtimes.base import TensorSpec
 from maas.runtimes.embeddings import Embedding
 from maas.runtimes.explain import Explanation
 from maas.runtimes.image_classification import ImageClassification
+from maas.runtimes.speech_recognition import Segment, SpeechChunk, Transcribed
 from maas.runtimes.text_classification import Classification
+from maas.runtimes.text_to_image import GeneratedImage, ImagePrompt
+from maas.runtimes.text_to_speech import SpeechInput, Waveform
 from maas.security.limits import WindowState
 from maas.serving.generation import (
     Chunk,
@@ -65,6 +68,13 @@ _CLASSES: dict[str, type[Any]] = {
         Prepared,
         Chunk,
         WindowState,
+        SpeechChunk,
+        Segment,
+        Transcribed,
+        SpeechInput,
+        Waveform,
+        ImagePrompt,
+        GeneratedImage,
     )
 }
 _ERRORS: dict[str, type[errors.MaasError]] = {
