@@ -443,6 +443,8 @@ async def model_page(request: Request, name: str) -> Response:
     history = await signed.api.get(base + "/history")
     latest = model.data["latest_version"]
     lineage = await signed.api.get(f"{base}/versions/{latest}/lineage") if latest else None
+    routing = await signed.api.get(base + "/routing")  # 404: no policy, plain "production"
+    rollouts = await signed.api.get(base + "/rollouts")
     return render(
         request,
         "model.html",
@@ -451,6 +453,8 @@ async def model_page(request: Request, name: str) -> Response:
         versions=list(reversed(versions.data)) if versions.ok else [],
         history=list(reversed(history.data)) if history.ok else [],
         lineage=lineage.data if lineage is not None and lineage.ok else [],
+        routing=routing.data if routing.ok else None,
+        rollouts=rollouts.data if rollouts.ok else [],
     )
 
 

@@ -339,13 +339,20 @@
     if (!el || !source || !window.uPlot) return;
     const rows = JSON.parse(source.textContent);
     if (!rows.length) return;
-    const x = rows.map((r) => Date.parse(r.x.length === 7 ? `${r.x}-01` : r.x) / 1000);
+    // One point per day or month, labelled with it (not a time axis: gaps stay readable).
+    const x = rows.map((_, i) => i);
+    const label = (_, splits) => splits.map((i) => (Number.isInteger(i) && rows[i] ? rows[i].x : ""));
     new window.uPlot(
       {
         width: chartWidth(el),
         height: 220,
-        series: [{}, { label: "tokens", stroke: "#3b82f6" }, { label: "requests", stroke: "#f59e0b", scale: "req" }],
-        axes: [{}, {}, { scale: "req", side: 1 }],
+        scales: { x: { time: false, range: [-0.5, rows.length - 0.5] } },
+        series: [
+          { label: "period", value: (_, i) => (i === null || !rows[i] ? "–" : rows[i].x) },
+          { label: "tokens", stroke: "#3b82f6", points: { size: 8 } },
+          { label: "requests", stroke: "#f59e0b", scale: "req", points: { size: 8 } },
+        ],
+        axes: [{ values: label, incrs: [1] }, {}, { scale: "req", side: 1 }],
       },
       [x, rows.map((r) => r.tokens), rows.map((r) => r.requests)],
       el,
