@@ -29,6 +29,7 @@ from maas.api import (
     redact,
     rollouts,
     routing,
+    schedules,
     v2,
 )
 from maas.api.errors import install_error_handlers
@@ -36,6 +37,7 @@ from maas.api.inference_route import InferenceLane
 from maas.api.middleware import TrustMiddleware
 from maas.config import Settings
 from maas.jobs.runner import JobRunner
+from maas.jobs.scheduler import Scheduler
 from maas.registry.epochs import KEYS, REGISTRY, EpochWatcher
 from maas.registry.store import Registry
 from maas.security.admission import Admission
@@ -145,17 +147,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await reconciler.start()
         runner = JobRunner(registry, settings)
         controller = RolloutController(registry.db, app.state.audit)
+        scheduler = Scheduler(runner)
         if not settings.engine_address:
             # A worker of `maas serve --workers N` submits and cancels jobs (rows) but
             # does not run them: the supervisor's one runner does (see cli/serve.py),
-            # and judges the rollouts.
+            # judges the rollouts and starts the scheduled pipelines.
             await runner.start()
             await controller.start()
+            await scheduler.start()
         app.state.jobs = runner
         gc.freeze()  # startup's objects live as long as the app: never scan them again
         try:
             yield
         finally:
+            await scheduler.close()
             await controller.close()
             await runner.close()
             await watcher.close()
@@ -214,6 +219,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(loading.router)
     app.include_router(routing.router)
     app.include_router(rollouts.router)
+    app.include_router(schedules.router)
     app.include_router(keys.router)
     app.include_router(audit.router)
     app.include_router(jobs.router)

@@ -74,6 +74,12 @@ ROUTE_SCOPES: dict[tuple[str, str], frozenset[str]] = {
     ("POST", _M + "/rollouts"): DEPLOY,
     ("GET", _M + "/rollouts/{rollout_id}"): READ,
     ("POST", _M + "/rollouts/{rollout_id}/cancel"): DEPLOY,
+    ("GET", "/admin/v1/schedules"): READ,
+    ("POST", "/admin/v1/schedules"): DEPLOY,
+    ("GET", "/admin/v1/schedules/{schedule}"): READ,
+    ("PATCH", "/admin/v1/schedules/{schedule}"): DEPLOY,
+    ("DELETE", "/admin/v1/schedules/{schedule}"): DEPLOY,
+    ("POST", "/admin/v1/schedules/{schedule}/run"): DEPLOY,
     # management: jobs, datasets, promotion
     ("GET", "/admin/v1/jobs"): READ,
     ("POST", "/admin/v1/jobs"): DEPLOY,

@@ -10,6 +10,9 @@ from typing import Any, Protocol
 
 from maas.client.sync import MaasClient
 from maas.config import Settings
+from maas.jobs import schedules
+from maas.jobs.runner import JobRunner
+from maas.jobs.scheduler import run_now
 from maas.registry import rollouts, routing
 from maas.registry.deployments import DeploymentSpec
 from maas.registry.refs import ModelRef
@@ -54,6 +57,12 @@ class Backend(Protocol):
     def list_rollouts(self, name: str) -> list[dict[str, Any]]: ...
     def get_rollout(self, name: str, rollout_id: int) -> dict[str, Any]: ...
     def cancel_rollout(self, name: str, rollout_id: int) -> dict[str, Any]: ...
+    def create_schedule(self, body: dict[str, Any]) -> dict[str, Any]: ...
+    def list_schedules(self) -> list[dict[str, Any]]: ...
+    def get_schedule(self, name: str) -> dict[str, Any]: ...
+    def update_schedule(self, name: str, changes: dict[str, Any]) -> dict[str, Any]: ...
+    def delete_schedule(self, name: str) -> None: ...
+    def run_schedule(self, name: str) -> dict[str, Any]: ...
     def close(self) -> None: ...
 
 
@@ -61,6 +70,7 @@ class LocalBackend:
     """Works on ``MAAS_HOME`` directly: no server needed."""
 
     def __init__(self, settings: Settings) -> None:
+        self.settings = settings
         self.registry = Registry(settings)
         self.actor = f"local:{getpass.getuser()}"
 
@@ -170,6 +180,28 @@ class LocalBackend:
     def cancel_rollout(self, name: str, rollout_id: int) -> dict[str, Any]:
         db = self.registry.db
         return rollouts.cancel_rollout(db, name, rollout_id, actor=self.actor).to_json()
+
+    # A schedule's runs are started by the scheduler of a server on the same registry.
+    def create_schedule(self, body: dict[str, Any]) -> dict[str, Any]:
+        return schedules.create_schedule(self.registry.db, body, actor=self.actor).to_json()
+
+    def list_schedules(self) -> list[dict[str, Any]]:
+        return [s.to_json() for s in schedules.list_schedules(self.registry.db)]
+
+    def get_schedule(self, name: str) -> dict[str, Any]:
+        return schedules.get_schedule(self.registry.db, name).to_json()
+
+    def update_schedule(self, name: str, changes: dict[str, Any]) -> dict[str, Any]:
+        return schedules.update_schedule(self.registry.db, name, changes).to_json()
+
+    def delete_schedule(self, name: str) -> None:
+        schedules.delete_schedule(self.registry.db, name)
+
+    def run_schedule(self, name: str) -> dict[str, Any]:
+        """Queue a run; a server on this registry (or `maas jobs run`) runs it."""
+        runner = JobRunner(self.registry, self.settings)
+        found = schedules.get_schedule(self.registry.db, name)
+        return run_now(runner, found, self.actor).model_dump(mode="json")
 
 
 def open_backend(settings: Settings) -> Backend:

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from maas import __version__
-from maas.cli import audit, datasets, feedback, job_commands, jobs, keys, models
+from maas.cli import audit, datasets, feedback, job_commands, jobs, keys, models, schedules
 from maas.cli.common import cli_errors, settings_from
 from maas.cli.output import err, out
 from maas.cli.serve import run_server
@@ -41,6 +41,7 @@ app.add_typer(audit.app, name="audit")
 app.add_typer(jobs.jobs_app, name="jobs")
 app.add_typer(datasets.datasets_app, name="datasets")
 app.add_typer(feedback.app, name="feedback")
+app.add_typer(schedules.app, name="schedules")
 job_commands.register(app, models.app)
 app.command()(usage)
 

@@ -106,9 +106,10 @@ def run_server(settings: Settings) -> None:
 
 
 def _run_jobs(settings: Settings, draining: threading.Event, done: threading.Event) -> None:
-    """The job runner and rollout controller of a multi-worker server, on their own event
-    loop, until ``done``; the runner starts no queued job once ``draining``."""
+    """The job runner, scheduler and rollout controller of a multi-worker server, on their
+    own event loop, until ``done``; the runner starts no queued job once ``draining``."""
     from maas.jobs.runner import JobRunner
+    from maas.jobs.scheduler import Scheduler
     from maas.registry.store import Registry
     from maas.security.audit import AuditLog
     from maas.serving.rollouts import RolloutController
@@ -117,13 +118,16 @@ def _run_jobs(settings: Settings, draining: threading.Event, done: threading.Eve
         registry = await asyncio.to_thread(Registry, settings)
         runner = JobRunner(registry, settings)
         rollouts = RolloutController(registry.db, AuditLog(registry.db))
+        scheduler = Scheduler(runner)
         await runner.start()
         await rollouts.start()
+        await scheduler.start()
         try:
             await asyncio.to_thread(draining.wait)
             runner.stop_claiming()
             await asyncio.to_thread(done.wait)
         finally:
+            await scheduler.close()
             await rollouts.close()
             await runner.close()
             registry.close()

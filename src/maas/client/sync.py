@@ -261,6 +261,33 @@ class MaasClient:
         )
         return data
 
+    # schedules
+    def create_schedule(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Add a schedule that runs a retraining pipeline (``POST /admin/v1/schedules``)."""
+        data: dict[str, Any] = self._request("POST", "/admin/v1/schedules", json=body)
+        return data
+
+    def list_schedules(self) -> list[dict[str, Any]]:
+        data: list[dict[str, Any]] = self._request("GET", "/admin/v1/schedules")
+        return data
+
+    def get_schedule(self, name: str) -> dict[str, Any]:
+        """The schedule with its latest runs."""
+        data: dict[str, Any] = self._request("GET", f"/admin/v1/schedules/{name}")
+        return data
+
+    def update_schedule(self, name: str, changes: dict[str, Any]) -> dict[str, Any]:
+        data: dict[str, Any] = self._request("PATCH", f"/admin/v1/schedules/{name}", json=changes)
+        return data
+
+    def delete_schedule(self, name: str) -> None:
+        self._request("DELETE", f"/admin/v1/schedules/{name}")
+
+    def run_schedule(self, name: str) -> dict[str, Any]:
+        """Start a run of the schedule now (a pipeline job)."""
+        data: dict[str, Any] = self._request("POST", f"/admin/v1/schedules/{name}/run")
+        return data
+
     # aliases
     def set_alias(self, name: str, alias: str, version: int, *, reason: str = "") -> VersionInfo:
         data = self._request(

@@ -381,3 +381,29 @@ class RolloutEventRow(Base):
     figures: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON
     reason: Mapped[str] = mapped_column(Text, default="")
     actor: Mapped[str | None] = mapped_column(String(160), nullable=True)
+
+
+class ScheduleRow(Base):
+    """A schedule that runs a retraining pipeline (``maas.jobs.schedules``).
+
+    ``next_run_at`` is the compare-and-set token: the instance that moves it past a due
+    time is the one that starts that run, so a run happens once however many instances
+    share the database.
+    """
+
+    __tablename__ = "schedules"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), index=True)
+    cron: Mapped[str] = mapped_column(String(120))
+    timezone: Mapped[str] = mapped_column(String(64))
+    pipeline: Mapped[str] = mapped_column(Text)  # JSON: the pipeline job's spec
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    next_run_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_run_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_job_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    last_note: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_by: Mapped[str | None] = mapped_column(String(160), nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
