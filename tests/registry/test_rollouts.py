@@ -11,6 +11,7 @@ import pytest
 from maas.errors import ConflictError, InvalidRequestError
 from maas.registry import rollouts
 from maas.registry.models import UsageRow, utcnow
+from maas.registry.rollout_figures import version_figures
 from maas.registry.routing import get_routing, set_routing
 from maas.registry.store import Registry
 
@@ -93,6 +94,8 @@ def test_a_rollback_or_cancel_sends_traffic_back_to_the_baseline(clf: Registry) 
         ({"candidate": 2, "criteria": {"max_p95_ratio": 0.5}}, "criteria"),
         ({"candidate": 2, "criteria": {"min_requests": 0}}, "criteria"),
         ({"candidate": 2, "criteria": {"accuracy": 1}}, "criteria"),
+        ({"candidate": 2, "criteria": {"min_agreement": 1.5}}, "criteria"),
+        ({"candidate": 2, "steps": [100], "criteria": {"min_agreement": 0.9}}, "criteria"),
         ({"candidate": 2, "speed": 1}, "speed"),
     ],
 )
@@ -130,7 +133,7 @@ def test_figures_count_errors_but_not_the_callers_refusals(clf: Registry) -> Non
         s.add(
             UsageRow(ts=start - timedelta(seconds=5), model="clf", version=2, route="i", status=500)
         )
-    figures = rollouts.version_figures(clf.db, "clf", 2, start)
+    figures = version_figures(clf.db, "clf", 2, start)
     assert (figures.requests, figures.errors) == (18, 2)
     assert figures.p95_seconds == pytest.approx(0.001 + 0.01 * 16)  # the 16 successes
-    assert rollouts.version_figures(clf.db, "clf", 1, start).requests == 0
+    assert version_figures(clf.db, "clf", 1, start).requests == 0

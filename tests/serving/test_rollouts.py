@@ -10,7 +10,9 @@ import pytest
 
 from maas.registry import rollouts
 from maas.registry.models import UsageRow, utcnow
-from maas.registry.rollouts import Criteria, Figures, Plan, Rollout
+from maas.registry.rollout_figures import Figures
+from maas.registry.rollout_plan import Criteria, Plan
+from maas.registry.rollouts import Rollout
 from maas.registry.store import Registry
 from maas.security.audit import AuditLog
 from maas.serving.rollouts import RolloutController, judge
@@ -71,6 +73,22 @@ def test_a_slow_candidate_is_rolled_back_at_the_end_of_its_step() -> None:
     assert verdict.action == "rollback" and "3.00x" in verdict.reason
     # Without enough baseline requests to compare with, latency is not judged.
     assert judge(_rollout(age=61), slow, Figures(3, 0, 0.01), utcnow()).action == "advance"
+
+
+def test_agreement_below_the_bar_rolls_back_and_too_few_comparisons_wait() -> None:
+    agreeing = _rollout(age=61)
+    agreeing = Rollout(
+        **{
+            **{f: getattr(agreeing, f) for f in Rollout.__slots__ if f != "plan"},
+            "plan": Plan((10, 100), 60.0, Criteria(0.01, 1.5, 20, 0.9)),
+        }
+    )
+    low = judge(agreeing, HEALTHY, HEALTHY, utcnow(), (15, 20))
+    assert low.action == "rollback" and "75.0%" in low.reason
+    assert low.figures["agreement"] == {"agreed": 15, "compared": 20, "rate": 0.75}
+    few = judge(agreeing, HEALTHY, HEALTHY, utcnow(), (5, 5))
+    assert few.action == "wait" and "5 of 20 mirrored items" in few.reason
+    assert judge(agreeing, HEALTHY, HEALTHY, utcnow(), (19, 20)).action == "advance"
 
 
 @pytest.fixture

@@ -27,7 +27,8 @@ from maas.jobs.base import SPEC_FILE, JobCancelled, JobContext, JobOutput
 from maas.jobs.gates import Gate, check_gates
 from maas.jobs.specs import SPEC_KEYS
 from maas.registry.refs import DEFAULT_ALIAS, ModelRef
-from maas.registry.rollouts import parse_plan, start_rollout
+from maas.registry.rollout_plan import parse_plan
+from maas.registry.rollouts import start_rollout
 from maas.registry.store import Registry
 
 _TRAIN_KEYS = {k for k in SPEC_KEYS["train"] if k not in ("base", "model", "dataset", "output")}

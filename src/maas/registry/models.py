@@ -407,3 +407,19 @@ class ScheduleRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     created_by: Mapped[str | None] = mapped_column(String(160), nullable=True)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ShadowComparisonRow(Base):
+    """One mirrored request's items compared with the caller's answer (``serving.shadow``):
+    the agreement figure of a rollout (``maas.registry.rollout_figures``)."""
+
+    __tablename__ = "shadow_comparisons"
+    __table_args__ = (Index("ix_shadow_comparisons_model_version_ts", "model", "version", "ts"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    ts: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    model: Mapped[str] = mapped_column(String(64))
+    version: Mapped[int] = mapped_column(Integer)
+    baseline: Mapped[int] = mapped_column(Integer)
+    agreed: Mapped[int] = mapped_column(Integer)
+    compared: Mapped[int] = mapped_column(Integer)

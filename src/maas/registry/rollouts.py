@@ -24,10 +24,8 @@ a controller, each step is taken exactly once.
 
 from __future__ import annotations
 
-import itertools
 import json
-import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -42,66 +40,15 @@ from maas.registry.models import (
     RolloutEventRow,
     RolloutRow,
     RoutingPolicyRow,
-    UsageRow,
     utcnow,
 )
 from maas.registry.refs import DEFAULT_ALIAS, ModelRef
+from maas.registry.rollout_plan import Criteria, Plan, parse_plan
 from maas.registry.routing import write_policy
 from maas.registry.rows import model_row, version_row
 
 RUNNING = "running"
 ENDED = ("promoted", "rolled_back", "cancelled")
-MAX_STEPS = 10
-# Caller refusals that say nothing about the version that would have answered.
-_NOT_THE_MODELS_FAULT = frozenset({401, 403, 404, 413, 429})
-_FIGURE_ROWS = 20_000  # newest usage rows read per version and window
-
-
-@dataclass(frozen=True, slots=True)
-class Criteria:
-    """What the candidate must meet, step by step, against the baseline."""
-
-    # candidate error rate - baseline error rate, as a fraction of requests
-    max_error_rate_increase: float = 0.01
-    # candidate p95 latency (queue + compute) / baseline p95
-    max_p95_ratio: float = 1.5
-    # candidate requests needed before a step can pass (or fail on errors)
-    min_requests: int = 20
-
-
-@dataclass(frozen=True, slots=True)
-class Plan:
-    steps: tuple[int, ...] = (5, 25, 100)  # percent of plain-name traffic per step
-    step_seconds: float = 300.0
-    criteria: Criteria = field(default_factory=Criteria)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "steps": list(self.steps),
-            "step_seconds": self.step_seconds,
-            "criteria": asdict(self.criteria),
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class Figures:
-    """What one version did over a window of live traffic (from the usage records)."""
-
-    requests: int
-    errors: int
-    p95_seconds: float | None
-
-    @property
-    def error_rate(self) -> float:
-        return self.errors / self.requests if self.requests else 0.0
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "requests": self.requests,
-            "errors": self.errors,
-            "error_rate": round(self.error_rate, 4),
-            "p95_seconds": None if self.p95_seconds is None else round(self.p95_seconds, 6),
-        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,61 +122,6 @@ class Rollout:
 
 
 # ------------------------------------------------------------------ parsing
-
-
-def parse_plan(body: dict[str, Any]) -> Plan:
-    """The plan part of a ``POST …/rollouts`` body, every field checked (400 naming it)."""
-    defaults = Plan()
-    steps = body.get("steps", list(defaults.steps))
-    if (
-        not isinstance(steps, list)
-        or not 1 <= len(steps) <= MAX_STEPS
-        or any(isinstance(p, bool) or not isinstance(p, int) or not 1 <= p <= 100 for p in steps)
-        or any(b <= a for a, b in itertools.pairwise(steps))
-    ):
-        raise InvalidRequestError(
-            f"steps must be 1 to {MAX_STEPS} rising whole percentages from 1 to 100, "
-            "e.g. [5, 25, 100]",
-            param="steps",
-        )
-    seconds = _number(body.get("step_seconds", defaults.step_seconds), param="step_seconds")
-    if not 0 < seconds <= 7 * 86400:
-        raise InvalidRequestError(
-            "step_seconds must be above 0 and at most 7 days", param="step_seconds"
-        )
-    raw = body.get("criteria") or {}
-    if not isinstance(raw, dict):
-        raise InvalidRequestError("criteria must be a JSON object", param="criteria")
-    known = {"max_error_rate_increase", "max_p95_ratio", "min_requests"}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise InvalidRequestError(
-            f"unknown criteria {', '.join(unknown)}: expected {', '.join(sorted(known))}",
-            param="criteria",
-        )
-    base = defaults.criteria
-    rate = _number(
-        raw.get("max_error_rate_increase", base.max_error_rate_increase), param="criteria"
-    )
-    ratio = _number(raw.get("max_p95_ratio", base.max_p95_ratio), param="criteria")
-    minimum = raw.get("min_requests", base.min_requests)
-    if not 0 <= rate <= 1:
-        raise InvalidRequestError(
-            "criteria.max_error_rate_increase must be 0 to 1", param="criteria"
-        )
-    if ratio < 1:
-        raise InvalidRequestError("criteria.max_p95_ratio must be at least 1", param="criteria")
-    if isinstance(minimum, bool) or not isinstance(minimum, int) or minimum < 1:
-        raise InvalidRequestError(
-            "criteria.min_requests must be a whole number ≥ 1", param="criteria"
-        )
-    return Plan(tuple(steps), seconds, Criteria(rate, ratio, minimum))
-
-
-def _number(value: Any, param: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise InvalidRequestError(f"{param} must be a number", param=param)
-    return float(value)
 
 
 def _candidate(s: Session, name: str, raw: Any) -> int:
@@ -416,34 +308,6 @@ def running_rollouts(db: Database) -> list[Rollout]:
         return [_rollout(s, row, name) for row, name in rows]
 
 
-def version_figures(
-    db: Database, model: str, version: int, since: datetime, until: datetime | None = None
-) -> Figures:
-    """Requests, errors and p95 latency (queue + compute seconds) of one version since
-    ``since``, from the usage records. An error is any answer with status ≥ 400 except
-    refusals of the caller (401, 403, 404, 413, 429): a request both versions refuse (a
-    malformed input) counts against both, and the criteria compare rates."""
-    query = (
-        select(UsageRow.status, UsageRow.queue_seconds + UsageRow.compute_seconds)
-        .where(UsageRow.model == model, UsageRow.version == version, UsageRow.ts >= since)
-        .order_by(UsageRow.ts.desc())
-        .limit(_FIGURE_ROWS)
-    )
-    if until is not None:
-        query = query.where(UsageRow.ts < until)
-    with db.read() as s:
-        rows = [(int(status), float(seconds or 0.0)) for status, seconds in s.execute(query)]
-    counted = [(st, sec) for st, sec in rows if st not in _NOT_THE_MODELS_FAULT]
-    errors = sum(1 for st, _ in counted if st >= 400)
-    latencies = sorted(sec for st, sec in counted if st < 400)
-    p95 = (
-        latencies[min(len(latencies) - 1, math.ceil(0.95 * len(latencies)) - 1)]
-        if latencies
-        else None
-    )
-    return Figures(len(counted), errors, p95)
-
-
 # ---------------------------------------------------------------- helpers
 
 
@@ -457,8 +321,13 @@ def _split(rollout: Rollout, step: int, prior_policy: str | None) -> dict[str, A
     if percent < 100:
         split[str(rollout.baseline)] = 100 - percent
     prior = json.loads(prior_policy) if prior_policy else {}
-    # A sticky mode and a shadow the model had stay in force during the rollout.
-    return {"split": split, "sticky": prior.get("sticky"), "shadow": prior.get("shadow")}
+    # A sticky mode and a shadow the model had stay in force during the rollout, unless
+    # agreement is judged: then every request the baseline answers is also mirrored to the
+    # candidate (the mirror runs one at a time and drops what it cannot keep up with).
+    shadow = prior.get("shadow")
+    if rollout.plan.criteria.min_agreement is not None:
+        shadow = {"version": rollout.candidate, "fraction": 1.0}
+    return {"split": split, "sticky": prior.get("sticky"), "shadow": shadow}
 
 
 def _claim(s: Session, rollout: Rollout, **values: Any) -> RolloutRow | None:

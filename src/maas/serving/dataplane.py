@@ -39,7 +39,7 @@ from maas.serving.metrics import ServingMetrics
 from maas.serving.monitoring import DriftMonitor
 from maas.serving.resolver import Resolver
 from maas.serving.routing import Router, mirrored, targets
-from maas.serving.shadow import ShadowMirror
+from maas.serving.shadow import ComparisonRecorder, ShadowMirror
 
 # Task -> the name of its single input tensor on the V2 surface.
 _TEXT_INPUT = {"embeddings": "text", "text-classification": "text"}
@@ -124,7 +124,8 @@ class DataPlane:
         self._resolver = Resolver(registry, host, warm_timeout=warm_timeout)
         self._router = Router(registry)
         # Mirrors of requests a routing policy shadows: answers counted, compared, observed.
-        self.shadow = ShadowMirror(metrics, record=self._observe_shadow)
+        self._comparisons = ComparisonRecorder(registry.db)
+        self.shadow = ShadowMirror(metrics, record=self._observe_shadow, compared=self._comparisons)
 
     # ----------------------------------------------------------------- plumbing
 
@@ -183,6 +184,7 @@ class DataPlane:
 
     async def close(self) -> None:
         await self.shadow.close()
+        await self._comparisons.close()
         await self._resolver.close()
 
     async def serving_version(
@@ -220,12 +222,18 @@ class DataPlane:
                 shadow = await self.resolve(ModelRef(parsed.name, version=policy.shadow.version))
             except NotFoundError:
                 shadow = None
-            if shadow is not None and shadow.task != version.task:
-                shadow = None
+            if shadow is not None and (
+                shadow.task != version.task or shadow.version == version.version
+            ):
+                shadow = None  # never mirrored to itself (a rollout's candidate answered)
         return version, shadow
 
     def _mirror(
-        self, shadow: VersionInfo | None, items: Sequence[Any], answered: list[Any]
+        self,
+        shadow: VersionInfo | None,
+        items: Sequence[Any],
+        answered: list[Any],
+        served: VersionInfo,
     ) -> None:
         """Queue a copy of an answered request for the shadow version (never awaited)."""
         if shadow is None:
@@ -237,7 +245,7 @@ class DataPlane:
             results: list[Any] = await self.host.predict(shadow, copied, RequestCost())
             return results
 
-        self.shadow.offer(shadow, copied, answered, run)
+        self.shadow.offer(shadow, copied, answered, run, served)
 
     def _mirror_tensors(
         self,
@@ -310,7 +318,7 @@ class DataPlane:
             results: list[Embedding] = await self.host.predict(version, list(items), tracking.cost)
             if self.monitor is not None:
                 self.monitor.observe(version, items, results)
-            self._mirror(shadow, items, results)
+            self._mirror(shadow, items, results, version)
             vectors = [r.vector for r in results]
             if dimensions is not None:
                 vectors = self._shorten(version, vectors, dimensions)
@@ -384,7 +392,7 @@ class DataPlane:
     ) -> dict[str, np.ndarray]:
         tracking.items = len(items)
         results = await self.host.predict(version, items, tracking.cost)
-        self._mirror(shadow, items, results)
+        self._mirror(shadow, items, results, version)
         tracking.prompt_tokens = sum(getattr(r, "tokens", 0) for r in results)
         if self.monitor is not None:
             self.monitor.observe(version, items, results)

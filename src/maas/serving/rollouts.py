@@ -9,6 +9,10 @@ step at 100 % still has a baseline to compare with — and decides:
 * **roll back** at once, mid-step, when the candidate has answered at least
   ``min_requests`` and its error rate exceeds the baseline's by more than
   ``max_error_rate_increase``: a broken candidate costs a few requests, not a step;
+* at once too, for a classifier with ``min_agreement``, when its top labels match the
+  baseline's on fewer than that share of the mirrored items (at least ``min_requests``
+  of them, counted since the rollout started): while agreement is judged the rollout
+  mirrors every request the baseline answers to the candidate (``serving.shadow``);
 * when the step's time is up and the candidate has ``min_requests``: roll back
   if its p95 latency is over ``max_p95_ratio`` times the baseline's (judged
   only when both have enough requests), else **advance** to the next step, or
@@ -36,7 +40,8 @@ from datetime import datetime
 from maas.registry import rollouts as store
 from maas.registry.db import Database
 from maas.registry.models import utcnow
-from maas.registry.rollouts import Figures, Rollout
+from maas.registry.rollout_figures import Figures, agreement, version_figures
+from maas.registry.rollouts import Rollout
 from maas.security.audit import AuditLog
 
 log = logging.getLogger("maas.serving")
@@ -51,8 +56,15 @@ class Verdict:
     figures: dict[str, object]
 
 
-def judge(rollout: Rollout, candidate: Figures, baseline: Figures, now: datetime) -> Verdict:
-    """The decision for one rollout given its figures (see the module docstring)."""
+def judge(
+    rollout: Rollout,
+    candidate: Figures,
+    baseline: Figures,
+    now: datetime,
+    agreed: tuple[int, int] = (0, 0),
+) -> Verdict:
+    """The decision for one rollout given its figures (see the module docstring);
+    ``agreed``: (agreeing, compared) mirrored items since the rollout started."""
     c = rollout.plan.criteria
     figures: dict[str, object] = {
         "step": rollout.step,
@@ -60,6 +72,20 @@ def judge(rollout: Rollout, candidate: Figures, baseline: Figures, now: datetime
         "candidate": {"version": rollout.candidate, **candidate.to_json()},
         "baseline": {"version": rollout.baseline, **baseline.to_json()},
     }
+    agreeing, compared = agreed
+    if c.min_agreement is not None:
+        figures["agreement"] = {
+            "agreed": agreeing,
+            "compared": compared,
+            "rate": round(agreeing / compared, 4) if compared else None,
+        }
+        if compared >= c.min_requests and agreeing / compared < c.min_agreement:
+            return Verdict(
+                "rollback",
+                f"agreement with the baseline {agreeing / compared:.1%} on {compared} "
+                f"mirrored items is below the {c.min_agreement:.1%} required",
+                figures,
+            )
     enough = candidate.requests >= c.min_requests
     increase = candidate.error_rate - baseline.error_rate
     if enough and increase > c.max_error_rate_increase:
@@ -77,6 +103,12 @@ def judge(rollout: Rollout, candidate: Figures, baseline: Figures, now: datetime
             "wait",
             f"waiting for traffic: {candidate.requests} of {c.min_requests} candidate "
             "requests this step",
+            figures,
+        )
+    if c.min_agreement is not None and compared < c.min_requests:
+        return Verdict(
+            "wait",
+            f"waiting for comparisons: {compared} of {c.min_requests} mirrored items",
             figures,
         )
     if (
@@ -141,13 +173,13 @@ class RolloutController:
 
     def step(self, rollout: Rollout) -> Rollout | None:
         now = utcnow()
-        candidate = store.version_figures(
-            self.db, rollout.model, rollout.candidate, rollout.step_started_at
-        )
-        baseline = store.version_figures(
-            self.db, rollout.model, rollout.baseline, rollout.created_at
-        )
-        verdict = judge(rollout, candidate, baseline, now)
+        model, started = rollout.model, rollout.created_at
+        candidate = version_figures(self.db, model, rollout.candidate, rollout.step_started_at)
+        baseline = version_figures(self.db, model, rollout.baseline, started)
+        agreed = (0, 0)
+        if rollout.plan.criteria.min_agreement is not None:
+            agreed = agreement(self.db, model, rollout.candidate, rollout.baseline, started)
+        verdict = judge(rollout, candidate, baseline, now, agreed)
         if verdict.action == "wait":
             return None
         figures = dict(verdict.figures)

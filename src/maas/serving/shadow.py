@@ -19,7 +19,8 @@ Policy:
 * **Outcomes.** ``ok`` or ``error`` per mirror, its latency, and for the
   answers that can be compared item by item (a classifier's labels) whether
   the shadow agreed with the answer the caller got
-  (``maas_shadow_agreement_total{agree}``): the figure a canary analysis reads.
+  (``maas_shadow_agreement_total{agree}``), and, with a ``ComparisonRecorder``
+  composed in, the same counts in the registry: the agreement a rollout judges.
 
 ``close`` cancels what is waiting or running (shutdown).
 """
@@ -34,6 +35,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from maas.registry.batch_writer import BatchWriter
+from maas.registry.db import Database
+from maas.registry.models import utcnow
+from maas.registry.rollout_figures import Comparison, write_comparisons
 from maas.registry.schemas import VersionInfo
 from maas.serving.metrics import ServingMetrics
 
@@ -49,6 +54,27 @@ class _Mirror:
     items: Sequence[Any]
     answered: Sequence[Any]  # what the caller got, item by item
     run: Run
+    served: VersionInfo | None  # the version that gave the caller's answer
+
+
+class ComparisonRecorder:
+    """Writes each compared mirror (agreeing and compared items) to the registry in
+    batches, off the event loop: the agreement a rollout judges, from every instance."""
+
+    def __init__(self, db: Database) -> None:
+        self._writer: BatchWriter[Comparison] = BatchWriter(
+            lambda batch: write_comparisons(db, batch), name="shadow comparisons writer"
+        )
+
+    def __call__(
+        self, shadow: VersionInfo, served: VersionInfo, agreed: int, compared: int
+    ) -> None:
+        self._writer.add(
+            Comparison(utcnow(), shadow.model, shadow.version, served.version, agreed, compared)
+        )
+
+    async def close(self) -> None:
+        await self._writer.close()
 
 
 def top_label(answer: Any) -> str | None:
@@ -72,11 +98,13 @@ class ShadowMirror:
         capacity: int = 64,
         concurrency: int = 1,
         record: Record | None = None,
+        compared: ComparisonRecorder | None = None,
     ) -> None:
         self.metrics = metrics
         self.capacity = capacity
         self.concurrency = concurrency
         self.record = record
+        self.compared = compared
         self._queue: asyncio.Queue[_Mirror] | None = None
         self._workers: list[asyncio.Task[None]] = []
 
@@ -85,14 +113,20 @@ class ShadowMirror:
         return 0 if self._queue is None else self._queue.qsize()
 
     def offer(
-        self, version: VersionInfo, items: Sequence[Any], answered: Sequence[Any], run: Run
+        self,
+        version: VersionInfo,
+        items: Sequence[Any],
+        answered: Sequence[Any],
+        run: Run,
+        served: VersionInfo | None = None,
     ) -> bool:
-        """Queue one mirror of a request already answered; False (counted) when full."""
+        """Queue one mirror of a request already answered (by ``served``); False (counted)
+        when full."""
         if self._queue is None:
             self._start()
         assert self._queue is not None
         try:
-            self._queue.put_nowait(_Mirror(version, items, answered, run))
+            self._queue.put_nowait(_Mirror(version, items, answered, run, served))
         except asyncio.QueueFull:
             self._count(version, "dropped")
             return False
@@ -129,21 +163,27 @@ class ShadowMirror:
             time.perf_counter() - started
         )
         self._count(version, "ok")
-        self._compare(version, mirror.answered, results)
+        self._compare(mirror, results)
         if self.record is not None:
             try:
                 self.record(version, mirror.items, results)
             except Exception:  # a recorder's bug must not stop the mirrors
                 log.exception("recording the shadow answers of %s failed", version.ref)
 
-    def _compare(self, version: VersionInfo, answered: Sequence[Any], got: Sequence[Any]) -> None:
+    def _compare(self, mirror: _Mirror, got: Sequence[Any]) -> None:
+        version = mirror.version
         counter = self.metrics.shadow_agreement
         labels = (version.model, str(version.version))
-        for mine, theirs in zip(answered, got, strict=False):
+        agreed = compared = 0
+        for mine, theirs in zip(mirror.answered, got, strict=False):
             a, b = top_label(mine), top_label(theirs)
             if a is None or b is None:
                 return  # not comparable item by item (embeddings, tensors)
             counter.labels(*labels, "true" if a == b else "false").inc()
+            agreed += a == b
+            compared += 1
+        if compared and self.compared is not None and mirror.served is not None:
+            self.compared(version, mirror.served, agreed, compared)
 
     def _count(self, version: VersionInfo, outcome: str) -> None:
         self.metrics.shadow_requests.labels(version.model, str(version.version), outcome).inc()
