@@ -64,6 +64,13 @@ _PAGE_HEADERS = frozenset({b"content-security-policy", b"cache-control", b"refer
 _STRIPPED = frozenset({b"cookie", b"authorization", sess.CSRF_HEADER.encode()})
 TASKS = ("embeddings", "text-classification", "text-generation", "image-classification", "tensor")
 JOB_KINDS_SHOWN = ("train", "evaluate", "quantize", "prune", "distill", "export", "selftest")
+# A starting spec per kind for the form (docs/jobs.md has every key); the server validates.
+JOB_EXAMPLES: dict[str, dict[str, Any]] = {
+    "train": {"base": "minilm", "dataset": "reviews", "epochs": 1, "output": "reviews-clf"},
+    "evaluate": {"model": "reviews-clf:1", "dataset": "reviews"},
+    "quantize": {"model": "reviews-clf:1", "dataset": "reviews", "method": "onnx-int8"},
+    "selftest": {"model": "reviews-clf:1", "sleep": 1},
+}
 
 
 def session_store(app: Any) -> sess.SessionStore:
@@ -620,6 +627,7 @@ async def jobs_page(request: Request) -> Response:
         datasets=datasets.data if datasets.ok else [],
         error=jobs.error,
         kinds=JOB_KINDS_SHOWN,
+        examples=JOB_EXAMPLES,
     )
 
 

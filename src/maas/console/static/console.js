@@ -463,6 +463,19 @@
     }, 2000);
   }
 
+  // The job form: choosing a kind puts its example spec in the (untouched) spec box.
+  const kind = document.getElementById("job-kind");
+  if (kind) {
+    const examples = JSON.parse(kind.dataset.examples || "{}");
+    const spec = document.getElementById("job-spec");
+    let shown = spec.value;
+    kind.addEventListener("change", () => {
+      if (spec.value !== shown) return; // edited by hand: leave it
+      shown = JSON.stringify(examples[kind.value] || {});
+      spec.value = shown;
+    });
+  }
+
   usageChart();
   liveMetrics();
 })();
