@@ -152,6 +152,8 @@ class TrustMiddleware:
                     queue_seconds=ctx.cost.queue_seconds,
                     bytes_in=received,
                     bytes_out=sent,
+                    audio_seconds=ctx.audio_seconds,
+                    images=ctx.images,
                 ),
             )
         except Exception:

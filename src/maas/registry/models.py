@@ -175,6 +175,8 @@ class UsageRow(Base):
     bytes_in: Mapped[int] = mapped_column(BigInteger, default=0)
     bytes_out: Mapped[int] = mapped_column(BigInteger, default=0)
     energy_joules: Mapped[float] = mapped_column(Float, default=0.0)
+    audio_seconds: Mapped[float] = mapped_column(Float, default=0.0)  # heard or spoken
+    images: Mapped[int] = mapped_column(Integer, default=0)  # generated
 
 
 class AuditRow(Base):

@@ -38,6 +38,8 @@ _SUMS = (
     "bytes_in",
     "bytes_out",
     "energy_joules",
+    "audio_seconds",
+    "images",
 )
 
 
@@ -55,6 +57,9 @@ class UsageEvent:
     queue_seconds: float = 0.0
     bytes_in: int = 0
     bytes_out: int = 0
+    # Usage units of the media routes (speech heard or spoken, images made).
+    audio_seconds: float = 0.0
+    images: int = 0
     ts: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     @property
@@ -187,6 +192,6 @@ def aggregate(
     out = [groups[k] for k in sorted(groups, key=lambda g: (g is None, str(g)))]
     for entry in out:
         entry["total_tokens"] = entry["prompt_tokens"] + entry["completion_tokens"]
-        for name in ("compute_seconds", "queue_seconds", "energy_joules"):
+        for name in ("compute_seconds", "queue_seconds", "energy_joules", "audio_seconds"):
             entry[name] = round(entry[name], 6)
     return out
