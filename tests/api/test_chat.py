@@ -236,6 +236,28 @@ def test_an_error_mid_stream_becomes_an_error_event(
     assert events[2:] == ["[DONE]"]
 
 
+def test_line_separators_in_generated_text_stay_inside_their_event(
+    client: TestClient, auth: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """JSON leaves NEL, U+2028 and U+2029 raw; line-based SSE readers (str.splitlines, as
+    ``_events`` here; httpx's iter_lines) break lines there, so they must be escaped."""
+    text = "a\x85b\u2028c\u2029d"
+
+    async def generating(
+        version: VersionInfo, request: GenerationRequest
+    ) -> AsyncGenerator[GenerationEvent, None]:
+        yield Prepared(3, 5)
+        yield Chunk(text, "length", 1)
+
+    monkeypatch.setattr(client.app.state.dataplane.host, "generate", generating)  # type: ignore[attr-defined]
+    body = {"model": "m", "prompt": PROMPT, "stream": True}
+    r = client.post("/v1/completions", json=body, headers=auth)
+    assert r.status_code == 200
+    events = _events(r.text)
+    assert events[0]["choices"][0]["text"] == text
+    assert events[1:] == ["[DONE]"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("n", [1, 2])
 def test_a_client_that_disconnects_mid_stream_frees_its_sequences(

@@ -130,8 +130,18 @@ def _legacy_logprobs(entries: tuple[TokenLogprob, ...] | list[TokenLogprob]) -> 
     }
 
 
+# Characters JSON keeps raw inside strings that line-based readers take for line breaks
+# (Python's str.splitlines, httpx's iter_lines): NEL, LINE and PARAGRAPH SEPARATOR. A model
+# emits them now and then; raw, such a reader split the event's JSON in two, and its stream
+# ended there with no [DONE] (a drain test with a tiny random model hit it). Escaped, every
+# event is one line for any SSE reader.
+_LINE_BREAKS = (("\x85", "\\u0085"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029"))
+
+
 def _sse(payload: dict[str, Any] | str) -> bytes:
     data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
+    for raw, escaped in _LINE_BREAKS:
+        data = data.replace(raw, escaped)
     return f"data: {data}\n\n".encode()
 
 

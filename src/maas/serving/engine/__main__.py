@@ -1,4 +1,8 @@
-"""``python -m maas.serving.engine SOCKET_PATH``: run the engine process (see ``server``)."""
+"""``python -m maas.serving.engine SOCKET_PATH [--supervised]``: run the engine process.
+
+``--supervised`` (how ``maas serve --workers N`` starts it, ``engine.process``): the
+engine stops when its standard input closes, not on a signal (see ``run_engine``).
+"""
 
 from __future__ import annotations
 
@@ -11,12 +15,17 @@ from pathlib import Path
 from maas.config import Settings
 from maas.serving.engine.server import run_engine
 
+USAGE = "usage: python -m maas.serving.engine /path/to/engine.sock [--supervised]"
+
 
 def main() -> None:
-    if len(sys.argv) != 2:
-        sys.exit("usage: python -m maas.serving.engine /path/to/engine.sock")
+    args = sys.argv[1:]
+    supervised = "--supervised" in args
+    paths = [a for a in args if a != "--supervised"]
+    if len(paths) != 1 or paths[0].startswith("-"):
+        sys.exit(USAGE)
     # The socket file of an engine that was killed would refuse the bind.
-    Path(sys.argv[1]).unlink(missing_ok=True)
+    Path(paths[0]).unlink(missing_ok=True)
     settings = Settings()
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(levelname)s:     engine: %(message)s"
@@ -24,7 +33,7 @@ def main() -> None:
     # uvloop, as in the HTTP workers (uvicorn picks it): its loop turns around a
     # message in a fraction of asyncio's time.
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        runner.run(run_engine(settings, sys.argv[1]))
+        runner.run(run_engine(settings, paths[0], supervised=supervised))
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

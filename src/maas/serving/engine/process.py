@@ -5,6 +5,11 @@ it exits without being asked to (a crash, an OOM kill, SIGKILL), the watcher
 starts a new one on the same address after a short pause (doubling up to a few
 seconds while it keeps dying at once). HTTP workers fail the calls that were in
 flight with 503 and reconnect by themselves (``client.RemoteHost``).
+
+The engine runs ``--supervised``: it ignores SIGINT and SIGTERM (a signal to the
+whole process group must not stop the models under the workers' draining streams)
+and stops when its standard input closes — ``stop``, which the supervisor calls
+once every worker has drained, or the supervisor's own death.
 """
 
 from __future__ import annotations
@@ -31,8 +36,12 @@ class EngineProcess:
 
     def _spawn(self) -> None:
         with self._lock:
+            if self._proc is not None and self._proc.stdin is not None:
+                self._proc.stdin.close()  # the pipe of the engine that died
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "maas.serving.engine", self.address], env=self._env
+                [sys.executable, "-m", "maas.serving.engine", self.address, "--supervised"],
+                env=self._env,
+                stdin=subprocess.PIPE,  # closed by stop(): the engine's signal to stop
             )
 
     def start(self) -> None:
@@ -61,8 +70,9 @@ class EngineProcess:
         self._stopping.set()
         with self._lock:
             proc = self._proc
+        if proc is not None and proc.stdin is not None:
+            proc.stdin.close()
         if proc is not None and proc.poll() is None:
-            proc.terminate()
             try:
                 proc.wait(timeout)
             except subprocess.TimeoutExpired:

@@ -24,14 +24,24 @@ A worker whose connection drops (it died or was replaced) has its generation
 streams cancelled, so their sequences' slots are freed at once.
 
 Run as ``python -m maas.serving.engine SOCKET_PATH``; settings come from the
-environment like every maas process.
+environment like every maas process. Alone, SIGTERM or SIGINT stops it. Under the
+supervisor (``--supervised``) only the supervisor does, by closing the engine's
+standard input once every HTTP worker has drained (``cli/serve.py``): a signal sent
+to the whole process group — Ctrl-C in a terminal, systemd's default ``KillMode`` —
+reaches the engine at the same time as the workers, and stopping then unloaded the
+models under the streams the workers were still draining (each ended at once with
+"the model is unloading"). Closed standard input also means the supervisor died
+(even by SIGKILL): the engine does not outlive it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import signal
+import threading
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -204,7 +214,7 @@ class EngineServer:
             await self._send(worker, answer)
 
 
-async def run_engine(settings: Settings, path: str) -> None:
+async def run_engine(settings: Settings, path: str, *, supervised: bool = False) -> None:
     registry = Registry(settings)
     metrics = ServingMetrics()
     host = LocalHost(ModelManager(registry, settings, metrics))
@@ -218,7 +228,14 @@ async def run_engine(settings: Settings, path: str) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        if supervised:
+            loop.add_signal_handler(sig, _ignore_signal, sig)
+        else:
+            loop.add_signal_handler(sig, stop.set)
+    if supervised:
+        threading.Thread(
+            target=_stop_at_stdin_eof, args=(loop, stop), name="engine stdin", daemon=True
+        ).start()
     try:
         await watcher.start()
         await reconciler.start()
@@ -228,3 +245,21 @@ async def run_engine(settings: Settings, path: str) -> None:
         await reconciler.close()
         await host.close()
         registry.close()
+
+
+def _ignore_signal(sig: int) -> None:
+    log.info(
+        "%s ignored: the supervisor stops the engine once its HTTP workers have drained",
+        signal.Signals(sig).name,
+    )
+
+
+def _stop_at_stdin_eof(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+    """Block until the supervisor closes our standard input (or dies), then stop."""
+    try:
+        while os.read(0, 4096):
+            pass  # the supervisor writes nothing; bytes would be ignored
+    except OSError:
+        pass  # no usable standard input: the same as closed
+    with contextlib.suppress(RuntimeError):  # the loop already closed: stopped anyway
+        loop.call_soon_threadsafe(stop.set)
