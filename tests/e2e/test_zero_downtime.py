@@ -18,75 +18,31 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
-from maas.config import Settings
-from maas.registry.store import Registry
 from tests.e2e.balancer import Backend, Balancer
-from tests.e2e.instances import Instance, launch
-from tests.e2e.test_scale_out import X, _onnx_with_bias
-from tests.pg import fresh_postgres_url
+from tests.e2e.instances import V1_Y, V2_Y, Instance, Pair, X, launch, two_instances
 from tests.security.test_quotas_redis import REDIS_URL, redis_reachable
 
 pytestmark = pytest.mark.slow
 __all__ = ["redis_reachable"]  # its autouse fixture skips (fails under CI) without Redis
 
-ANSWERS = {"1": [1.0, 2.0, 3.0], "2": [10.0, 11.0, 12.0]}  # model_version -> y for X
+ANSWERS = {"1": V1_Y, "2": V2_Y}  # model_version -> y for X
 CLIENTS = 8
 BODY = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": X}]}
 
 
-@dataclass
-class Pair:
-    a: Instance
-    b: Instance
-    key: str
-    env: dict[str, str]
-    root: Path
-
-    @property
-    def auth(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.key}"}
-
-
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
-    root = tmp_path_factory.mktemp("zero-downtime")
-    store = root / "shared-blobs"
-    for database_url in fresh_postgres_url():
-        env = {
-            "MAAS_DATABASE_URL": database_url,
-            "MAAS_REDIS_URL": REDIS_URL,
-            "MAAS_REDIS_NAMESPACE": f"test-{uuid.uuid4().hex}",
-            "MAAS_ARTIFACT_URL": store.as_uri(),
-        }
-        registry = Registry(
-            Settings(home=root / "pusher", database_url=database_url, artifact_url=store.as_uri())
-        )
-        try:
-            registry.push(_onnx_with_bias(root / "v1" / "m.onnx", 1.0).parent, "affine")
-            registry.push(_onnx_with_bias(root / "v2" / "m.onnx", 10.0).parent, "affine")
-            registry.set_alias("affine", "production", 1)
-        finally:
-            registry.close()
-        a = launch(root / "a", env, name="a")
-        pair = Pair(a, a, (root / "a" / "admin.key").read_text().strip(), env, root)
-        try:
-            pair.b = launch(root / "b", {**env, "MAAS_WORKERS": "2"}, name="b")
-            try:
-                yield pair
-            finally:
-                pair.b.stop()
-        finally:
-            pair.a.stop()  # the restarted A, after the rolling restart
+    # The test of a rolling restart relaunches A: the pair stops whichever A it has then.
+    with two_instances(tmp_path_factory.mktemp("zero-downtime"), REDIS_URL) as instances:
+        yield instances
 
 
 def _loaded(instance: Instance, key: str) -> dict[str, bool]:
