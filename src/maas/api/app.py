@@ -15,11 +15,14 @@ from fastapi.middleware.cors import CORSMiddleware
 from maas import __version__
 from maas.api import (
     admin,
+    audio,
     audit,
     chat,
+    console,
     explain,
     feedback,
     health,
+    images,
     jobs,
     keys,
     loading,
@@ -202,8 +205,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         InferenceLane, fastapi=app, routes=[*v2.inference.routes, *openai.inference.routes]
     )
     app.add_middleware(TrustMiddleware, settings=settings)
-    # Outermost: management requests refused by the trust layer (413, 504) are audited too.
+    # Management requests refused by the trust layer (413, 504) are audited too.
     app.add_middleware(audit.AuditMiddleware)
+    # Outermost: the web console's /console/api/<route> becomes /<route> with the session's
+    # key before anything else sees it, so audit, limits and metering apply unchanged.
+    app.add_middleware(console.ConsoleProxy)
     # Inference routes first: routing tries routes in order (measured: scanning the
     # management routes first cost ~0.26 ms per V2 request); paths never overlap.
     app.include_router(v2.inference)
@@ -211,6 +217,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(v2.router)
     app.include_router(openai.router)
     app.include_router(chat.router)
+    app.include_router(audio.router)
+    app.include_router(images.router)
     app.include_router(v2.public)
     app.include_router(health.router)
     app.include_router(explain.router)
@@ -227,4 +235,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(feedback.router)
     app.include_router(feedback.admin)
     app.include_router(monitoring.router)
+    app.include_router(console.router)
     return app

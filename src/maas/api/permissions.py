@@ -34,6 +34,11 @@ PUBLIC: frozenset[tuple[str, str]] = frozenset(
     }
 )
 
+# The web console (``/console``, ``api/console.py``) is in neither table: it is not in
+# the OpenAPI schema and holds no scope of its own. It signs a browser in with a key
+# and sends every read and every action to the routes below with that key, so each is
+# decided here, exactly as for any other client of the key.
+
 _M = "/admin/v1/models/{name}"
 _V = _M + "/versions/{version}"
 
@@ -116,6 +121,10 @@ ROUTE_SCOPES: dict[tuple[str, str], frozenset[str]] = {
     ("POST", "/v1/chat/completions"): INFER,
     ("POST", "/v1/completions"): INFER,
     ("POST", "/v1/feedback"): INFER,
+    ("POST", "/v1/audio/transcriptions"): INFER,
+    ("POST", "/v1/audio/translations"): INFER,
+    ("POST", "/v1/audio/speech"): INFER,
+    ("POST", "/v1/images/generations"): INFER,
     # Open Inference Protocol V2
     ("GET", "/v2"): INFER_OR_READ,
     ("GET", "/v2/models/{model}"): INFER_OR_READ,
