@@ -25,6 +25,10 @@ def test_exactly_the_inference_routes_are_metered() -> None:
         ("POST", "/v1/redact"),
         ("POST", "/v1/chat/completions"),
         ("POST", "/v1/completions"),
+        ("POST", "/v1/audio/transcriptions"),
+        ("POST", "/v1/audio/translations"),
+        ("POST", "/v1/audio/speech"),
+        ("POST", "/v1/images/generations"),
         ("POST", "/v2/models/{model}/infer"),
         ("POST", "/v2/models/{model}/versions/{version}/infer"),
     }
