@@ -159,7 +159,8 @@ def test_a_read_key_finds_no_revoke_button_and_a_forged_call_is_refused(
     console: Console,
 ) -> None:
     victim = _key(console.server, "victim", ["infer"])["info"]["id"]
-    reader = _key(console.server, "reader", ["read"])["key"]
+    created = _key(console.server, "reader", ["read"])
+    reader = created["key"]
     console.sign_in(reader)
     console.goto("/console/keys")
     console.shot("keys-read-only")
@@ -181,6 +182,14 @@ def test_a_read_key_finds_no_revoke_button_and_a_forged_call_is_refused(
         headers={"Authorization": f"Bearer {console.server.key}"},
     )
     assert r.json()["revoked_at"] is None
+    # Revoking the reader ends its session: the live job list notices and signs out.
+    console.goto("/console/jobs")
+    httpx.delete(
+        f"{console.server.url}/admin/v1/keys/{created['info']['id']}",
+        headers={"Authorization": f"Bearer {console.server.key}"},
+    )
+    console.page.wait_for_url(console.server.url + "/console", timeout=15_000)
+    assert console.page.locator("#key").is_visible()
 
 
 def test_the_playground_streams_chat_classifies_and_sends_v2_tensors(console: Console) -> None:

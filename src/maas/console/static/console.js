@@ -22,6 +22,21 @@
     return `${status}: ${message || "request failed"}`;
   }
 
+  // 401 from /console/api: the session ended (sign-out elsewhere, expiry, the key revoked).
+  function signedOut(status) {
+    if (status === 401) window.location.assign("/console");
+  }
+
+  // A live region refreshed after the session ended was answered with the sign-in page.
+  document.addEventListener("htmx:beforeSwap", (event) => {
+    const url = event.detail.xhr.responseURL || "";
+    if (new URL(url, window.location.href).pathname === "/console") {
+      event.detail.shouldSwap = false;
+      event.preventDefault();
+      window.location.assign("/console");
+    }
+  });
+
   async function api(method, url, body, headers) {
     const init = { method, credentials: "same-origin", headers: { "X-CSRF-Token": csrf, ...headers } };
     if (body !== undefined) {
@@ -29,6 +44,7 @@
       init.headers["Content-Type"] = "application/json";
     }
     const response = await fetch(url, init);
+    signedOut(response.status);
     const kind = response.headers.get("content-type") || "";
     const data = kind.startsWith("application/json") ? await response.json() : await response.text();
     return { ok: response.ok, status: response.status, data };
@@ -178,6 +194,7 @@
       if (e.lengthComputable) bar.value = (100 * e.loaded) / e.total;
     });
     xhr.addEventListener("load", () => {
+      signedOut(xhr.status);
       let data = null;
       try {
         data = JSON.parse(xhr.responseText);
@@ -230,6 +247,7 @@
       body: JSON.stringify(body),
     });
     if (!response.ok) {
+      signedOut(response.status);
       const data = await response.json().catch(() => null);
       out.textContent = errorText(response.status, data);
       out.classList.add("bad");
