@@ -18,6 +18,7 @@ and the metric functions (:mod:`maas.jobs.metrics`).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from maas.errors import InvalidRequestError
@@ -30,8 +31,9 @@ from maas.jobs.metrics import (
     measure_latency_ms,
     slice_metrics,
 )
-from maas.jobs.predictors import load_predictor, predict_dataset_proba
+from maas.jobs.predictors import predict_dataset_proba
 from maas.jobs.reports import BarChart, Heatmap, Paragraph, Section, Table, render_report
+from maas.jobs.served import TASKS, ServedPredictor
 
 LATENCY_BATCH_SIZES = (1, 32)
 
@@ -48,14 +50,29 @@ def run(ctx: JobContext) -> JobOutput:
     records = read_split(dataset, split)
     if not records:
         raise InvalidRequestError(f"the {split!r} split is empty", param="split")
+    model_dir = ctx.model_path(ref)
+    # Scored by the runtime the server loads for this version (jobs/served.py).
+    version = ctx.model_info(ref) if ctx.registry is not None else None
+    with ServedPredictor(model_dir, TASKS[dataset.kind], version=version) as predictor:
+        return _evaluate(ctx, ref, predictor, dataset, split, records, model_dir)
+
+
+def _evaluate(
+    ctx: JobContext,
+    ref: str,
+    predictor: ServedPredictor,
+    dataset: Dataset,
+    split: str,
+    records: list[dict[str, Any]],
+    model_dir: Path,
+) -> JobOutput:
+    spec = ctx.spec
     threshold = float(spec.get("slice_gap_threshold", 0.1))
     min_slice = int(spec.get("min_slice_size", 5))
     batch_size = int(spec.get("batch_size", 32))
     runs = int(spec.get("latency_runs", 10))
     columns = _slice_columns(spec.get("slice_column"), dataset)
-
-    model_dir = ctx.model_path(ref)
-    predictor, fmt = load_predictor(model_dir, dataset)
+    fmt = predictor.format
     ctx.log(f"evaluating {ref} ({fmt}) on {len(records)} {split} examples")
 
     def on_batch(step: int, total: int) -> None:

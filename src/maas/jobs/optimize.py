@@ -67,8 +67,9 @@ from maas.jobs.onnx_export import (
     require_parity,
     write_onnx_companions,
 )
-from maas.jobs.predictors import HFTextPredictor, OnnxTextPredictor, Predictor
+from maas.jobs.predictors import HFTextPredictor
 from maas.jobs.reports import Paragraph, Section
+from maas.jobs.served import ServedPredictor
 from maas.jobs.specs import QUANTIZE_METHODS
 from maas.registry.formats import detect_format
 
@@ -115,6 +116,14 @@ def _runs(ctx: JobContext) -> int:
     return int(ctx.spec.get("latency_runs", 10))
 
 
+def served(model_dir: Path) -> ServedPredictor:
+    """A text classifier directory as the server runs it, on this process's torch thread
+    count for both formats, so parent and child latencies compare like for like."""
+    import torch
+
+    return ServedPredictor(model_dir, "text-classification", threads=torch.get_num_threads())
+
+
 # ---------------------------------------------------------------------------- export
 
 
@@ -134,15 +143,17 @@ def export(ctx: JobContext) -> JobOutput:
         logits_parity(model, tokenizer, ctx.output_dir, sample_texts(records)), ctx
     )
     _check(ctx, 2, 3, "comparing with the parent")
-    comparison = compare(
-        HFTextPredictor(model, tokenizer),
-        OnnxTextPredictor(ctx.output_dir),
-        parent_bytes=(weights_bytes(source), dir_size(source)),
-        child_bytes=(weights_bytes(ctx.output_dir), dir_size(ctx.output_dir)),
-        dataset=dataset,
-        records=records,
-        runs=_runs(ctx),
-    )
+    del model  # the parent is measured as the server runs it, from its directory
+    with served(source) as parent, served(ctx.output_dir) as child:
+        comparison = compare(
+            parent,
+            child,
+            parent_bytes=(weights_bytes(source), dir_size(source)),
+            child_bytes=(weights_bytes(ctx.output_dir), dir_size(ctx.output_dir)),
+            dataset=dataset,
+            records=records,
+            runs=_runs(ctx),
+        )
     ctx.progress(3, 3)
     metrics = {**comparison_metrics(comparison), "parity_max_abs_diff": diff}
     params = {"opset": opset, "tolerance": tolerance, "exporter": "torch.onnx dynamo"}
@@ -189,10 +200,11 @@ def _quantize_onnx(ctx: JobContext) -> JobOutput:
     source = ctx.model_path(ref)
     dataset, records = eval_records(ctx)
     fmt = detect_format(source).format
-    parent: Predictor
     if fmt == "onnx":
-        parent = OnnxTextPredictor(source)  # checks there is exactly one graph
-        (graph,) = sorted(source.glob("*.onnx"))
+        graphs = sorted(source.glob("*.onnx"))
+        if len(graphs) != 1:
+            raise InvalidRequestError(f"expected one .onnx graph in {ref}, found {len(graphs)}")
+        (graph,) = graphs
         write_onnx_companions(ctx.output_dir, source=source)
         parent_name = "onnx fp32"
     else:
@@ -204,7 +216,7 @@ def _quantize_onnx(ctx: JobContext) -> JobOutput:
             write_onnx_companions(folder, tokenizer=tokenizer, config=model.config)
         # Catch an export fault here rather than blame it on quantization later.
         require_parity(logits_parity(model, tokenizer, graph.parent, sample_texts(records)), ctx)
-        parent = HFTextPredictor(model, tokenizer)
+        del model
         parent_name = "torch fp32"
     _check(ctx, 2, 3, "quantizing weights to int8 (ONNX Runtime, dynamic)")
     quantize_dynamic(
@@ -214,15 +226,16 @@ def _quantize_onnx(ctx: JobContext) -> JobOutput:
         per_channel=per_channel,
     )
     shutil.rmtree(ctx.workdir / "fp32", ignore_errors=True)
-    comparison = compare(
-        parent,
-        OnnxTextPredictor(ctx.output_dir),
-        parent_bytes=(weights_bytes(source), dir_size(source)),
-        child_bytes=(weights_bytes(ctx.output_dir), dir_size(ctx.output_dir)),
-        dataset=dataset,
-        records=records,
-        runs=_runs(ctx),
-    )
+    with served(source) as parent, served(ctx.output_dir) as child:
+        comparison = compare(
+            parent,
+            child,
+            parent_bytes=(weights_bytes(source), dir_size(source)),
+            child_bytes=(weights_bytes(ctx.output_dir), dir_size(ctx.output_dir)),
+            dataset=dataset,
+            records=records,
+            runs=_runs(ctx),
+        )
     ctx.progress(3, 3)
     params = {
         "method": "onnx-int8",

@@ -15,6 +15,7 @@ import numpy as np
 from maas.errors import InvalidRequestError
 from maas.jobs.dataset_files import Dataset
 from maas.registry.formats import detect_format
+from maas.runtimes.base import sequence_limit
 
 
 class Predictor(Protocol):
@@ -36,11 +37,8 @@ def config_labels(config: Any) -> list[str]:
 
 
 def text_max_length(config: Any, tokenizer: Any) -> int:
-    limits = [512, int(getattr(config, "max_position_embeddings", 512))]
-    tok_max = getattr(tokenizer, "model_max_length", None)
-    if isinstance(tok_max, int) and tok_max < 100_000:
-        limits.append(tok_max)
-    return min(limits)
+    """The serving runtimes' truncation rule (``runtimes.base.sequence_limit``)."""
+    return sequence_limit(getattr(config, "max_position_embeddings", None), tokenizer, 512)
 
 
 class HFTextPredictor:

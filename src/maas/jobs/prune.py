@@ -5,7 +5,6 @@ See ``maas.jobs.optimize`` for the shared export, comparison and report helpers.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -16,13 +15,7 @@ from maas.jobs.base import JobContext, JobOutput
 from maas.jobs.dataset_files import Dataset, has_split, inputs, read_dataset, read_split, targets
 from maas.jobs.fit import TextExamples, TrainSettings, fit
 from maas.jobs.metrics import dir_size
-from maas.jobs.predictors import (
-    HFTextPredictor,
-    OnnxTextPredictor,
-    Predictor,
-    config_labels,
-    label_mapping,
-)
+from maas.jobs.predictors import HFTextPredictor, config_labels, label_mapping
 from maas.jobs.reports import Section, Table
 
 if TYPE_CHECKING:
@@ -43,7 +36,7 @@ from maas.jobs.onnx_export import (
     require_parity,
     write_onnx_companions,
 )
-from maas.jobs.optimize import _check, _load_hf_classifier, _model_ref, _runs
+from maas.jobs.optimize import _check, _load_hf_classifier, _model_ref, _runs, served
 
 
 def encoder_layers(model: Any) -> list[Any]:
@@ -174,7 +167,6 @@ def _finetune(
 
 
 def prune(ctx: JobContext) -> JobOutput:
-    import torch
 
     ref = _model_ref(ctx, "model", "base")
     heads_fraction = float(ctx.spec.get("heads_fraction", 0.0))
@@ -198,7 +190,6 @@ def prune(ctx: JobContext) -> JobOutput:
     source = ctx.model_path(ref)
     model, tokenizer = _load_hf_classifier(source)
     dataset, records = eval_records(ctx)
-    parent = HFTextPredictor(copy.deepcopy(model), tokenizer)
     before = sum(p.numel() for p in model.parameters())
     _check(ctx, 1, 4, "pruning")
     pruning: dict[str, Any] = {}
@@ -229,7 +220,6 @@ def prune(ctx: JobContext) -> JobOutput:
         )
         if diff > 1e-4:
             raise MaasError(f"the saved pruned model does not reload faithfully (diff {diff:.2e})")
-        child: Predictor = check
     else:
         model.config.maas_pruning = pruning  # informational: the graph holds the real sizes
         export_onnx(
@@ -237,8 +227,8 @@ def prune(ctx: JobContext) -> JobOutput:
         )
         write_onnx_companions(ctx.output_dir, tokenizer=tokenizer, config=model.config)
         require_parity(logits_parity(model, tokenizer, ctx.output_dir, sample_texts(records)), ctx)
-        child = OnnxTextPredictor(ctx.output_dir)
-    with torch.inference_mode():
+    # Both measured as the server runs them, from their directories (jobs/served.py).
+    with served(source) as parent, served(ctx.output_dir) as child:
         comparison = compare(
             parent,
             child,

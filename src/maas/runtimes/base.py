@@ -158,9 +158,13 @@ def module_bytes(module: Any) -> int:
 
 
 def sequence_limit(max_positions: int | None, tokenizer: Any, default: int) -> int:
-    """Most tokens a model reads: its position table or its tokenizer's limit, the smaller.
+    """Most tokens a model reads: its position table or its tokenizer's limit, the smaller
+    (``default`` when neither is known).
 
-    Tokenizers without a real limit report a huge sentinel (about 1e30), which is ignored.
+    The one truncation rule: every encoder runtime (embeddings and classifiers, hf and
+    onnx) and the jobs that score or compare versions use it, so an evaluation reads
+    exactly the tokens the server reads. Tokenizers without a real limit report a huge
+    sentinel (about 1e30), which is ignored.
     """
     limits = [max_positions] if max_positions else []
     tok_max = getattr(tokenizer, "model_max_length", None)

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from maas.runtimes.base import Runtime, TensorSpec, estimated_tokens
+from maas.runtimes.base import Runtime, TensorSpec, estimated_tokens, sequence_limit
 from maas.runtimes.embeddings import Embedding
 from maas.runtimes.text_classification import Classification
 
@@ -66,8 +66,10 @@ class _OnnxText(Runtime):
         self._tokenizer = AutoTokenizer.from_pretrained(str(root))
         config_file = root / "config.json"
         self._config = json.loads(config_file.read_text()) if config_file.exists() else {}
-        limits = [int(self._config.get("max_position_embeddings", 512)), 512]
-        self._max_length = min(limits)
+        positions = self._config.get("max_position_embeddings")
+        self._max_length = sequence_limit(
+            int(positions) if positions else None, self._tokenizer, 512
+        )
         self._bytes = sum(p.stat().st_size for p in graphs)
         self._forward(["warm up"])
 

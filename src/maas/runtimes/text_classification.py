@@ -13,6 +13,7 @@ from maas.runtimes.base import (
     estimated_tokens,
     intra_op_threads,
     module_bytes,
+    sequence_limit,
 )
 from maas.runtimes.explain import Explanation, explain_classification
 
@@ -49,7 +50,7 @@ class HFTextClassificationRuntime(Runtime):
         self._model.eval()
         config = self._model.config
         self._labels = [str(config.id2label[i]) for i in range(config.num_labels)]
-        self._max_length = int(min(config.max_position_embeddings, 512))
+        self._max_length = sequence_limit(config.max_position_embeddings, self._tokenizer, 512)
         self._classify(["warm up"])
 
     async def unload(self) -> None:
