@@ -214,3 +214,32 @@ def test_empty_inputs_are_400_and_oversize_413(client: openai.OpenAI) -> None:
     with pytest.raises(openai.APIStatusError, match="MAAS_MAX_IMAGE_PIXELS") as caught:
         client.images.generate(model="diffusion", prompt="a cat", size="4096x4096")
     assert caught.value.status_code == 413
+
+
+@pytest.mark.slow
+def test_with_two_workers_the_engine_process_serves_the_media_models(
+    tmp_path_factory: pytest.TempPathFactory, recordings: dict[str, Path]
+) -> None:
+    """Items and answers cross the engine wire (msgpack) between the workers and the engine."""
+    home = tmp_path_factory.mktemp("media-workers")
+    registry = Registry(Settings(home=home))
+    try:
+        registry.push(built("whisper", tmp_path_factory), "whisper")
+        registry.push(built("vits", tmp_path_factory), "vits")
+        registry.push(built("diffusion", tmp_path_factory), "diffusion")
+    finally:
+        registry.close()
+    for live in start_server(home, {"MAAS_WORKERS": "2"}):
+        client = openai.OpenAI(base_url=f"{live.url}/v1", api_key=live.key, max_retries=0)
+        verbose = client.audio.transcriptions.create(
+            model="whisper", file=recordings["ogg"], response_format="verbose_json"
+        )
+        assert verbose.text and verbose.segments
+        speech = client.audio.speech.create(
+            model="vits", voice="alloy", input="hello", response_format="flac"
+        )
+        assert soundfile.info(io.BytesIO(speech.read())).samplerate == 16_000
+        images = client.images.generate(
+            model="diffusion", prompt="a cat", extra_body={"seed": 1, "steps": 1}
+        )
+        assert images.data and images.data[0].b64_json
