@@ -11,6 +11,7 @@ import io
 import itertools
 import re
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -118,6 +119,37 @@ def test_a_three_minute_recording_is_chunked_and_its_segments_cover_it(
     # Seven 30 s windows (every 25 s): more than one window's worth of segments answered.
     assert max(s.end for s in segments) > 150
     assert answer.text
+
+
+def _batch_totals(live: LiveServer) -> tuple[float, float]:
+    """(items, batches) the whisper batcher has run, from /metrics."""
+    text = httpx.get(
+        f"{live.url}/metrics", headers={"Authorization": f"Bearer {live.key}"}, timeout=10
+    ).text
+    values = {}
+    for name in ("sum", "count"):
+        match = re.search(rf'^maas_batch_size_{name}{{model="whisper"}} (\S+)$', text, re.M)
+        values[name] = float(match.group(1)) if match else 0.0
+    return values["sum"], values["count"]
+
+
+def test_concurrent_short_requests_share_batches(
+    client: openai.OpenAI, live: LiveServer, recordings: dict[str, Path]
+) -> None:
+    items_before, batches_before = _batch_totals(live)
+    with ThreadPoolExecutor(8) as pool:
+        texts = list(
+            pool.map(
+                lambda _: (
+                    client.audio.transcriptions.create(model="whisper", file=recordings["wav"]).text
+                ),
+                range(8),
+            )
+        )
+    assert len(set(texts)) == 1  # the same audio, batched or not, the same text
+    items, batches = _batch_totals(live)
+    assert items - items_before == 8
+    assert batches - batches_before < 8  # some requests were answered in one batch
 
 
 # openai 3.x marks audio.translations deprecated (OpenAI's newer models do not translate);
