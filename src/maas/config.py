@@ -152,6 +152,12 @@ class Settings(BaseSettings):
         gt=0,
         description="Longest text /v1/audio/speech speaks (413 beyond).",
     )
+    images_per_minute: int = Field(
+        default=0,
+        ge=0,
+        description="Images each key may have made per minute by /v1/images/generations "
+        "(429 beyond); 0 = no limit beyond the key's requests per minute.",
+    )
     max_image_pixels: int = Field(
         default=1024 * 1024,
         gt=0,

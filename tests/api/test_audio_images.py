@@ -289,3 +289,35 @@ def test_usage_records_audio_seconds_and_images(
     assert by_route["transcriptions"]["completion_tokens"] > 0
     assert by_route["images"]["images"] == 2 and by_route["images"]["items"] == 2
     assert by_route["speech"]["audio_seconds"] == pytest.approx(spoken, abs=0.1)
+
+
+def test_images_per_minute_are_limited_per_key(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    home = tmp_path_factory.mktemp("images-limit")
+    settings = Settings(home=home, images_per_minute=3)
+    registry = Registry(settings)
+    try:
+        registry.push(built("diffusion", tmp_path_factory), "diffusion")
+    finally:
+        registry.close()
+    with TestClient(create_app(settings)) as client:
+        admin = {"Authorization": f"Bearer {settings.admin_key_file.read_text().strip()}"}
+        keys = []
+        for name in ("first", "second"):
+            r = client.post(
+                "/admin/v1/keys", json={"name": name, "scopes": ["infer"]}, headers=admin
+            )
+            keys.append({"Authorization": f"Bearer {r.json()['key']}"})
+        body = {"model": "diffusion", "prompt": "a cat", "steps": 1, "n": 2}
+        assert client.post("/v1/images/generations", json=body, headers=keys[0]).status_code == 200
+        refused = client.post("/v1/images/generations", json=body, headers=keys[0])
+        assert refused.status_code == 429, refused.text
+        assert "3 images per minute" in refused.json()["error"]["message"]
+        assert 1 <= int(refused.headers["retry-after"]) <= 60
+        # what fits still goes, and another key has its own window
+        one = {**body, "n": 1}
+        assert client.post("/v1/images/generations", json=one, headers=keys[0]).status_code == 200
+        assert client.post("/v1/images/generations", json=body, headers=keys[1]).status_code == 200
+        too_many = client.post("/v1/images/generations", json={**body, "n": 4}, headers=keys[1])
+        assert too_many.status_code == 429 and "whole limit" in too_many.text

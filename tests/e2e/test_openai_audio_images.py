@@ -252,7 +252,8 @@ def test_empty_inputs_are_400_and_oversize_413(client: openai.OpenAI) -> None:
 def test_with_two_workers_the_engine_process_serves_the_media_models(
     tmp_path_factory: pytest.TempPathFactory, recordings: dict[str, Path]
 ) -> None:
-    """Items and answers cross the engine wire (msgpack) between the workers and the engine."""
+    """Items and answers cross the engine wire (msgpack) between the workers and the engine,
+    and the images-per-minute window is counted there."""
     home = tmp_path_factory.mktemp("media-workers")
     registry = Registry(Settings(home=home))
     try:
@@ -261,7 +262,7 @@ def test_with_two_workers_the_engine_process_serves_the_media_models(
         registry.push(built("diffusion", tmp_path_factory), "diffusion")
     finally:
         registry.close()
-    for live in start_server(home, {"MAAS_WORKERS": "2"}):
+    for live in start_server(home, {"MAAS_WORKERS": "2", "MAAS_IMAGES_PER_MINUTE": "1"}):
         client = openai.OpenAI(base_url=f"{live.url}/v1", api_key=live.key, max_retries=0)
         verbose = client.audio.transcriptions.create(
             model="whisper", file=recordings["ogg"], response_format="verbose_json"
@@ -275,3 +276,6 @@ def test_with_two_workers_the_engine_process_serves_the_media_models(
             model="diffusion", prompt="a cat", extra_body={"seed": 1, "steps": 1}
         )
         assert images.data and images.data[0].b64_json
+        # The images-per-minute window lives in the engine, shared by both workers.
+        with pytest.raises(openai.RateLimitError, match="1 images per minute"):
+            client.images.generate(model="diffusion", prompt="a cat", extra_body={"steps": 1})

@@ -13,11 +13,11 @@ import re
 import time
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from maas.api.bodies import JsonBodyRoute
-from maas.api.deps import CtxDep, DataPlaneDep, SettingsDep, require_key
+from maas.api.deps import CtxDep, DataPlaneDep, SettingsDep, get_admission, require_key
 from maas.api.feedback import answer_headers
 from maas.api.schemas.media import ImagesRequest
 from maas.errors import InvalidRequestError, PayloadTooLargeError
@@ -53,13 +53,23 @@ def parse_size(size: str, max_pixels: int) -> tuple[int, int]:
 
 @router.post("/generations", response_model=None)
 async def create_images(
-    body: ImagesRequest, ctx: CtxDep, dataplane: DataPlaneDep, settings: SettingsDep
+    request: Request,
+    body: ImagesRequest,
+    ctx: CtxDep,
+    dataplane: DataPlaneDep,
+    settings: SettingsDep,
 ) -> JSONResponse:
     """Images from a text prompt, as base64 PNG."""
     if not body.prompt.strip():
         raise InvalidRequestError("prompt must not be empty", param="prompt")
     width, height = parse_size(body.size, settings.max_image_pixels)
     ctx.ensure_model(model_name(body.model))
+    key = ctx.admitted.key
+    if settings.images_per_minute and key is not None:
+        # Counted before any compute: a refused request makes no image.
+        await get_admission(request).limiter.acquire_units(
+            key.id, "images", settings.images_per_minute, body.n
+        )
     result = await generate_images(
         dataplane,
         ctx,

@@ -68,6 +68,10 @@ class Limiter(Protocol):
 
     async def record_tokens(self, key_id: int, limit: int, used: int) -> WindowState: ...
 
+    async def acquire_units(
+        self, key_id: int, kind: str, limit: int, units: int
+    ) -> WindowState: ...
+
     async def close(self) -> None: ...
 
 
@@ -132,6 +136,29 @@ class RateLimiter:
             cost = min(used, state.remaining)
             if cost > 0:
                 await self._limiter.hit(item, *ids, cost=cost)
+        return await self._state(item, *ids)
+
+    async def acquire_units(self, key_id: int, kind: str, limit: int, units: int) -> WindowState:
+        """Count ``units`` of ``kind`` (e.g. images) against the key's per-minute window.
+
+        All or nothing: a request that needs more than the window has left is refused
+        (429 with Retry-After) and counts nothing.
+        """
+        item = RateLimitItemPerMinute(limit)
+        ids = (kind, str(key_id))
+        if units > limit:
+            raise RateLimitedError(
+                f"this request makes {units} {kind}, more than the key's whole limit of "
+                f"{limit} {kind} per minute",
+            )
+        if not await self._limiter.hit(item, *ids, cost=units):
+            state = await self._state(item, *ids)
+            raise RateLimitedError(
+                f"rate limit reached: {limit} {kind} per minute for this key "
+                f"({state.remaining} left, this request makes {units}); "
+                f"retry in {_duration(state.reset_seconds)}",
+                retry_after=state.reset_seconds,
+            )
         return await self._state(item, *ids)
 
     async def close(self) -> None:

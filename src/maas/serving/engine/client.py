@@ -252,6 +252,10 @@ class RemoteLimiter:
         state: WindowState = await self._host._call("record_tokens", key_id, limit, used)
         return state
 
+    async def acquire_units(self, key_id: int, kind: str, limit: int, units: int) -> WindowState:
+        state: WindowState = await self._host._call("acquire_units", key_id, kind, limit, units)
+        return state
+
     async def close(self) -> None:
         """Nothing to release: the windows live in the engine."""
 

@@ -94,6 +94,7 @@ class EngineServer:
             "metrics": self._metrics,
             "acquire_request": self.limiter.acquire_request,
             "check_tokens": self.limiter.check_tokens,
+            "acquire_units": self.limiter.acquire_units,
             "record_tokens": self.limiter.record_tokens,
             "quota_check": self._quota_check,
             "quota_count": self._quota_count,
