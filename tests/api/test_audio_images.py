@@ -321,3 +321,18 @@ def test_images_per_minute_are_limited_per_key(
         assert client.post("/v1/images/generations", json=body, headers=keys[1]).status_code == 200
         too_many = client.post("/v1/images/generations", json={**body, "n": 4}, headers=keys[1])
         assert too_many.status_code == 429 and "whole limit" in too_many.text
+
+
+def _metric(text: str, name: str) -> float:
+    match = re.search(rf'^{name}{{model="diffusion"}} (\S+)$', text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+def test_denoising_progress_is_in_the_metrics(served: tuple[TestClient, dict[str, str]]) -> None:
+    client, auth = served
+    before = _metric(client.get("/metrics", headers=auth).text, "maas_denoising_steps_total")
+    _images(client, auth, n=2, steps=3, seed=5)
+    text = client.get("/metrics", headers=auth).text
+    # Both images denoise in one batch: three steps of it, and it ended.
+    assert _metric(text, "maas_denoising_steps_total") - before == 3
+    assert _metric(text, "maas_denoising_progress_ratio") == 1.0

@@ -35,6 +35,7 @@ from maas.registry.schemas import VersionInfo
 from maas.registry.store import Registry
 from maas.runtimes.base import Runtime, RuntimeContext
 from maas.runtimes.registry import runtime_class
+from maas.runtimes.text_to_image import DiffusersTextToImageRuntime
 from maas.serving.batching import AdaptiveBatcher, BatchStats
 from maas.serving.compute_pool import ComputePool
 from maas.serving.generation import EngineLimits, GenerationEngine, create_engine
@@ -143,6 +144,8 @@ class ModelManager:
                 )
             )
             await runtime.load()
+            if isinstance(runtime, DiffusersTextToImageRuntime):
+                runtime.on_step = functools.partial(self._record_step, version.model)
         except Exception as exc:
             self._reserved.pop(key, None)
             self._metrics.loads.labels(version.model, "failure").inc()
@@ -221,6 +224,11 @@ class ModelManager:
             "threads": self._settings.torch_threads,
             "flash_attention": self._settings.flash_attention,
         }
+
+    def _record_step(self, model: str, done: int, steps: int) -> None:
+        """A denoising step of an image model ended (called on its compute thread)."""
+        self._metrics.denoising_steps.labels(model).inc()
+        self._metrics.denoising_progress.labels(model).set(done / steps if steps else 1.0)
 
     def _record(self, model: str, stats: BatchStats) -> None:
         self._metrics.batch_size.labels(model).observe(stats.size)

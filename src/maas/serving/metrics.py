@@ -181,6 +181,20 @@ class ServingMetrics:
             buckets=(0, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16),
             registry=r,
         )
+        # Image generation's progress (runtimes/text_to_image.py): steps run, and how far
+        # the batch denoising now is.
+        self.denoising_steps = Counter(
+            "maas_denoising_steps",
+            "Denoising steps run by an image model (one per step of a batch)",
+            ["model"],
+            registry=r,
+        )
+        self.denoising_progress = Gauge(
+            "maas_denoising_progress_ratio",
+            "Steps done / steps asked of the batch an image model denoises now (1 when idle)",
+            ["model"],
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
