@@ -81,9 +81,7 @@ class DiffusersTextToImageRuntime(Runtime):
         root = Path(self.context.model_dir)
         try:
             loader: Any = DiffusionPipeline  # untyped in diffusers
-            pipeline = loader.from_pretrained(
-                str(root), dtype=torch.float32, use_safetensors=True
-            )
+            pipeline = loader.from_pretrained(str(root), dtype=torch.float32, use_safetensors=True)
         except (OSError, ValueError) as exc:
             raise InvalidRequestError(f"not a loadable diffusers pipeline: {exc}") from exc
         pipeline.set_progress_bar_config(disable=True)
