@@ -34,6 +34,10 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClien
         registry.push(built("whisper", tmp_path_factory), "whisper")
         registry.push(built("vits", tmp_path_factory), "vits")
         registry.push(built("diffusion", tmp_path_factory), "diffusion")
+        # The same models under a PII policy that refuses personal data in their inputs.
+        blocked = {"pii_policy": "block:input"}
+        registry.push(built("vits", tmp_path_factory), "vits-pii", tags=blocked)
+        registry.push(built("diffusion", tmp_path_factory), "diffusion-pii", tags=blocked)
     finally:
         registry.close()
     with TestClient(create_app(settings)) as client:
@@ -264,7 +268,9 @@ def test_the_models_list_shows_the_media_tasks(served: tuple[TestClient, dict[st
     assert tasks == {
         "whisper": "automatic-speech-recognition",
         "vits": "text-to-speech",
+        "vits-pii": "text-to-speech",
         "diffusion": "text-to-image",
+        "diffusion-pii": "text-to-image",
     }
 
 
@@ -336,3 +342,25 @@ def test_denoising_progress_is_in_the_metrics(served: tuple[TestClient, dict[str
     # Both images denoise in one batch: three steps of it, and it ended.
     assert _metric(text, "maas_denoising_steps_total") - before == 3
     assert _metric(text, "maas_denoising_progress_ratio") == 1.0
+
+
+@pytest.mark.parametrize(
+    ("route", "body"),
+    [
+        ("/v1/audio/speech", {"model": "vits-pii", "input": "{text}"}),
+        ("/v1/images/generations", {"model": "diffusion-pii", "prompt": "{text}", "steps": 1}),
+    ],
+)
+def test_the_model_pii_policy_screens_spoken_text_and_prompts(
+    served: tuple[TestClient, dict[str, str]], route: str, body: dict[str, object]
+) -> None:
+    client, auth = served
+
+    def send(text: str) -> object:
+        filled = {k: v.format(text=text) if isinstance(v, str) else v for k, v in body.items()}
+        return client.post(route, json=filled, headers=auth)
+
+    assert send("write to me soon").status_code == 200  # type: ignore[attr-defined]
+    refused = send("write to alice.smith@example.com soon")
+    assert refused.status_code == 400, refused.text  # type: ignore[attr-defined]
+    assert "email" in refused.text.lower()  # type: ignore[attr-defined]
