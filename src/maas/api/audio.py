@@ -171,15 +171,6 @@ def subtitles(transcript: Transcript, fmt: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _language_name(code: str | None) -> str | None:
-    """An ISO 639-1 code as OpenAI's verbose_json names it ("en" -> "english")."""
-    if code is None:
-        return None
-    from transformers.models.whisper.tokenization_whisper import LANGUAGES
-
-    return str(LANGUAGES.get(code, code))
-
-
 def _answer(transcript: Transcript, fmt: str, translate: bool, ctx: RequestContext) -> Response:
     headers = answer_headers(ctx)
     usage = {"type": "duration", "seconds": math.ceil(transcript.duration)}
@@ -192,7 +183,7 @@ def _answer(transcript: Transcript, fmt: str, translate: bool, ctx: RequestConte
     if fmt == "verbose_json":
         body = {
             "task": "translate" if translate else "transcribe",
-            "language": _language_name(transcript.language),
+            "language": transcript.language,
             "duration": round(transcript.duration, 3),
             "text": transcript.text,
             "segments": [

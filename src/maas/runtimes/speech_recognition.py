@@ -66,7 +66,7 @@ class Transcribed:
 
     text: str
     segments: list[Segment]
-    language: str | None  # the language token the model used, e.g. "en"
+    language: str | None  # the language decoded, named as OpenAI names it ("english")
     tokens: int  # text tokens generated
 
 
@@ -158,6 +158,7 @@ class WhisperSpeechRecognitionRuntime(Runtime):
         self._timestamp_begin = 0  # id of <|0.00|>
         self._start_of_transcript = 0
         self._languages: dict[int, str] = {}  # language token id -> code ("en")
+        self._language_names: dict[str, str] = {}  # code -> name ("en" -> "english")
 
     async def load(self) -> None:
         await self.run(self._load_sync)
@@ -192,6 +193,9 @@ class WhisperSpeechRecognitionRuntime(Runtime):
         self._start_of_transcript = int(generation.decoder_start_token_id)
         lang_to_id = getattr(generation, "lang_to_id", None) or {}
         self._languages = {int(i): tok.strip("<|>") for tok, i in lang_to_id.items()}
+        from transformers.models.whisper.tokenization_whisper import LANGUAGES
+
+        self._language_names = dict(LANGUAGES)
         # First generate allocates; keep it out of requests.
         self._predict_sync([SpeechChunk(np.zeros(SAMPLE_RATE, dtype=np.float32))], 0)
 
@@ -289,6 +293,8 @@ class WhisperSpeechRecognitionRuntime(Runtime):
             last = len(ids) - 1 - ids[::-1].index(self._start_of_transcript)
             ids = ids[last + 1 :]
         language = next((self._languages[i] for i in ids if i in self._languages), language)
+        if language is not None:
+            language = self._language_names.get(language, language)
         segments: list[Segment] = []
         text_ids: list[int] = []
         open_at: float | None = None

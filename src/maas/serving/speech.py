@@ -46,7 +46,7 @@ class TranscriptionRequest:
 class Transcript:
     version: VersionInfo
     text: str
-    language: str | None
+    language: str | None  # as OpenAI names it ("english"); None when not known
     duration: float  # seconds of audio
     segments: list[Segment]  # absolute times, covering the audio in order
     tokens: int
@@ -117,7 +117,7 @@ async def transcribe(
         if policy.applies_to_output:
             text = apply_output(policy, text)
             segments = [Segment(s.start, s.end, apply_output(policy, s.text), []) for s in segments]
-        language = next((a.language for a in answers if a.language), request.language)
+        language = next((a.language for a in answers if a.language), None)
         return Transcript(version, text, language, audio.seconds, segments, tokens)
 
 
