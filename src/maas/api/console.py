@@ -450,6 +450,8 @@ async def model_page(request: Request, name: str) -> Response:
     history = await signed.api.get(base + "/history")
     latest = model.data["latest_version"]
     lineage = await signed.api.get(f"{base}/versions/{latest}/lineage") if latest else None
+    chain = list(reversed(lineage.data)) if lineage is not None and lineage.ok else []
+    steps = await _lineage_steps(signed.api, chain)
     routing = await signed.api.get(base + "/routing")  # 404: no policy, plain "production"
     rollouts = await signed.api.get(base + "/rollouts")
     return render(
@@ -459,10 +461,23 @@ async def model_page(request: Request, name: str) -> Response:
         model=model.data,
         versions=list(reversed(versions.data)) if versions.ok else [],
         history=list(reversed(history.data)) if history.ok else [],
-        lineage=lineage.data if lineage is not None and lineage.ok else [],
+        lineage=steps,
         routing=routing.data if routing.ok else None,
         rollouts=rollouts.data if rollouts.ok else [],
     )
+
+
+async def _lineage_steps(api: ConsoleApi, chain: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Root first: each version with the job that made it (kind, dataset) when known."""
+    steps = []
+    for version in chain:
+        job = None
+        if version.get("job_id"):
+            reply = await api.get(f"/admin/v1/jobs/{quote(version['job_id'], safe='')}")
+            job = reply.data if reply.ok else None
+        dataset = (job or {}).get("spec", {}).get("dataset")
+        steps.append({"version": version, "job": job, "dataset": dataset})
+    return steps
 
 
 # ------------------------------------------------------------ keys, usage
@@ -530,10 +545,13 @@ async def usage_page(
         price_compute_second=price_compute_second,
         csv_link=f"{PREFIX}/usage.csv?{query}",
         chart=[
-            {"x": r[group_by], "tokens": r["total_tokens"], "requests": r["requests"]} for r in rows
-        ]
-        if group_by in ("day", "month")
-        else [],
+            {
+                "x": str(r.get("key_name") or r[group_by]),
+                "tokens": r["total_tokens"],
+                "requests": r["requests"],
+            }
+            for r in rows
+        ],
     )
 
 

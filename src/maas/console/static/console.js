@@ -357,7 +357,7 @@
     if (!el || !source || !window.uPlot) return;
     const rows = JSON.parse(source.textContent);
     if (!rows.length) return;
-    // One point per day or month, labelled with it (not a time axis: gaps stay readable).
+    // One bar per group (day, month, model, key, ...), labelled with it: not a time axis.
     const x = rows.map((_, i) => i);
     const label = (_, splits) => splits.map((i) => (Number.isInteger(i) && rows[i] ? rows[i].x : ""));
     new window.uPlot(
@@ -366,8 +366,13 @@
         height: 220,
         scales: { x: { time: false, range: [-0.5, rows.length - 0.5] } },
         series: [
-          { label: "period", value: (_, i) => (i === null || !rows[i] ? "–" : rows[i].x) },
-          { label: "tokens", stroke: "#3b82f6", points: { size: 8 } },
+          { label: "group", value: (_, i) => (i === null || !rows[i] ? "–" : rows[i].x) },
+          {
+            label: "tokens",
+            stroke: "#3b82f6",
+            fill: "rgba(59, 130, 246, 0.35)",
+            paths: window.uPlot.paths.bars({ size: [0.6, 60] }),
+          },
           { label: "requests", stroke: "#f59e0b", scale: "req", points: { size: 8 } },
         ],
         axes: [{ values: label, incrs: [1] }, {}, { scale: "req", side: 1 }],
