@@ -289,7 +289,25 @@ def test_default_models_are_registered_once_on_a_fresh_home(
     assert [v.version for v in default_home.list_versions("minilm")] == [1]
 
 
+@pytest.fixture
+def gguf_parsed_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each file's GGUF header parsed once for the test, not once per reader.
+
+    transformers builds a ``gguf.GGUFReader`` for the tokenizer, another for the config
+    and a third for the weights, and ``read_gguf_info`` one more: with the reference load
+    below, seven parses of SmolLM2's header (every string of a 49k-token vocabulary,
+    field by field in Python) — most of this test's time. The readers are read-only
+    memory maps, so the one parsed first serves every later reader of the same file.
+    """
+    import functools
+
+    import gguf
+
+    monkeypatch.setattr(gguf, "GGUFReader", functools.lru_cache(maxsize=4)(gguf.GGUFReader))
+
+
 @pytest.mark.slow
+@pytest.mark.usefixtures("gguf_parsed_once")
 def test_dequantized_smollm2_answers_like_transformers_on_the_gguf(
     default_home: Registry, smollm2_gguf: Path
 ) -> None:
