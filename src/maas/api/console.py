@@ -143,7 +143,13 @@ class ConsoleProxy:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope.get("path", "")
-        if scope["type"] != "http" or not (path == PREFIX or path.startswith(PREFIX + "/")):
+        # Every request of the app passes here: one prefix test for all that are not ours.
+        end = len(PREFIX)
+        if (
+            not path.startswith(PREFIX)
+            or scope["type"] != "http"
+            or path[end : end + 1] not in ("", "/")
+        ):
             await self.app(scope, receive, send)
             return
         if path.startswith(API_PREFIX + "/"):
