@@ -303,7 +303,12 @@ def gguf_parsed_once(monkeypatch: pytest.MonkeyPatch) -> None:
 
     import gguf
 
-    monkeypatch.setattr(gguf, "GGUFReader", functools.lru_cache(maxsize=4)(gguf.GGUFReader))
+    parse = functools.lru_cache(maxsize=4)(gguf.GGUFReader)
+
+    def reader(path: str | Path, *args: Any, **kwargs: Any) -> Any:
+        return parse(str(path), *args, **kwargs)  # a Path and its str: one file
+
+    monkeypatch.setattr(gguf, "GGUFReader", reader)
 
 
 @pytest.mark.slow
