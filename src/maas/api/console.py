@@ -1,4 +1,4 @@
-"""The web console at ``/console``: pages, sign-in and sign-out, and the API proxy.
+"""The web console at ``/console``: its pages, sign-in and sign-out.
 
 The console adds no privilege of its own. A browser signs in with an API key;
 from then on it holds only a session id (``maas.console.sessions``). Everything
@@ -8,14 +8,13 @@ routes as any client, with that key, so the route x scope table
 unchanged:
 
 - pages are rendered on the server from what those routes answer, called
-  in-process with the session's key (``ConsoleApi``);
-- the pages' scripts send actions to ``/console/api/<route>``; ``ConsoleProxy``
-  checks the session and its CSRF token, then hands the request to the app as
-  ``/<route>`` with the key as its bearer credential (streams and uploads pass
-  through untouched). A key the API refuses (revoked, expired) ends the session.
+  in process with the session's key (``ConsoleApi``);
+- the pages' scripts send actions to ``/console/api/<route>``, which
+  ``ConsoleProxy`` (``api/console_proxy.py``) forwards as ``/<route>`` with the
+  key, after checking the session and its CSRF token.
 
-``ConsoleProxy`` also gives every console page its own Content-Security-Policy
-(scripts and styles from the console's own files only; no inline script).
+The key's scopes only decide which links and buttons a page shows; the routes
+decide what is allowed.
 """
 
 from __future__ import annotations
@@ -23,12 +22,9 @@ from __future__ import annotations
 import csv
 import functools
 import io
-import json
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
-from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import parse_qs, quote, urlencode
 
@@ -36,32 +32,17 @@ import anyio.to_thread
 import httpx
 from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
-from jinja2 import Environment, FileSystemLoader, select_autoescape
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from maas.api.errors import error_payload
-from maas.config import Settings
+from maas.api.console_proxy import PREFIX, ConsoleProxy, same_origin, session_store
 from maas.console import sessions as sess
+from maas.console.render import STATIC, templates
 from maas.console.views import cost_rows, usage_csv
 from maas.errors import MaasError
 from maas.security.keys import KeyInfo
 from maas.security.scopes import SCOPES, effective_scopes
 
-log = logging.getLogger("maas.console")
+__all__ = ["ConsoleProxy", "router"]  # app.py mounts both
 
-PREFIX = "/console"
-API_PREFIX = PREFIX + "/api"
-# What the proxy forwards to: the public API, nothing else (not the console itself).
-FORWARDED = ("/admin/v1/", "/v1/", "/v2/", "/v2", "/metrics")
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-PACKAGE = Path(__file__).resolve().parents[1] / "console"
-STATIC = PACKAGE / "static"
-CSP = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-    "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
-)
-_PAGE_HEADERS = frozenset({b"content-security-policy", b"cache-control", b"referrer-policy"})
-_STRIPPED = frozenset({b"cookie", b"authorization", sess.CSRF_HEADER.encode()})
 TASKS = ("embeddings", "text-classification", "text-generation", "image-classification", "tensor")
 JOB_KINDS_SHOWN = ("train", "evaluate", "quantize", "prune", "distill", "export", "selftest")
 # A starting spec per kind for the form (docs/jobs.md has every key); the server validates.
@@ -71,177 +52,6 @@ JOB_EXAMPLES: dict[str, dict[str, Any]] = {
     "quantize": {"model": "reviews-clf:1", "dataset": "reviews", "method": "onnx-int8"},
     "selftest": {"model": "reviews-clf:1", "sleep": 1},
 }
-
-
-def session_store(app: Any) -> sess.SessionStore:
-    """The app's console sessions, created on first use under ``MAAS_HOME/console``."""
-    store: sess.SessionStore | None = getattr(app.state, "console_sessions", None)
-    if store is None:
-        settings: Settings = app.state.settings
-        store = sess.SessionStore(settings.home / "console" / "sessions")
-        app.state.console_sessions = store
-    return store
-
-
-def _cookie(scope: Scope, name: str) -> str | None:
-    for key, value in scope.get("headers", []):
-        if key == b"cookie":
-            text: str = value.decode("latin-1")
-            for part in text.split(";"):
-                k, _, v = part.strip().partition("=")
-                if k == name:
-                    return v
-    return None
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope.get("headers", []):
-        if key == name:
-            return str(value.decode("latin-1"))
-    return None
-
-
-def same_origin(scope: Scope) -> bool:
-    """False when the browser says the request comes from another site.
-
-    Browsers send ``Origin`` on every POST/PUT/PATCH/DELETE and ``Sec-Fetch-Site``
-    on every request; either naming another origin is refused. Neither present
-    (a non-browser client) leaves the decision to the CSRF token alone.
-    """
-    fetch_site = _header(scope, b"sec-fetch-site")
-    if fetch_site is not None and fetch_site not in ("same-origin", "none"):
-        return False
-    origin = _header(scope, b"origin")
-    if origin is None:
-        return True
-    host = _header(scope, b"host") or ""
-    return origin.split("://", 1)[-1] == host
-
-
-async def _send_json_error(send: Send, path: str, status: int, message: str) -> None:
-    body = json.dumps(error_payload(path, status, message)).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"cache-control", b"no-store"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
-
-
-class ConsoleProxy:
-    """Pure ASGI middleware, outermost: ``/console/api/<route>`` -> ``/<route>`` with
-    the session's key; every other ``/console`` response gets the console's CSP."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path: str = scope.get("path", "")
-        # Every request of the app passes here: one prefix test for all that are not ours.
-        end = len(PREFIX)
-        if (
-            not path.startswith(PREFIX)
-            or scope["type"] != "http"
-            or path[end : end + 1] not in ("", "/")
-        ):
-            await self.app(scope, receive, send)
-            return
-        if path.startswith(API_PREFIX + "/"):
-            await self._forward(scope, receive, send)
-            return
-
-        async def page_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = [(k, v) for k, v in message.get("headers", []) if k not in _PAGE_HEADERS]
-                headers.append((b"content-security-policy", CSP.encode()))
-                # The API's "no-referrer" would make the browser send "Origin: null" on
-                # the console's own POSTs, which the origin check must refuse.
-                headers.append((b"referrer-policy", b"same-origin"))
-                if not path.startswith(PREFIX + "/static/"):
-                    headers.append((b"cache-control", b"no-store"))
-                message = {**message, "headers": headers}
-            await send(message)
-
-        await self.app(scope, receive, page_headers)
-
-    async def _forward(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path: str = scope["path"]
-        target = path[len(API_PREFIX) :]
-        if not target.startswith(FORWARDED):
-            await _send_json_error(send, path, 404, f"the console forwards no route {target}")
-            return
-        store = session_store(scope["app"])
-        session_id = _cookie(scope, sess.SESSION_COOKIE)
-        session = await anyio.to_thread.run_sync(store.get, session_id)
-        if session is None:
-            await _send_json_error(send, path, 401, "not signed in to the console: see /console")
-            return
-        if scope["method"] not in SAFE_METHODS:
-            if not same_origin(scope):
-                await _send_json_error(send, path, 403, "cross-site request refused")
-                return
-            if not sess.tokens_match(session.csrf, _header(scope, sess.CSRF_HEADER.encode())):
-                await _send_json_error(send, path, 403, "missing or wrong CSRF token")
-                return
-        headers = [(k, v) for k, v in scope.get("headers", []) if k not in _STRIPPED]
-        headers.append((b"authorization", b"Bearer " + session.key.encode()))
-        inner: Scope = {
-            **scope,
-            "path": target,
-            "raw_path": target.encode(),
-            "headers": headers,
-            "state": {},
-        }
-
-        async def watch(message: Message) -> None:
-            if message["type"] == "http.response.start" and message["status"] == 401:
-                # The key no longer works (revoked, expired): the session ends with it.
-                await anyio.to_thread.run_sync(store.delete, session_id)
-            await send(message)
-
-        await self.app(inner, receive, watch)
-
-
-# ----------------------------------------------------------------- pages
-
-
-@functools.cache
-def templates() -> Environment:
-    """The console's Jinja2 environment; autoescaping on for every template."""
-    env = Environment(
-        loader=FileSystemLoader(PACKAGE / "templates"),
-        autoescape=select_autoescape(default=True, default_for_string=True),
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    env.filters["bytes"] = _human_bytes
-    env.filters["fraction"] = _fraction
-    env.filters["when"] = lambda v: str(v)[:19].replace("T", " ") if v else ""
-    return env
-
-
-def _fraction(job: Mapping[str, Any]) -> float:
-    """How far a job is, 0..1, from its last progress event (``step`` of ``total``)."""
-    if job.get("status") == "succeeded":
-        return 1.0
-    progress = job.get("progress") or {}
-    total = progress.get("total") or 0
-    return min(1.0, float(progress.get("step", 0)) / total) if total else 0.0
-
-
-def _human_bytes(value: Any) -> str:
-    number = float(value or 0)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if number < 1024 or unit == "GiB":
-            return f"{number:.0f} {unit}" if unit == "B" else f"{number:.1f} {unit}"
-        number /= 1024
-    return f"{number:.1f} GiB"
 
 
 @dataclass(frozen=True, slots=True)
