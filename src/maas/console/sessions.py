@@ -14,7 +14,7 @@ or edited fails authentication.
 A session ends at the first of: sign-out, ``lifetime`` after sign-in, ``idle``
 without a request (the file's mtime is the last use), or the key's own expiry.
 A revoked key ends it at its next request: the API refuses the key (401) and the
-console deletes the session (``api/console.py``).
+console deletes the session (``api/console_proxy.py``).
 
 CSRF: each session carries its own random token; every state-changing request
 must echo it (``X-CSRF-Token`` header or a ``csrf`` form field), compared in
