@@ -13,6 +13,7 @@ import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -41,9 +42,26 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
         registry.push(built("diffusion", tmp_path_factory), "diffusion")
     finally:
         registry.close()
-    yield from start_server(
+    for server in start_server(
         home, {"MAAS_MAX_AUDIO_BYTES": str(MAX_AUDIO_BYTES), "MAAS_MAX_WAIT_MS": "5"}
-    )
+    ):
+        # Loaded now, so that no test pays for a model's first load.
+        for name in ("whisper", "vits", "diffusion"):
+            r = httpx.post(
+                f"{server.url}/admin/v1/models/{name}/versions/1/load",
+                headers={"Authorization": f"Bearer {server.key}"},
+                timeout=120,
+            )
+            assert r.status_code == 200, r.text
+        yield server
+
+
+@pytest.fixture(scope="module")
+def asr(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """transformers' own speech recognition pipeline on the same model, in this process."""
+    from transformers import pipeline
+
+    return pipeline("automatic-speech-recognition", model=str(built("whisper", tmp_path_factory)))
 
 
 @pytest.fixture(scope="module")
@@ -59,17 +77,11 @@ def recordings(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.mark.parametrize("fmt", ["wav", "ogg", "mp3"])
 def test_a_transcription_equals_the_transformers_pipeline_in_process(
-    client: openai.OpenAI,
-    recordings: dict[str, Path],
-    tmp_path_factory: pytest.TempPathFactory,
-    fmt: str,
+    client: openai.OpenAI, recordings: dict[str, Path], asr: Any, fmt: str
 ) -> None:
-    from transformers import pipeline
-
     path = recordings[fmt]
     served = client.audio.transcriptions.create(model="whisper", file=path)
     audio = decode(path.read_bytes(), max_seconds=60).samples
-    asr = pipeline("automatic-speech-recognition", model=str(built("whisper", tmp_path_factory)))
     # Greedy decoding, as maas decodes at temperature 0 (the pipeline's default is 5 beams).
     expected = asr({"raw": audio, "sampling_rate": SAMPLE_RATE}, generate_kwargs={"num_beams": 1})
     assert served.text == expected["text"].strip()
