@@ -223,3 +223,28 @@ def test_stitched_segments_tile_the_audio_in_order() -> None:
         assert before.end == after.start
         assert before.start <= before.end
     assert "dropped: in the overlap" not in [s.text for s in segments]
+
+
+def test_webm_opus_from_a_browser_recorder_decodes(speech_wav: Path) -> None:
+    """Browsers' MediaRecorder uploads WebM with Opus at 48 kHz: encoded here with PyAV."""
+    import io
+
+    import av
+
+    original = decode(speech_wav.read_bytes(), max_seconds=60).samples
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format="webm") as container:
+        stream = container.add_stream("libopus", rate=48_000)
+        stream.layout = "mono"
+        frame = av.AudioFrame.from_ndarray(original.reshape(1, -1), format="flt", layout="mono")
+        frame.sample_rate = SAMPLE_RATE
+        for resampled in av.AudioResampler(format="s16", layout="mono", rate=48_000).resample(
+            frame
+        ):
+            for packet in stream.encode(resampled):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    decoded = decode(buffer.getvalue(), max_seconds=60)
+    assert decoded.source_format == "matroska"
+    assert abs(decoded.seconds - original.shape[0] / SAMPLE_RATE) < 0.05
