@@ -117,6 +117,17 @@ def test_bad_audio_raises_a_sentence_naming_the_problem(data: bytes, words: str)
         decode(data, max_seconds=60)
 
 
+def test_an_image_is_refused_for_holding_no_audio_stream() -> None:
+    import io
+
+    from PIL import Image
+
+    png = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(png, format="PNG")
+    with pytest.raises(AudioError, match="no audio stream"):
+        decode(png.getvalue(), max_seconds=60)
+
+
 def test_audio_longer_than_the_limit_is_refused(speech_wav: Path) -> None:
     with pytest.raises(AudioError, match="longer than 1 s"):
         decode(speech_wav.read_bytes(), max_seconds=1)
