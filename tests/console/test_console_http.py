@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 from fastapi.testclient import TestClient
 
-from maas.console.sessions import SESSION_COOKIE
+from maas.console.sessions import LOGIN_COOKIE, SESSION_COOKIE
 from tests.console.helpers import csrf_of, sign_in
 
 XSS = "<img src=x onerror=alert(1)>"
@@ -218,3 +218,34 @@ def test_rotating_a_key_through_the_console_returns_a_new_secret_once(
 def test_the_console_is_not_part_of_the_api_schema(client: TestClient) -> None:
     paths = client.get("/openapi.json").json()["paths"]
     assert not [p for p in paths if p.startswith("/console")]
+
+
+def test_sign_in_and_sign_out_are_audited_refused_attempts_too(
+    client: TestClient, admin_key: str, auth: dict[str, str]
+) -> None:
+    form = client.get("/console").text
+    token = form.split('name="csrf" value="')[1].split('"')[0]
+    client.post("/console/session", data={"key": "maas-sk-wrong", "csrf": token})
+    csrf = sign_in(client, admin_key)
+    client.post("/console/signout", data={"csrf": csrf})
+    entries = client.get("/admin/v1/audit", params={"action": "console.sign_in"}, headers=auth)
+    assert [(e["actor"], e["result"]) for e in entries.json()] == [
+        ("anonymous", "401"),
+        ("key:bootstrap-admin#1", "ok"),
+    ]
+    out = client.get("/admin/v1/audit", params={"action": "console.sign_out"}, headers=auth)
+    assert [e["actor"] for e in out.json()] == ["key:bootstrap-admin#1"]
+
+
+def test_signing_in_again_ends_the_browsers_previous_session(
+    client: TestClient, admin_key: str
+) -> None:
+    sign_in(client, admin_key)
+    first = client.cookies[SESSION_COOKIE]
+    # The sign-in form posted again while the first session's cookie is still sent.
+    client.cookies.set(LOGIN_COOKIE, "t" * 43, path="/console")
+    client.post("/console/session", data={"key": admin_key, "csrf": "t" * 43})
+    assert client.cookies[SESSION_COOKIE] != first
+    client.cookies.clear()
+    client.cookies.set(SESSION_COOKIE, first, path="/console")
+    assert client.get("/console/models", follow_redirects=False).status_code == 303

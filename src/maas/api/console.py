@@ -33,7 +33,9 @@ import httpx
 from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 
+from maas.api.audit import ANONYMOUS, audit_log_of
 from maas.api.console_proxy import PREFIX, ConsoleProxy, same_origin, session_store
+from maas.api.deps import actor
 from maas.console import sessions as sess
 from maas.console.render import STATIC, templates
 from maas.console.views import cost_rows, usage_csv
@@ -173,6 +175,20 @@ async def _form(request: Request) -> dict[str, str]:
     return {k: v[0] for k, v in parse_qs(body, keep_blank_values=True).items()}
 
 
+async def _audit(request: Request, who: str, action: str, result: str) -> None:
+    """Sign-in and sign-out go to the audit log, refused attempts included."""
+    client = request.client
+    record = functools.partial(
+        audit_log_of(request.app).append,
+        who,
+        action,
+        request.url.path,
+        source=client.host if client else None,
+        result=result,
+    )
+    await anyio.to_thread.run_sync(record)
+
+
 @router.post("/session")
 async def sign_in(request: Request) -> Response:
     form = await _form(request)
@@ -184,8 +200,13 @@ async def sign_in(request: Request) -> Response:
     try:
         key = await request.app.state.admission.authenticate(credential)
     except MaasError as exc:
+        await _audit(request, ANONYMOUS, "console.sign_in", str(int(exc.status)))
         return RedirectResponse(PREFIX + "?" + urlencode({"error": exc.message}), 303)
     store = session_store(request.app)
+    # A new id at every sign-in (no fixation); the browser's previous session ends.
+    previous = request.cookies.get(sess.SESSION_COOKIE)
+    await anyio.to_thread.run_sync(store.delete, previous)
+    await _audit(request, actor(key), "console.sign_in", "ok")
     session = await anyio.to_thread.run_sync(
         functools.partial(
             store.create,
@@ -218,6 +239,7 @@ async def sign_out(request: Request) -> Response:
         if not sess.tokens_match(signed.session.csrf, form.get(sess.CSRF_FIELD)):
             return Response("missing or wrong CSRF token", status_code=403)
         await anyio.to_thread.run_sync(session_store(request.app).delete, signed.session.id)
+        await _audit(request, actor(signed.key), "console.sign_out", "ok")
     response = to_sign_in()
     response.delete_cookie(sess.SESSION_COOKIE, path=PREFIX)
     return response
