@@ -42,6 +42,32 @@ _MAX_FIELDS = 32
 _MAX_FIELD_BYTES = 64 * 1024
 _FORM_OVERHEAD = 64 * 1024  # multipart boundaries and the small fields around the file
 _GRANULARITIES = ("segment", "word")
+# The form, as OpenAI documents it, for the OpenAPI document (the route parses it itself).
+_FORM_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file", "model"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "model": {"type": "string"},
+                        "language": {"type": "string", "description": "ISO 639-1, e.g. en"},
+                        "prompt": {"type": "string"},
+                        "response_format": {"type": "string", "enum": list(TRANSCRIPT_FORMATS)},
+                        "temperature": {"type": "number", "minimum": 0, "maximum": 1},
+                        "timestamp_granularities[]": {
+                            "type": "array",
+                            "items": {"type": "string", "enum": ["segment"]},
+                        },
+                    },
+                }
+            }
+        },
+    }
+}
 
 
 def _field(form: Any, name: str) -> str | None:
@@ -225,7 +251,7 @@ async def _speech_to_text(
     return _answer(transcript, fmt, translate, ctx)
 
 
-@router.post("/transcriptions", response_model=None)
+@router.post("/transcriptions", response_model=None, openapi_extra=_FORM_BODY)
 async def create_transcription(
     request: Request, ctx: CtxDep, dataplane: DataPlaneDep, settings: SettingsDep
 ) -> Response:
@@ -233,7 +259,7 @@ async def create_transcription(
     return await _speech_to_text(request, ctx, dataplane, settings, translate=False)
 
 
-@router.post("/translations", response_model=None)
+@router.post("/translations", response_model=None, openapi_extra=_FORM_BODY)
 async def create_translation(
     request: Request, ctx: CtxDep, dataplane: DataPlaneDep, settings: SettingsDep
 ) -> Response:
