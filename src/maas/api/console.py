@@ -94,7 +94,10 @@ class ConsoleApi:
 def _client(app: FastAPI) -> httpx.AsyncClient:
     client: httpx.AsyncClient | None = getattr(app.state, "console_client", None)
     if client is None:
-        transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 0))
+        # An unexpected error in a route is its 500 answer here too, shown on the page.
+        transport = httpx.ASGITransport(
+            app=app, raise_app_exceptions=False, client=("127.0.0.1", 0)
+        )
         client = httpx.AsyncClient(transport=transport, base_url="http://console.internal")
         app.state.console_client = client
     return client
