@@ -141,9 +141,13 @@ def test_create_a_key_see_its_secret_once_then_revoke_it(console: Console) -> No
     page.wait_for_load_state("networkidle")
     assert value not in page.content()
     row = page.locator("#keys tbody tr", has_text="ci-runner")
-    assert (
-        "60 rpm" in row.inner_text() or row.locator("input[name=rpm_limit]").input_value() == "60"
-    )
+    assert row.locator("input[name=rpm_limit]").input_value() == "60"
+    # Edit its limits in place.
+    row.locator("input[name=rpm_limit]").fill("120")
+    with page.expect_navigation():
+        row.locator("button", has_text="Save").click()
+    row = page.locator("#keys tbody tr", has_text="ci-runner")
+    assert row.locator("input[name=rpm_limit]").input_value() == "120"
     # The new key works until it is revoked.
     auth = {"Authorization": f"Bearer {value}"}
     assert httpx.get(f"{console.server.url}/v1/models", headers=auth).status_code == 200
