@@ -9,7 +9,8 @@ In one run, on this machine:
 2. ``export`` job: the same model as fp32 ONNX (separates the runtime's effect
    from the quantization's);
 3. ``quantize`` job, ``onnx-int8``: ONNX Runtime dynamic int8, per channel (the
-   default) and per tensor;
+   default) and per tensor; ``onnx-int8-static``: weights and activations int8,
+   calibrated on the train split, accuracy-aware (jobs/quantize_static.py);
 4. ``quantize`` job, ``torch-int8``: torch dynamic int8 on Linear layers (report only);
 5. ``distill`` job: a 3-layer student initialised from the teacher's layers.
 
@@ -157,6 +158,12 @@ def main(argv: list[str]) -> int:
             optimize.quantize,
             {**common, "per_channel": False},
             "onnx int8 (per-tensor)",
+        ),
+        (
+            "quantize-static",
+            optimize.quantize,
+            {**common, "method": "onnx-int8-static"},
+            "onnx int8 static",
         ),
         ("quantize-torch", optimize.quantize, {**common, "method": "torch-int8"}, "torch int8"),
         (

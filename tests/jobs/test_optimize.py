@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -74,6 +75,52 @@ def test_int8_quantization_shrinks_the_graph_and_reports_the_accuracy_delta(
     for key in ("latency_ms_bs1", "latency_ms_bs32", "speedup_bs1", "speedup_bs32"):
         assert out.metrics[key] > 0
     assert out.report_html is not None and "Comparison with the parent" in out.report_html
+
+
+@pytest.mark.slow
+def test_static_int8_is_calibrated_and_holds_the_accuracy_gate(
+    tmp_path: Path, refs: dict[str, Path]
+) -> None:
+    spec = {"model": "clf", "method": "onnx-int8-static", "dataset": "sentiment"}
+    ctx = make_ctx(tmp_path, "quantize", {**spec, "latency_runs": 1}, refs)
+    out = optimize.quantize(ctx)
+    assert_servable_onnx_classifier(ctx.output_dir)
+    graph = onnx.load(str(ctx.output_dir / "model.onnx"))
+    ops = {n.op_type for n in graph.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # activations quantized (QDQ)
+    assert "DynamicQuantizeLinear" not in ops
+    assert out.params["method"] == "onnx-int8-static"
+    rounds = out.params["fallback_rounds"]
+    assert rounds and rounds[-1]["drop"] <= 0.01  # held-out split, before the test split
+    assert out.metrics["accuracy_delta"] >= -0.05 and out.metrics["size_ratio"] >= 2.5
+
+
+@pytest.mark.slow
+def test_static_int8_keeps_the_most_sensitive_matmuls_in_fp32_until_the_gate_holds(
+    tmp_path: Path, refs: dict[str, Path]
+) -> None:
+    """A coarse calibration (the 90th percentile clips a tenth of every activation) loses
+    accuracy; the fallback keeps MatMuls in fp32, worst first, until it holds or gives up."""
+    spec = {
+        "model": "clf",
+        "method": "onnx-int8-static",
+        "dataset": "sentiment",
+        "percentile": 90.0,
+        "max_accuracy_drop": 0.0,
+        "latency_runs": 1,
+    }
+    ctx = make_ctx(tmp_path, "quantize", spec, refs)
+    try:
+        out = optimize.quantize(ctx)
+    except MaasError as exc:
+        assert "quantizable MatMuls in fp32" in exc.message and "with 0 " not in exc.message
+        return
+    rounds = out.params["fallback_rounds"]
+    assert len(rounds) >= 2 and rounds[0]["drop"] > 0 >= rounds[-1]["drop"]
+    kept = out.params["fp32_matmuls_kept"]
+    assert len(kept) == rounds[-1]["fp32_matmuls"] > 0
+    quantized = {n.name for n in onnx.load(str(ctx.output_dir / "model.onnx")).graph.node}
+    assert set(kept) <= quantized  # still there, as plain fp32 MatMuls
 
 
 def test_torch_int8_is_a_report_on_the_parent(tmp_path: Path, refs: dict[str, Path]) -> None:

@@ -58,6 +58,7 @@ from maas.jobs.comparison import (
     sample_texts,
     weights_bytes,
 )
+from maas.jobs.dataset_files import Dataset, has_split, inputs, read_split, targets
 from maas.jobs.metrics import dir_size
 from maas.jobs.onnx_export import (
     DEFAULT_OPSET,
@@ -67,11 +68,12 @@ from maas.jobs.onnx_export import (
     require_parity,
     write_onnx_companions,
 )
-from maas.jobs.predictors import HFTextPredictor
+from maas.jobs.predictors import HFTextPredictor, predict_dataset_proba
 from maas.jobs.reports import Paragraph, Section
 from maas.jobs.served import ServedPredictor
 from maas.jobs.specs import QUANTIZE_METHODS
 from maas.registry.formats import detect_format
+from maas.runtimes.base import sequence_limit
 
 # ---------------------------------------------------------------------------- helpers
 
@@ -180,8 +182,8 @@ def export(ctx: JobContext) -> JobOutput:
 
 def quantize(ctx: JobContext) -> JobOutput:
     method = str(ctx.spec.get("method", "onnx-int8"))
-    if method == "onnx-int8":
-        return _quantize_onnx(ctx)
+    if method in ("onnx-int8", "onnx-int8-static"):
+        return _quantize_onnx(ctx, static=method == "onnx-int8-static")
     if method == "torch-int8":
         return _quantize_torch(ctx)
     raise InvalidRequestError(
@@ -190,7 +192,7 @@ def quantize(ctx: JobContext) -> JobOutput:
     )
 
 
-def _quantize_onnx(ctx: JobContext) -> JobOutput:
+def _quantize_onnx(ctx: JobContext, *, static: bool) -> JobOutput:
     from onnxruntime.quantization import QuantType, quantize_dynamic  # type: ignore[import-untyped]
 
     ref = _model_ref(ctx, "model", "base")
@@ -199,6 +201,11 @@ def _quantize_onnx(ctx: JobContext) -> JobOutput:
     _check(ctx, 0, 3, f"loading {ref}")
     source = ctx.model_path(ref)
     dataset, records = eval_records(ctx)
+    if static and dataset is None:
+        raise InvalidRequestError(
+            "static int8 needs 'dataset': its calibration split sets the activation scales",
+            param="dataset",
+        )
     fmt = detect_format(source).format
     if fmt == "onnx":
         graphs = sorted(source.glob("*.onnx"))
@@ -218,13 +225,24 @@ def _quantize_onnx(ctx: JobContext) -> JobOutput:
         require_parity(logits_parity(model, tokenizer, graph.parent, sample_texts(records)), ctx)
         del model
         parent_name = "torch fp32"
-    _check(ctx, 2, 3, "quantizing weights to int8 (ONNX Runtime, dynamic)")
-    quantize_dynamic(
-        str(graph),
-        str(ctx.output_dir / ONNX_GRAPH),
-        weight_type=QuantType.QInt8,
-        per_channel=per_channel,
-    )
+    params: dict[str, Any] = {
+        "method": "onnx-int8-static" if static else "onnx-int8",
+        "weight_type": "int8",
+        "per_channel": per_channel,
+        "opset": opset,
+    }
+    if static:
+        assert dataset is not None
+        _check(ctx, 2, 3, "quantizing weights and activations to int8 (static, calibrated)")
+        params.update(_static(ctx, graph, dataset))
+    else:
+        _check(ctx, 2, 3, "quantizing weights to int8 (ONNX Runtime, dynamic)")
+        quantize_dynamic(
+            str(graph),
+            str(ctx.output_dir / ONNX_GRAPH),
+            weight_type=QuantType.QInt8,
+            per_channel=per_channel,
+        )
     shutil.rmtree(ctx.workdir / "fp32", ignore_errors=True)
     with served(source) as parent, served(ctx.output_dir) as child:
         comparison = compare(
@@ -237,22 +255,71 @@ def _quantize_onnx(ctx: JobContext) -> JobOutput:
             runs=_runs(ctx),
         )
     ctx.progress(3, 3)
-    params = {
-        "method": "onnx-int8",
-        "weight_type": "int8",
-        "per_channel": per_channel,
-        "opset": opset,
-    }
     return comparison_output(
         ctx,
-        title=f"int8 quantization of {ref}",
+        title=f"{'static' if static else 'dynamic'} int8 quantization of {ref}",
         fmt="onnx",
         metrics=comparison_metrics(comparison),
         params=params,
         comparison=comparison,
         parent=ref,
-        names=(parent_name, "onnx int8"),
+        names=(parent_name, "onnx int8 static" if static else "onnx int8"),
     )
+
+
+def _static(ctx: JobContext, graph: Path, dataset: Dataset) -> dict[str, Any]:
+    """Static int8 of ``graph`` into the output (jobs/quantize_static.py); its params."""
+    from transformers import AutoTokenizer
+
+    from maas.jobs.quantize_static import quantize_static_onnx
+
+    spec = ctx.spec
+    split = str(spec.get("calibration_split", "train"))
+    size = int(spec.get("calibration_size", 128))
+    max_drop = float(spec.get("max_accuracy_drop", 0.01))
+    percentile = float(spec.get("percentile", 99.99))
+    if not 1 <= size <= 10_000 or not 0 <= max_drop < 1 or not 90 <= percentile <= 100:
+        raise InvalidRequestError(
+            "calibration_size must be 1-10000, max_accuracy_drop 0-1, percentile 90-100",
+            param="spec",
+        )
+    calibration = [str(r["text"]) for r in read_split(dataset, split)[:size]]
+    if not calibration:
+        raise InvalidRequestError(f"the calibration split {split!r} is empty", param="spec")
+    held = "validation" if has_split(dataset, "validation") and split != "validation" else split
+    held_records = read_split(dataset, held)
+    truth = targets(held_records, dataset)
+
+    def score(candidate: Path) -> float:
+        with served(candidate.parent) as predictor:
+            probs = predict_dataset_proba(
+                predictor, inputs(held_records, dataset), dataset.label_names
+            )
+        return float((probs.argmax(axis=1) == truth).mean())
+
+    tokenizer = AutoTokenizer.from_pretrained(str(graph.parent))
+    fp32 = score(graph)
+    result = quantize_static_onnx(
+        graph,
+        ctx.output_dir / ONNX_GRAPH,
+        work=ctx.workdir / "static",
+        tokenizer=tokenizer,
+        calibration=calibration,
+        score=score,
+        fp32_accuracy=fp32,
+        max_accuracy_drop=max_drop,
+        percentile=percentile,
+        max_length=sequence_limit(None, tokenizer, 512),
+        log=ctx.log,
+    )
+    return {
+        "activation_type": "uint8",
+        "calibration": f"{split} ({len(calibration)} texts), percentile {percentile}",
+        "held_out_split": held,
+        "max_accuracy_drop": max_drop,
+        "fp32_matmuls_kept": result.excluded,
+        "fallback_rounds": result.rounds,
+    }
 
 
 def _quantize_torch(ctx: JobContext) -> JobOutput:

@@ -28,7 +28,7 @@ class SpecKey:
     choices: tuple[str, ...] = ()
 
 
-QUANTIZE_METHODS = ("onnx-int8", "torch-int8")
+QUANTIZE_METHODS = ("onnx-int8", "onnx-int8-static", "torch-int8")
 
 _OUTPUT = {
     "output": SpecKey("name", "model that receives the new version"),
@@ -87,10 +87,18 @@ SPEC_KEYS: dict[str, dict[str, SpecKey]] = {
         "method": SpecKey(
             "str",
             "onnx-int8 (default): ONNX Runtime dynamic int8, a new ONNX version; "
-            "torch-int8: torch dynamic int8 of the Linear layers, measured and reported only",
+            "onnx-int8-static: weights and activations int8, calibrated on the dataset, "
+            "accuracy-aware; torch-int8: torch dynamic int8 of the Linear layers, "
+            "measured and reported only",
             QUANTIZE_METHODS,
         ),
         "per_channel": SpecKey("bool", "one int8 scale per output channel (default true)"),
+        "calibration_split": SpecKey("str", "static: split whose texts set the scales (train)"),
+        "calibration_size": SpecKey("int", "static: calibration texts (default 128)"),
+        "max_accuracy_drop": SpecKey(
+            "float", "static: largest accuracy drop on the held-out split (default 0.01)"
+        ),
+        "percentile": SpecKey("float", "static: percentile of calibration values (99.99)"),
         "opset": _ONNX["opset"],
         **_COMPARISON,
         "tolerance": _ONNX["tolerance"],
