@@ -85,6 +85,15 @@ def test_a_model_description_with_markup_renders_as_text(console: Console) -> No
     assert console.page.locator("main img").count() == 0
     console.goto("/console/models?q=hostile")
     assert console.page.locator("#models td.desc").inner_text() == XSS
+    # Edited through the console, markup in tags stays text as well.
+    console.goto("/console/models/hostile")
+    console.page.click("#edit-model >> xpath=.. >> summary")
+    console.page.fill("#edit-tags", json.dumps({"team": XSS}))
+    with console.page.expect_navigation():
+        console.page.click("#edit-model button[type=submit]")
+    assert console.page.locator(".tag", has_text="team=").inner_text() == f"team={XSS}"
+    assert console.page.locator("#description").inner_text() == XSS
+    assert console.page.locator("main img").count() == 0
     console.shot("xss-escaped")  # the watch fails the test on any alert() dialog
 
 

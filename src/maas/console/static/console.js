@@ -54,7 +54,10 @@
   function fieldValue(el) {
     const type = el.dataset.type;
     const raw = el.value.trim();
-    if (raw === "") return el.dataset.null !== undefined ? null : undefined;
+    if (raw === "") {
+      if (el.dataset.null !== undefined) return null; // clears the value
+      return el.dataset.empty !== undefined ? "" : undefined; // sent empty, or left out
+    }
     if (type === "int") return parseInt(raw, 10);
     if (type === "list") return raw.split(",").map((s) => s.trim()).filter(Boolean);
     if (type === "json") return JSON.parse(raw);
