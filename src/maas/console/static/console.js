@@ -216,7 +216,7 @@
   }
 
   // ------------------------------------------------------------ playground
-  const history = [];
+  const conversation = []; // the chat so far, sent with every turn
 
   function bubble(role, text) {
     const log = document.getElementById("chat-log");
@@ -231,13 +231,13 @@
     const input = form.elements.content;
     const content = input.value.trim();
     if (!content) return;
-    history.push({ role: "user", content });
+    conversation.push({ role: "user", content });
     bubble("user", content);
     input.value = "";
     const out = bubble("assistant", "");
     const body = {
       model: form.elements.model.value,
-      messages: history,
+      messages: conversation,
       stream: true,
       stream_options: { include_usage: true },
       temperature: parseFloat(form.elements.temperature.value),
@@ -254,7 +254,7 @@
       const data = await response.json().catch(() => null);
       out.textContent = errorText(response.status, data);
       out.classList.add("bad");
-      history.pop();
+      conversation.pop();
       return;
     }
     const reader = response.body.getReader();
@@ -272,6 +272,12 @@
         for (const line of event.split("\n")) {
           if (!line.startsWith("data: ") || line === "data: [DONE]") continue;
           const chunk = JSON.parse(line.slice(6));
+          if (chunk.error) {
+            // An error after the stream began arrives as one more event.
+            out.textContent = `${text}\n${chunk.error.message || chunk.error}`;
+            out.classList.add("bad");
+            continue;
+          }
           const delta = chunk.choices && chunk.choices[0] && chunk.choices[0].delta;
           if (delta && delta.content) {
             text += delta.content;
@@ -285,7 +291,7 @@
         }
       }
     }
-    history.push({ role: "assistant", content: text });
+    conversation.push({ role: "assistant", content: text });
   }
 
   async function similarity(form) {
