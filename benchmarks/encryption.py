@@ -24,8 +24,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from maas import crypto
 from maas.registry.artifacts import ArtifactStore
-from maas.security import crypto
 
 MIB = 1024 * 1024
 KEY = bytes(range(32))

@@ -12,12 +12,12 @@ import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
+from maas import crypto
 from maas.api.app import create_app
 from maas.cli.main import app
 from maas.config import Settings
 from maas.registry.blobmarker import MasterKeyRequiredError, encryption_mark
 from maas.registry.store import Registry
-from maas.security import crypto
 from tests.helpers import blob_count, tar_of_dir
 
 KEY = bytes(range(32))

@@ -14,6 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner, Result
 
+from maas import crypto
 from maas.api.app import create_app
 from maas.cli.main import app
 from maas.config import Settings
@@ -22,7 +23,6 @@ from maas.registry.artifacts import ArtifactStore, open_store
 from maas.registry.blobstore_s3 import S3BlobBackend, parse_s3_url
 from maas.registry.schemas import VersionInfo
 from maas.registry.store import Registry
-from maas.security import crypto
 from tests.helpers import make_hf_dir
 from tests.s3 import object_keys, s3_env, s3_settings
 

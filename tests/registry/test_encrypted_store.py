@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
+from maas import crypto
 from maas.config import Settings
+from maas.crypto import DecryptionError, WrongMasterKeyError
 from maas.errors import IntegrityError
 from maas.registry.artifacts import ArtifactStore, FileEntry, Manifest
 from maas.registry.store import Registry
-from maas.security import crypto
-from maas.security.crypto import DecryptionError, WrongMasterKeyError
 from tests.helpers import make_hf_dir
 
 KEY = bytes(range(32))

@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
-import functools
 import json
-import os
-import tempfile
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
-import anyio.to_thread
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 
 from maas.api.bodies import JsonBodyRoute
-from maas.api.deps import AdmittedDep, KeyDep, RegistryDep, SettingsDep, actor, require_key
+from maas.api.deps import (
+    AdmittedDep,
+    KeyDep,
+    RegistryDep,
+    SettingsDep,
+    actor,
+    require_key,
+    run_sync,
+    spooled_upload,
+    version_ref,
+)
 from maas.api.schemas.admin import (
     AliasInfo,
     CreateModelRequest,
@@ -25,7 +28,6 @@ from maas.api.schemas.admin import (
     UpdateModelRequest,
     UpdateVersionRequest,
 )
-from maas.config import Settings
 from maas.errors import InvalidRequestError, PayloadTooLargeError
 from maas.registry.gguf import import_dequantized_upload
 from maas.registry.refs import ModelRef, validate_model_name
@@ -37,46 +39,6 @@ router = APIRouter(
     dependencies=[Depends(require_key)],
     route_class=JsonBodyRoute,
 )
-
-T = TypeVar("T")
-
-
-async def run_sync(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Registry calls touch the database and disk: keep them off the event loop."""
-    return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
-
-
-def version_ref(name: str, version: str) -> str:
-    """``3`` means version 3; anything else is an alias name."""
-    return f"{name}:{version}" if version.isascii() and version.isdigit() else f"{name}@{version}"
-
-
-@asynccontextmanager
-async def spooled_upload(
-    request: Request, settings: Settings, limit: int, empty_message: str
-) -> AsyncIterator[Path]:
-    """Stream a request body to a temporary file under MAAS_HOME/tmp; removed afterwards.
-
-    Never held in memory; over ``limit`` bytes is a 413, an empty body a 400.
-    """
-    fd, tmp_name = await run_sync(tempfile.mkstemp, dir=settings.tmp_dir, prefix="recv-")
-    tmp = Path(tmp_name)
-    try:
-        received = 0
-        # Page-cache writes of <=64 KiB chunks are cheap enough to stay on the loop.
-        with os.fdopen(fd, "wb") as out:
-            async for chunk in request.stream():
-                received += len(chunk)
-                if received > limit:
-                    raise PayloadTooLargeError(
-                        f"upload exceeds the {limit} byte limit (MAAS_MAX_UPLOAD_BYTES)"
-                    )
-                out.write(chunk)
-        if received == 0:
-            raise InvalidRequestError(empty_message, param="body")
-        yield tmp
-    finally:
-        await run_sync(tmp.unlink, missing_ok=True)
 
 
 def _json_param(raw: str | None, param: str) -> dict[str, Any]:

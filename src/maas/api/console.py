@@ -422,6 +422,35 @@ async def usage_export(
 # ----------------------------------------------------------------- audit
 
 
+AUDIT_PAGE = 100
+
+
+async def _newest_page_start(api: ConsoleApi) -> int:
+    """The ``after_id`` that shows the newest ``AUDIT_PAGE`` entries.
+
+    The API pages oldest first. Entry ids count up from 1 without gaps (the log is
+    append-only), so the newest page starts ``AUDIT_PAGE`` below the highest id, found
+    with one-entry probes: doubling, then bisecting (about 2 log2(n) indexed reads).
+    """
+
+    async def beyond(after: int) -> bool:
+        reply = await api.get("/admin/v1/audit", {"after_id": after, "limit": 1})
+        return reply.ok and bool(reply.data)
+
+    if not await beyond(AUDIT_PAGE):
+        return 0
+    low, high = AUDIT_PAGE, AUDIT_PAGE * 2  # beyond(low) holds
+    while await beyond(high):
+        low, high = high, high * 2
+    while high - low > 1:  # beyond(low) and not beyond(high): the highest id is in (low, high]
+        middle = (low + high) // 2
+        if await beyond(middle):
+            low = middle
+        else:
+            high = middle
+    return high - AUDIT_PAGE
+
+
 @router.get("/audit", response_class=HTMLResponse)
 async def audit_page(
     request: Request,
@@ -430,16 +459,24 @@ async def audit_page(
     after_id: Annotated[int | None, Query(ge=0)] = None,
     verify: bool = False,
 ) -> Response:
+    """Unfiltered, the newest entries first come into view; filtered, pages run oldest first."""
     if (signed := await signed_in(request)) is None:
         return to_sign_in()
+    filtered = bool(actor or action)
+    if after_id is None and not filtered:
+        after_id = await _newest_page_start(signed.api)
     reply = await signed.api.get(
-        "/admin/v1/audit", {"actor": actor, "action": action, "after_id": after_id, "limit": 100}
+        "/admin/v1/audit",
+        {"actor": actor, "action": action, "after_id": after_id, "limit": AUDIT_PAGE},
     )
     report = await signed.api.get("/admin/v1/audit/verify") if verify else None
     entries = reply.data if reply.ok else []
-    next_page = ""
-    if len(entries) == 100:
-        next_page = urlencode({"actor": actor, "action": action, "after_id": entries[-1]["id"]})
+    query = {"actor": actor, "action": action}
+    older = newer = ""
+    if not filtered and after_id:
+        older = urlencode({**query, "after_id": max(0, after_id - AUDIT_PAGE)})
+    if len(entries) == AUDIT_PAGE:
+        newer = urlencode({**query, "after_id": entries[-1]["id"]})
     return render(
         request,
         "audit.html",
@@ -449,7 +486,8 @@ async def audit_page(
         actor=actor,
         action=action,
         report=report,
-        next_page=next_page,
+        older=older,
+        newer=newer,
     )
 
 

@@ -10,16 +10,23 @@ to the data plane explicitly; the trust middleware settles it afterwards.
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
+import tempfile
 import time
-from typing import Annotated
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
 
+import anyio.to_thread
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from maas.api.permissions import MODEL_PATH_PARAMS, RULES
 from maas.config import Settings
-from maas.errors import InvalidRequestError
+from maas.errors import InvalidRequestError, PayloadTooLargeError
 from maas.registry.refs import model_name
 from maas.registry.store import Registry
 from maas.security.admission import Admission, Admitted
@@ -148,3 +155,46 @@ CtxDep = Annotated[RequestContext, Depends(request_context)]
 
 def actor(key: KeyInfo | None) -> str:
     return f"key:{key.name}#{key.id}" if key is not None else "anonymous (MAAS_AUTH=off)"
+
+
+# ------------------------------------------------------- helpers of the routers
+
+T = TypeVar("T")
+
+
+async def run_sync(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Registry calls touch the database and disk: keep them off the event loop."""
+    return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
+
+
+def version_ref(name: str, version: str) -> str:
+    """``3`` means version 3; anything else is an alias name."""
+    return f"{name}:{version}" if version.isascii() and version.isdigit() else f"{name}@{version}"
+
+
+@asynccontextmanager
+async def spooled_upload(
+    request: Request, settings: Settings, limit: int, empty_message: str
+) -> AsyncIterator[Path]:
+    """Stream a request body to a temporary file under MAAS_HOME/tmp; removed afterwards.
+
+    Never held in memory; over ``limit`` bytes is a 413, an empty body a 400.
+    """
+    fd, tmp_name = await run_sync(tempfile.mkstemp, dir=settings.tmp_dir, prefix="recv-")
+    tmp = Path(tmp_name)
+    try:
+        received = 0
+        # Page-cache writes of <=64 KiB chunks are cheap enough to stay on the loop.
+        with os.fdopen(fd, "wb") as out:
+            async for chunk in request.stream():
+                received += len(chunk)
+                if received > limit:
+                    raise PayloadTooLargeError(
+                        f"upload exceeds the {limit} byte limit (MAAS_MAX_UPLOAD_BYTES)"
+                    )
+                out.write(chunk)
+        if received == 0:
+            raise InvalidRequestError(empty_message, param="body")
+        yield tmp
+    finally:
+        await run_sync(tmp.unlink, missing_ok=True)

@@ -23,9 +23,16 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from maas.api.admin import run_sync
 from maas.api.bodies import JsonBodyRoute
-from maas.api.deps import AdmittedDep, KeyDep, RegistryDep, SettingsDep, actor, require_key
+from maas.api.deps import (
+    AdmittedDep,
+    KeyDep,
+    RegistryDep,
+    SettingsDep,
+    actor,
+    require_key,
+    run_sync,
+)
 from maas.errors import InvalidRequestError, NotFoundError
 from maas.jobs.feedback_export import export_feedback
 from maas.registry.feedback import (

@@ -19,9 +19,18 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from maas.api.admin import run_sync, spooled_upload, version_ref
 from maas.api.bodies import JsonBodyRoute
-from maas.api.deps import AdmittedDep, KeyDep, RegistryDep, SettingsDep, actor, require_key
+from maas.api.deps import (
+    AdmittedDep,
+    KeyDep,
+    RegistryDep,
+    SettingsDep,
+    actor,
+    require_key,
+    run_sync,
+    spooled_upload,
+    version_ref,
+)
 from maas.errors import InvalidRequestError, UnavailableError
 from maas.jobs.base import JOB_KINDS, SELFTEST_KIND
 from maas.jobs.datasets import (

@@ -8,9 +8,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from maas.api.admin import run_sync
 from maas.api.bodies import JsonBodyRoute
-from maas.api.deps import get_keys, require_key
+from maas.api.deps import get_keys, require_key, run_sync
 from maas.security.keys import KeyInfo, KeyPolicy, KeyStore
 from maas.security.usage import GROUP_BY, aggregate
 

@@ -13,8 +13,15 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
 
-from maas.api.admin import run_sync, version_ref
-from maas.api.deps import DataPlaneDep, KeyDep, RegistryDep, actor, require_key
+from maas.api.deps import (
+    DataPlaneDep,
+    KeyDep,
+    RegistryDep,
+    actor,
+    require_key,
+    run_sync,
+    version_ref,
+)
 from maas.api.schemas.admin import DeploymentRequest
 from maas.registry.store import Registry
 

@@ -11,8 +11,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 
-from maas.api.admin import run_sync
-from maas.api.deps import RegistryDep, SettingsDep, require_key
+from maas.api.deps import RegistryDep, SettingsDep, require_key, run_sync
 from maas.registry.feedback import feedback_stats, versions_with_feedback
 from maas.registry.store import Registry
 from maas.serving.monitoring import DriftMonitor

@@ -9,9 +9,8 @@ import numpy as np
 import orjson
 from fastapi import APIRouter, Depends, Request, Response
 
-from maas.api.admin import run_sync
 from maas.api.bodies import openapi_body, read_body
-from maas.api.deps import AdmittedDep, CtxDep, DataPlaneDep, RegistryDep, require_key
+from maas.api.deps import AdmittedDep, CtxDep, DataPlaneDep, RegistryDep, require_key, run_sync
 from maas.api.feedback import answer_headers
 from maas.api.inference_route import InferenceRoute
 from maas.api.schemas.openai import MAX_EMBEDDING_INPUTS, EmbeddingsRequest

@@ -11,8 +11,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends
 
-from maas.api.admin import run_sync
-from maas.api.deps import KeyDep, RegistryDep, actor, require_key
+from maas.api.deps import KeyDep, RegistryDep, actor, require_key, run_sync
 from maas.registry.rollouts import cancel_rollout, get_rollout, list_rollouts, start_rollout
 
 router = APIRouter(prefix="/admin/v1", tags=["rollouts"], dependencies=[Depends(require_key)])

@@ -11,8 +11,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends
 
-from maas.api.admin import run_sync
-from maas.api.deps import KeyDep, RegistryDep, actor, require_key
+from maas.api.deps import KeyDep, RegistryDep, actor, require_key, run_sync
 from maas.errors import NotFoundError
 from maas.registry.routing import clear_routing, get_routing, routing_history, set_routing
 

@@ -11,8 +11,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends
 
-from maas.api.admin import run_sync
-from maas.api.deps import AdmittedDep, KeyDep, RegistryDep, actor, require_key
+from maas.api.deps import AdmittedDep, KeyDep, RegistryDep, actor, require_key, run_sync
 from maas.api.jobs import RunnerDep
 from maas.jobs import schedules
 from maas.jobs.runner import JobInfo

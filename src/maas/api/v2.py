@@ -16,8 +16,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
 from maas import __version__
-from maas.api.admin import version_ref
-from maas.api.deps import CtxDep, DataPlaneDep, RegistryDep, require_key
+from maas.api.deps import CtxDep, DataPlaneDep, RegistryDep, require_key, version_ref
 from maas.api.feedback import answer_headers
 from maas.api.inference_route import InferenceRoute
 from maas.errors import InvalidRequestError, MaasError

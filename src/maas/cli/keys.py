@@ -8,12 +8,12 @@ from typing import Annotated, Any
 
 import typer
 
+from maas import crypto
 from maas.cli.common import cli_errors, fail, settings_from
 from maas.cli.output import out, print_json, table
 from maas.config import decode_master_key
 from maas.registry.artifacts import open_store
 from maas.registry.store import Registry
-from maas.security import crypto
 from maas.security.keys import KeyInfo, KeyPolicy, KeyStore
 
 app = typer.Typer(help="Manage API keys (local registry).", no_args_is_help=True)

@@ -9,7 +9,7 @@ handed to the backend, which stores it atomically; a blob is only ever
 referenced by a registry row after it exists in full.
 
 Encryption at rest (see ``docs/encryption.md``): a store given a master key
-writes every new blob encrypted (:mod:`maas.security.crypto`), before it
+writes every new blob encrypted (:mod:`maas.crypto`), before it
 leaves this machine. A blob's name, digest and size stay those of its
 *plaintext*, so content addresses, manifests and dedupe do not depend on
 encryption. Reads tell the two kinds apart by the magic bytes at the start,
@@ -31,11 +31,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from maas import crypto
 from maas.config import Settings
 from maas.errors import IntegrityError, InvalidRequestError, NotFoundError, UnavailableError
 from maas.registry.blobstore import BlobBackend, ChunkReader, StoredBlob
 from maas.registry.blobstore_local import LocalBlobBackend
-from maas.security import crypto
 
 CHUNK = 1024 * 1024
 
@@ -233,7 +233,7 @@ class ArtifactStore:
         """The plaintext chunks of an encrypted blob; None when ``src`` is plaintext.
 
         A wrong or missing master key, or a damaged header, raises
-        :class:`~maas.security.crypto.DecryptionError` here, before any byte
+        :class:`~maas.crypto.DecryptionError` here, before any byte
         is read -- unless the raw bytes hash to the blob's name: then it is a
         plaintext blob that merely begins with the magic bytes.
         """

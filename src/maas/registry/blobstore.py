@@ -134,6 +134,6 @@ class BlobBackend(Protocol):
         """Re-wrap an encrypted blob's data key under ``new_master_key``.
 
         Its content is unchanged. False when it already was under the new key
-        alone. See :func:`maas.security.crypto.rewrap`.
+        alone. See :func:`maas.crypto.rewrap`.
         """
         ...

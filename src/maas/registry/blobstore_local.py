@@ -15,9 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from maas import crypto
 from maas.errors import NotFoundError
 from maas.registry.blobstore import StoredBlob, check_sha256
-from maas.security import crypto
 
 
 def _fsync_dir(path: Path) -> None:
@@ -113,7 +113,7 @@ class LocalBlobBackend:
                 continue
 
     def rewrap(self, sha256: str, old_master_key: bytes, new_master_key: bytes) -> bool:
-        # In place, two key slots, fsync between: see maas.security.crypto.
+        # In place, two key slots, fsync between: see maas.crypto.
         return crypto.rewrap(
             self.path(sha256), old_master_key, new_master_key, label=f"blob sha256:{sha256}"
         )

@@ -38,10 +38,10 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from maas import crypto
 from maas.config import Settings
 from maas.errors import NotFoundError, UnavailableError
 from maas.registry.blobstore import ChunkReader, StoredBlob, check_sha256
-from maas.security import crypto
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer

@@ -20,6 +20,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
 from sqlalchemy.orm import selectinload
 
+from maas import crypto
 from maas.config import Settings
 from maas.errors import ConflictError, InvalidRequestError
 from maas.registry import aliases, deployments, routing
@@ -38,7 +39,6 @@ from maas.registry.routing import RoutingPolicy
 from maas.registry.rows import aliases_of, model_info, model_row, version_info, version_row
 from maas.registry.schemas import AliasEvent, GcResult, ModelInfo, VersionInfo
 from maas.registry.sources import extract_archive, scan_directory
-from maas.security import crypto
 
 STATUSES = ("pending", "ready", "failed", "archived")
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from maas import crypto
+from maas.crypto import DecryptionError, WrongMasterKeyError
 from maas.errors import IntegrityError, MaasError
-from maas.security import crypto
-from maas.security.crypto import DecryptionError, WrongMasterKeyError
 
 KEY = bytes(range(32))
 OTHER_KEY = bytes(range(1, 33))
