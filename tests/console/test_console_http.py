@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from datetime import UTC, datetime, timedelta
 
 from fastapi.testclient import TestClient
@@ -249,3 +250,17 @@ def test_signing_in_again_ends_the_browsers_previous_session(
     client.cookies.clear()
     client.cookies.set(SESSION_COOKIE, first, path="/console")
     assert client.get("/console/models", follow_redirects=False).status_code == 303
+
+
+def test_the_audit_page_opens_on_the_newest_entries(client: TestClient, admin_key: str) -> None:
+    audit = client.app.state.audit
+    for i in range(130):
+        audit.append("key:test#9", "model.delete", f"/admin/v1/models/m{i}", result="404")
+    sign_in(client, admin_key)  # entry 131: console.sign_in
+    page = client.get("/console/audit").text
+    ids = [int(i) for i in re.findall(r'<td class="num">(\d+)</td><td>', page)]
+    assert ids == list(range(32, 132))
+    older = re.search(r'href="/console/audit\?([^"]+)" id="audit-older"', page)
+    assert older is not None and "after_id=0" in older[1]
+    first_page = client.get(f"/console/audit?{older[1].replace('&amp;', '&')}").text
+    assert re.findall(r'<td class="num">(\d+)</td><td>', first_page)[0] == "1"
