@@ -2,11 +2,15 @@
 
 dataset -> train (a few steps from MiniLM) -> evaluate -> quantize (ONNX int8) -> the int8
 version answers inference requests, and the lineage chain links every step.
+
+The dataset, the fine-tuning and the evaluation are the session's ``reviews_lifecycle``
+(tests/lifecycle.py: made once, through the CLI, and also read by the CLI walkthrough
+test); this test goes on from a copy of that home through the API: what the evaluation
+recorded, then a quantize job, the int8 version served over V2, its lineage and report.
 """
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,33 +21,14 @@ from fastapi.testclient import TestClient
 
 from maas.api.app import create_app
 from maas.config import Settings
-from maas.registry.store import Registry
+from tests.lifecycle import Lifecycle, copy_home
 
 A = "/admin/v1"
-GOOD = ["great", "wonderful", "excellent", "loved", "fantastic"]
-BAD = ["awful", "terrible", "boring", "hated", "dreadful"]
-SUBJECTS = ["the film", "this book", "our dinner", "the concert", "that hotel", "the show"]
-
-
-def _csv() -> bytes:
-    rng = random.Random(0)
-    rows = ["text,label,group"]
-    for i in range(160):
-        positive = i % 2 == 0
-        word = rng.choice(GOOD if positive else BAD)
-        rows.append(
-            f"{rng.choice(SUBJECTS)} was {word} {i},{int(positive)},{'a' if i % 4 < 2 else 'b'}"
-        )
-    return "\n".join(rows).encode()
 
 
 @pytest.fixture
-def client(home: Path, minilm_dir: Path) -> Iterator[TestClient]:
-    registry = Registry(Settings(home=home))
-    try:
-        registry.push(minilm_dir, "minilm", task="embeddings")
-    finally:
-        registry.close()
+def client(home: Path, reviews_lifecycle: Lifecycle) -> Iterator[TestClient]:
+    copy_home(reviews_lifecycle.home, home)
     with TestClient(create_app(Settings(home=home, gc_grace_seconds=0))) as c:
         yield c
 
@@ -69,41 +54,11 @@ def _run_job(
 def test_dataset_train_evaluate_quantize_then_serve_the_int8_version(
     client: TestClient, auth: dict[str, str]
 ) -> None:
-    r = client.post(
-        f"{A}/datasets",
-        params={
-            "name": "reviews",
-            "filename": "reviews.csv",
-            "label_map": '{"0": "neg", "1": "pos"}',
-            "slice_columns": "group",
-            "seed": 0,
-        },
-        content=_csv(),
-        headers={**auth, "Content-Type": "text/csv"},
-    )
-    assert r.status_code == 201, r.text
-
-    trained = _run_job(
-        client,
-        auth,
-        "train",
-        {
-            "base": "minilm",
-            "dataset": "reviews",
-            "output": "sentiment",
-            "max_steps": 24,
-            "batch_size": 16,
-            "learning_rate": 5e-4,
-            "max_length": 32,
-        },
-    )
-    assert trained["result_ref"] == "sentiment:1"
-    _run_job(
-        client,
-        auth,
-        "evaluate",
-        {"model": "sentiment:1", "dataset": "reviews", "slice_column": "group"},
-    )
+    (trained,) = client.get(f"{A}/jobs", params={"kind": "train"}, headers=auth).json()
+    assert trained["status"] == "succeeded" and trained["result_ref"] == "sentiment:1"
+    (evaluated,) = client.get(f"{A}/jobs", params={"kind": "evaluate"}, headers=auth).json()
+    assert evaluated["status"] == "succeeded"
+    assert evaluated["spec"]["slice_column"] == "group"
     version = client.get(f"{A}/models/sentiment/versions/1", headers=auth).json()
     assert version["metrics"]["accuracy"] >= 0.8, version["metrics"]
     assert version["parent"] == "minilm:1"

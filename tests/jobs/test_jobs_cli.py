@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import re
 from pathlib import Path
@@ -14,7 +13,7 @@ from maas.cli.main import app
 from maas.config import Settings
 from maas.jobs.runner import JobRunner
 from maas.registry.store import Registry
-from tests.jobs.ml_fixtures import sentiment_records
+from tests.lifecycle import Lifecycle
 
 runner = CliRunner()
 
@@ -178,33 +177,23 @@ def test_a_refused_promotion_over_url_lists_every_gate_like_local_mode(
 
 @pytest.mark.slow
 def test_the_documented_walkthrough_chains_and_prints_metrics(
-    home: Path, tmp_path: Path, tiny_bert_dir: Path
+    reviews_lifecycle: Lifecycle,
 ) -> None:
-    source = tmp_path / "reviews.csv"
-    with source.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["review", "stars"])
-        writer.writerows([r["text"], r["label"]] for r in sentiment_records(120, seed=5))
-    code, _, err = maas(home, "models", "push", str(tiny_bert_dir), "--name", "tiny")
+    """``maas models push``, ``datasets add``, ``train --follow`` and ``evaluate`` in local
+    mode, run once for the session by ``reviews_lifecycle`` (tests/lifecycle.py; the API
+    lifecycle test goes on from the same trained version): what they printed, and what
+    ``models show`` finds after them."""
+    train, evaluate = reviews_lifecycle.train, reviews_lifecycle.evaluate
+    assert train.code == 0, train.stderr
+    assert train.stdout.strip() == "sentiment:1"
+    assert re.search(r"^train [0-9a-f]{8} step \d+/\d+ loss=", train.stderr, re.M), train.stderr
+    assert re.search(r"^train metrics: .*\baccuracy \d", train.stderr, re.M), train.stderr
+    assert evaluate.code == 0, evaluate.stderr
+    assert evaluate.stdout.strip() == "sentiment:1"
+    metrics_line = r"^evaluate metrics: accuracy \S+  macro_f1 \S+ .*latency_ms_bs1"
+    assert re.search(metrics_line, evaluate.stderr, re.M), evaluate.stderr
+    code, out, err = maas(reviews_lifecycle.home, "models", "show", "sentiment", "--json")
     assert code == 0, err
-    code, _, err = maas(
-        home, "datasets", "add", str(source), "--name", "reviews", "--text-column", "review",
-        "--label-column", "stars", "--label-map", '{"0": "neg", "1": "pos"}', "--dedup",
-    )  # fmt: skip
-    assert code == 0, err
-    code, out, err = maas(
-        home, "train", "--base", "tiny", "--dataset", "reviews", "--epochs", "1",
-        "--output", "reviews-clf", "--follow",
-    )  # fmt: skip
-    assert code == 0, err
-    assert out.strip() == "reviews-clf:1"
-    assert re.search(r"^train [0-9a-f]{8} step \d+/\d+ loss=", err, re.M), err
-    assert re.search(r"^train metrics: .*\baccuracy \d", err, re.M), err
-    code, out, err = maas(home, "evaluate", "--model", "reviews-clf:1", "--dataset", "reviews")
-    assert code == 0, err
-    assert out.strip() == "reviews-clf:1"
-    assert re.search(r"^evaluate metrics: accuracy \S+  macro_f1 \S+ .*latency_ms_bs1", err, re.M)
-    code, out, _ = maas(home, "models", "show", "reviews-clf", "--json")
     shown = json.loads(out)
     assert shown["model"]["aliases"] == {"production": 1}
     assert shown["version"]["version"] == 1 and "accuracy" in shown["version"]["metrics"]
