@@ -428,9 +428,10 @@ AUDIT_PAGE = 100
 async def _newest_page_start(api: ConsoleApi) -> int:
     """The ``after_id`` that shows the newest ``AUDIT_PAGE`` entries.
 
-    The API pages oldest first. Entry ids count up from 1 without gaps (the log is
-    append-only), so the newest page starts ``AUDIT_PAGE`` below the highest id, found
-    with one-entry probes: doubling, then bisecting (about 2 log2(n) indexed reads).
+    The API pages oldest first. Entry ids count up from 1 (the log is append-only; a
+    rolled-back insert on PostgreSQL can leave a gap, and the page is then that much
+    short), so the newest page starts ``AUDIT_PAGE`` below the highest id, found with
+    one-entry probes: doubling, then bisecting (about 2 log2(n) indexed reads).
     """
 
     async def beyond(after: int) -> bool:
