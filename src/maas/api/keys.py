@@ -10,7 +10,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from maas.api.bodies import JsonBodyRoute
 from maas.api.deps import get_keys, require_key, run_sync
-from maas.security.keys import KeyInfo, KeyPolicy, KeyStore
+from maas.security.keys import (
+    KeyInfo,
+    KeyPolicy,
+    KeyStore,
+    ModelPatterns,
+    MonthlyQuota,
+    Owner,
+    PerMinuteLimit,
+)
 from maas.security.usage import GROUP_BY, aggregate
 
 router = APIRouter(
@@ -36,13 +44,13 @@ class UpdateKeyRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     scopes: list[str] | None = None
-    owner: str | None = None
-    models: list[str] | None = None
+    owner: Owner | None = None
+    models: ModelPatterns | None = None
     expires_at: datetime | None = None
-    rpm_limit: int | None = Field(default=None, ge=1)
-    tpm_limit: int | None = Field(default=None, ge=1)
-    monthly_token_quota: int | None = Field(default=None, ge=0)
-    monthly_request_quota: int | None = Field(default=None, ge=0)
+    rpm_limit: PerMinuteLimit | None = None
+    tpm_limit: PerMinuteLimit | None = None
+    monthly_token_quota: MonthlyQuota | None = None
+    monthly_request_quota: MonthlyQuota | None = None
     pii_policy: str | None = None
 
 

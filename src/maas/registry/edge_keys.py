@@ -4,7 +4,7 @@ Files under ``MAAS_HOME/keys/``:
 
 * ``edge-signing.key``: the private key, PKCS#8 PEM, mode 0600. With encryption at
   rest on (a master key is configured) the PEM is sealed with the blobs' AES-256-GCM
-  format (:mod:`maas.security.crypto`) under the master key, so a copy of the home
+  format (:mod:`maas.crypto`) under the master key, so a copy of the home
   without the master key cannot sign.
 * ``edge-signing.pem``: the public key (SubjectPublicKeyInfo PEM), what devices pin.
 * ``edge-signing-retired/<key id>.pem``: public keys of earlier keys. Rotation makes a
@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from maas.config import Settings
 from maas.errors import ConflictError, IntegrityError, NotFoundError
-from maas.security import crypto
+from maas import crypto
 
 PRIVATE_FILE = "edge-signing.key"
 PUBLIC_FILE = "edge-signing.pem"

@@ -29,7 +29,7 @@ import secrets
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
@@ -45,21 +45,29 @@ KEY_PREFIX = "maas-sk-"
 CACHE_TTL_SECONDS = 60.0
 
 
+# The policy fields' types and bounds, defined once: KeyPolicy (create) and the API's
+# update body (api/keys.py) both use them, and a test keeps the two field sets equal.
+Owner = Annotated[str, Field(max_length=128)]
+ModelPatterns = Annotated[
+    list[str], Field(description="Model names or globs; empty = every model.")
+]
+PerMinuteLimit = Annotated[int, Field(ge=1)]
+MonthlyQuota = Annotated[int, Field(ge=0)]
+
+
 class KeyPolicy(BaseModel):
     """What a key may do; every field optional (``None`` = no limit)."""
 
     model_config = ConfigDict(extra="forbid")
 
     scopes: list[str] = Field(default_factory=lambda: ["infer"])
-    owner: str | None = Field(default=None, max_length=128)
-    models: list[str] = Field(
-        default_factory=list, description="Model names or globs; empty = every model."
-    )
+    owner: Owner | None = None
+    models: ModelPatterns = Field(default_factory=list)
     expires_at: datetime | None = None
-    rpm_limit: int | None = Field(default=None, ge=1)
-    tpm_limit: int | None = Field(default=None, ge=1)
-    monthly_token_quota: int | None = Field(default=None, ge=0)
-    monthly_request_quota: int | None = Field(default=None, ge=0)
+    rpm_limit: PerMinuteLimit | None = None
+    tpm_limit: PerMinuteLimit | None = None
+    monthly_token_quota: MonthlyQuota | None = None
+    monthly_request_quota: MonthlyQuota | None = None
     pii_policy: str | None = None
 
 
