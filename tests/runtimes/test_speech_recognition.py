@@ -259,3 +259,25 @@ def test_webm_opus_from_a_browser_recorder_decodes(speech_wav: Path) -> None:
     decoded = decode(buffer.getvalue(), max_seconds=60)
     assert decoded.source_format == "matroska"
     assert abs(decoded.seconds - original.shape[0] / SAMPLE_RATE) < 0.05
+
+
+def test_a_mono_16k_wav_and_a_stereo_one_decode_to_the_same_speech(
+    speech_wav: Path, tmp_path: Path
+) -> None:
+    """The mono 16 kHz fast path (libsndfile) and PyAV's path agree."""
+    mono, rate = soundfile.read(speech_wav, dtype="float32")
+    stereo = tmp_path / "stereo.wav"
+    soundfile.write(stereo, np.stack([mono, mono], axis=1), rate, subtype="FLOAT")
+    fast = decode(speech_wav.read_bytes(), max_seconds=60)
+    slow = decode(stereo.read_bytes(), max_seconds=60)
+    assert (fast.source_format, slow.source_format) == ("wav", "wav")
+    assert fast.samples.shape == slow.samples.shape
+    # PyAV mixes two equal channels down to the same samples (within rounding).
+    np.testing.assert_allclose(slow.samples, fast.samples, atol=0.02)
+
+
+def test_a_float_wav_holding_nan_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "nan.wav"
+    soundfile.write(path, np.array([0.0, np.nan, 0.1], dtype=np.float32), 16_000, subtype="FLOAT")
+    with pytest.raises(AudioError, match="not finite"):
+        decode(path.read_bytes(), max_seconds=60)
