@@ -92,7 +92,7 @@ def test_a_close_misspelling_gets_a_suggestion() -> None:
 def test_a_wrong_quantization_method_lists_the_valid_ones() -> None:
     with pytest.raises(InvalidRequestError) as refused:
         validate_spec("quantize", {"model": "m:1", "method": "dynamic"})
-    assert "unknown quantize method 'dynamic'; expected one of: onnx-int8, torch-int8" in (
+    assert "method 'dynamic'; expected one of: onnx-int8, onnx-int8-static, torch-int8" in (
         refused.value.message
     )
     validate_spec("quantize", {"model": "m:1", "method": "onnx-int8"})

@@ -1,6 +1,6 @@
 """``/v2``: the Open Inference Protocol (KServe V2 / Triton HTTP), with binary tensors.
 
-The routes are thin: read the body, let ``maas.serving.v2codec`` decode it, run it
+The routes are thin: read the body, let ``maas.api.v2codec`` decode it, run it
 through the DataPlane, encode the answer. Errors come out as ``{"error": "..."}``
 (``api/errors.py`` picks that shape for every ``/v2`` path).
 
@@ -19,10 +19,10 @@ from maas import __version__
 from maas.api.deps import CtxDep, DataPlaneDep, RegistryDep, require_key, version_ref
 from maas.api.feedback import answer_headers
 from maas.api.inference_route import InferenceRoute
+from maas.api.v2codec import decode_request, encode_response, select_outputs
 from maas.errors import InvalidRequestError, MaasError
 from maas.serving.context import RequestContext
 from maas.serving.dataplane import DataPlane
-from maas.serving.v2codec import decode_request, encode_response, select_outputs
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 EXTENSIONS = ["binary_tensor_data"]

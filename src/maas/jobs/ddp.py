@@ -1,13 +1,13 @@
 """Distributed data-parallel training on CPU: ``torchrun`` + gloo, one rank per process.
 
-:func:`launch` (in the job's process) writes the :class:`~maas.jobs.train.TrainPlan`
+:func:`launch` (in the job's process) writes the :class:`~maas.jobs.training.TrainPlan`
 to the job directory and starts::
 
     python -m torch.distributed.run --standalone --nproc_per_node N -m maas.jobs.ddp plan.json
 
 Each rank (:func:`main`) joins a gloo process group (torchrun passes rank,
 world size and the rendezvous address to it), runs the very same
-:func:`~maas.jobs.train.execute` as a single-process job with its
+:func:`~maas.jobs.training.execute` as a single-process job with its
 :class:`~maas.jobs.fit.World`, and rank 0 saves the model into the job's
 output directory and writes the result JSON. Ranks report progress and poll
 cancellation through their own :class:`JobContext` on the job directory (the
@@ -36,7 +36,7 @@ from typing import Any
 from maas.errors import MaasError
 from maas.jobs.base import JobCancelled, JobContext
 from maas.jobs.fit import World
-from maas.jobs.train import TrainPlan, execute
+from maas.jobs.training import TrainPlan, execute
 
 PLAN_FILE = "ddp_plan.json"
 RESULT_FILE = "ddp_result.json"

@@ -16,7 +16,7 @@ from maas.jobs.fit import TextExamples
 from maas.jobs.metrics import dir_size
 from maas.jobs.predictors import HFTextPredictor, config_labels, label_mapping
 from maas.jobs.reports import Section, Table
-from maas.jobs.train import build_text_classifier
+from maas.jobs.training import build_text_classifier
 
 if TYPE_CHECKING:
     import torch

@@ -11,8 +11,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from maas.errors import InvalidRequestError
-from maas.serving.v2codec import (
+from maas.api.v2codec import (
     V2_TO_NUMPY,
     InferRequest,
     RequestedOutput,
@@ -21,6 +20,7 @@ from maas.serving.v2codec import (
     numpy_to_v2_datatype,
     select_outputs,
 )
+from maas.errors import InvalidRequestError
 
 # One (2, 3) tensor per datatype, with each type's extremes where they are interesting.
 SAMPLES: dict[str, npt.NDArray[Any]] = {
