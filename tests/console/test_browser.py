@@ -258,3 +258,27 @@ def test_a_job_started_from_the_form_reaches_100_percent_and_its_report_opens(
     report.wait_for_load_state()
     assert "selftest" in report.locator("h1").inner_text()
     report.close()
+
+
+def test_load_pin_and_unload_a_version_from_the_serving_page(console: Console) -> None:
+    page = console.page
+    console.sign_in(console.server.key)
+    console.goto("/console/serving")
+    page.select_option("#load-model", "affine")
+    page.fill("#load-version", "1")
+    with page.expect_navigation():
+        page.click("#load button[type=submit]")
+    row = page.locator("#loaded-models tbody tr", has_text="affine:1")
+    assert row.locator("td").nth(4).inner_text() == "no"
+    with page.expect_navigation():
+        row.locator("button", has_text="Pin").click()
+    row = page.locator("#loaded-models tbody tr", has_text="affine:1")
+    assert row.locator("td").nth(4).inner_text() == "yes"
+    console.shot("serving-pinned")
+    with page.expect_navigation():
+        row.locator("button", has_text="Unpin").click()
+    with page.expect_navigation():
+        page.locator("#loaded-models tbody tr", has_text="affine:1").locator(
+            "button", has_text="Unload"
+        ).click()
+    assert page.locator("#loaded-models tbody tr", has_text="affine:1").count() == 0
