@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from maas import __version__
-from maas.cli import audit, datasets, feedback, job_commands, jobs, keys, models, schedules
+from maas.cli import audit, datasets, edge, feedback, job_commands, jobs, keys, models, schedules
 from maas.cli.common import cli_errors, settings_from
 from maas.cli.output import err, out
 from maas.cli.serve import run_server
@@ -43,6 +43,8 @@ app.add_typer(datasets.datasets_app, name="datasets")
 app.add_typer(feedback.app, name="feedback")
 app.add_typer(schedules.app, name="schedules")
 job_commands.register(app, models.app)
+app.command("export-edge")(edge.export_edge)
+keys.app.add_typer(edge.signing_app, name="edge-signing")
 app.command()(usage)
 
 DEFAULT_MODEL_NAME = "minilm"

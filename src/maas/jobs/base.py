@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from maas.registry.schemas import VersionInfo
     from maas.registry.store import Registry
 
-JOB_KINDS = ("train", "evaluate", "quantize", "prune", "distill", "export", "pipeline")
+JOB_KINDS = ("train", "evaluate", "quantize", "prune", "distill", "export", "pipeline", "edge")
 
 # "module:function" each kind runs; imported lazily by the worker.
 KIND_TARGETS = {
@@ -49,6 +49,7 @@ KIND_TARGETS = {
     "distill": "maas.jobs.distill:distill",
     "export": "maas.jobs.optimize:export",
     "pipeline": "maas.jobs.pipeline:run",
+    "edge": "maas.jobs.edge:run",
 }
 # A job without ML that exercises the runner end to end (copies a version).
 SELFTEST_KIND = "selftest"

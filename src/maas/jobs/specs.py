@@ -143,6 +143,16 @@ SPEC_KEYS: dict[str, dict[str, SpecKey]] = {
         "schedule": SpecKey("str", "the schedule that started this run (set by it)"),
         "scheduled_for": SpecKey("str", "the time the run was due (set by the schedule)"),
     },
+    "edge": {
+        **_SOURCE,
+        "target": SpecKey(
+            "str",
+            "onnx-int8 (default): an int8 graph (an int8 version as it is, else quantized); "
+            "onnx: fp32",
+            ("onnx-int8", "onnx"),
+        ),
+        "tolerance": SpecKey("float", "largest |output difference| allowed after export (1e-3)"),
+    },
     "selftest": {
         "model": SpecKey("ref", "the version copied into the new one"),
         "sleep": SpecKey("float", "seconds to wait (cancellable)"),

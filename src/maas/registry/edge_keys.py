@@ -18,6 +18,7 @@ because the edge job (``jobs/``) signs with it and jobs may not import ``securit
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -27,9 +28,9 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from maas import crypto
 from maas.config import Settings
 from maas.errors import ConflictError, IntegrityError, NotFoundError
-from maas import crypto
 
 PRIVATE_FILE = "edge-signing.key"
 PUBLIC_FILE = "edge-signing.pem"
@@ -123,10 +124,8 @@ class EdgeSigningKeys:
         """The private key, made now if there is none yet; (key, made now)."""
         if self.exists():
             return self.private(), False
-        try:
+        with contextlib.suppress(FileExistsError):  # another process made one first: use it
             self._write(Ed25519PrivateKey.generate(), exclusive=True)
-        except FileExistsError:  # another process made it first: use that one
-            pass
         return self.private(), True
 
     def _write(self, key: Ed25519PrivateKey, *, exclusive: bool) -> PublicKeyInfo:
