@@ -1,13 +1,15 @@
-"""A materialized dataset directory as the jobs read it: ``dataset.json`` (kind, label
-names, slice columns) and one ``<split>.jsonl`` of records per split.
+"""The dataset directory layout, read and written here only: ``dataset.json`` (kind, label
+names, slice columns, how it was made) and one ``<split>.jsonl`` of records per split
+(``images/`` beside them for image datasets).
 
-How such a directory is made from a source is :mod:`maas.jobs.datasets`.
+How such a directory is made from a source (reading, cleaning, splitting) is
+:mod:`maas.jobs.datasets`; it writes through :func:`write_meta` and :func:`write_split`.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,8 +33,32 @@ class Dataset:
         return "image-classification" if self.kind == "image" else "text-classification"
 
 
+META_FILE = "dataset.json"
+
+
+def split_path(root: Path, split: str) -> Path:
+    return root / f"{split}.jsonl"
+
+
+def write_split(root: Path, split: str, records: Iterable[dict[str, Any]]) -> None:
+    """One JSON record per line, UTF-8 as is."""
+    with split_path(root, split).open("w", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def write_meta(root: Path, doc: dict[str, Any]) -> None:
+    (root / META_FILE).write_text(json.dumps(doc, indent=2, ensure_ascii=False))
+
+
+def read_meta(root: Path) -> dict[str, Any]:
+    """All of ``dataset.json`` (what :func:`read_dataset` checks and more)."""
+    doc: dict[str, Any] = json.loads((root / META_FILE).read_text(encoding="utf-8"))
+    return doc
+
+
 def read_dataset(root: Path) -> Dataset:
-    path = root / "dataset.json"
+    path = root / META_FILE
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -48,7 +74,7 @@ def read_dataset(root: Path) -> Dataset:
 
 def read_split(dataset: Dataset, split: str) -> list[dict[str, Any]]:
     """The records of one split; an absent split is an error, an empty one is []."""
-    path = dataset.root / f"{split}.jsonl"
+    path = split_path(dataset.root, split)
     if not path.is_file():
         raise InvalidRequestError(f"the dataset has no {split!r} split", param="split")
     with path.open(encoding="utf-8") as f:
@@ -56,7 +82,7 @@ def read_split(dataset: Dataset, split: str) -> list[dict[str, Any]]:
 
 
 def has_split(dataset: Dataset, split: str) -> bool:
-    return (dataset.root / f"{split}.jsonl").is_file()
+    return split_path(dataset.root, split).is_file()
 
 
 def label_index(value: Any, names: Sequence[str]) -> int:

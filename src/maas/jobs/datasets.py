@@ -21,10 +21,8 @@ this module stores the result as a version and reads versions back.
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +32,7 @@ from sqlalchemy import select
 from maas.errors import ConflictError, InvalidRequestError, NotFoundError
 
 # BUILTIN_SOURCES and DatasetOptions are re-exported: maas.api.jobs imports them from here.
+from maas.jobs.dataset_files import write_meta, write_split
 from maas.jobs.dataset_prep import BUILTIN_SOURCES as BUILTIN_SOURCES
 from maas.jobs.dataset_prep import SPLITS, read_source, sample, split_indices
 from maas.jobs.dataset_prep import DatasetOptions as DatasetOptions
@@ -120,12 +119,6 @@ def _next_version(registry: Registry, name: str) -> int:
     return (last or 0) + 1
 
 
-def _write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> None:
-    with path.open("w", encoding="utf-8") as f:
-        for record in records:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-
-
 def import_dataset(
     registry: Registry,
     source: str | Path,
@@ -179,7 +172,7 @@ def import_dataset(
             labels, options.splits, seed=options.seed, stratify=options.stratify
         )
         for split in SPLITS:
-            _write_jsonl(out / f"{split}.jsonl", (records[i] for i in assignment[split]))
+            write_split(out, split, (records[i] for i in assignment[split]))
         split_sizes = {split: len(assignment[split]) for split in SPLITS}
         columns = (
             ["text", "label", *options.slice_columns] if kind == "text" else ["image", "label"]
@@ -220,7 +213,7 @@ def import_dataset(
         # so predict it, and retry in the rare race with a concurrent push.
         for _attempt in range(3):
             doc["version"] = _next_version(registry, name)
-            (out / "dataset.json").write_text(json.dumps(doc, indent=2, ensure_ascii=False))
+            write_meta(out, doc)
             version = registry.push(
                 out,
                 name,

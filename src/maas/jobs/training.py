@@ -16,7 +16,15 @@ from typing import Any
 
 from maas.errors import InvalidRequestError
 from maas.jobs.base import JobContext
-from maas.jobs.dataset_files import Dataset, has_split, inputs, read_dataset, read_split, targets
+from maas.jobs.dataset_files import (
+    Dataset,
+    has_split,
+    inputs,
+    read_dataset,
+    read_meta,
+    read_split,
+    targets,
+)
 from maas.jobs.fit import Examples, ImageExamples, TextExamples, TrainSettings, World, fit
 from maas.jobs.metrics import classification_metrics
 from maas.jobs.predictors import HFImagePredictor, HFTextPredictor, predict_dataset_proba
@@ -45,7 +53,7 @@ def build_text_classifier(base: Path, label_names: Sequence[str]) -> tuple[Any, 
 
 def image_size_of(dataset: Dataset, records: Sequence[dict[str, Any]]) -> tuple[int, int]:
     """(height, width) from dataset.json's ``image_size``, else the first image's."""
-    doc = json.loads((dataset.root / "dataset.json").read_text(encoding="utf-8"))
+    doc = read_meta(dataset.root)
     size = doc.get("image_size")
     if isinstance(size, int):
         return size, size
