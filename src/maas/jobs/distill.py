@@ -14,7 +14,7 @@ from maas.jobs.base import JobContext, JobOutput
 from maas.jobs.dataset_files import Dataset, inputs, targets
 from maas.jobs.fit import TextExamples
 from maas.jobs.metrics import dir_size
-from maas.jobs.predictors import HFTextPredictor, config_labels, label_mapping
+from maas.jobs.predictors import config_labels, label_mapping
 from maas.jobs.reports import Section, Table
 from maas.jobs.training import build_text_classifier
 
@@ -27,7 +27,7 @@ from maas.jobs.comparison import (
     eval_records,
     weights_bytes,
 )
-from maas.jobs.optimize import _check, _load_hf_classifier, _model_ref, _runs
+from maas.jobs.optimize import _check, _load_hf_classifier, _model_ref, _runs, served
 from maas.jobs.prune import _finetune, encoder_layers
 
 _LAYER_KEY = re.compile(r"(^|\.)encoder\.layer\.(\d+)\.")
@@ -140,17 +140,19 @@ def distill(ctx: JobContext) -> JobOutput:
     tokenizer.save_pretrained(str(ctx.output_dir))
     _check(ctx, 2, 3, "comparing with the teacher")
     dataset, records = eval_records(ctx)
-    comparison = compare(
-        HFTextPredictor(teacher, teacher_tokenizer),
-        HFTextPredictor(student, tokenizer),
-        parent_bytes=(weights_bytes(source), dir_size(source)),
-        child_bytes=(weights_bytes(ctx.output_dir), dir_size(ctx.output_dir)),
-        dataset=dataset,
-        records=records,
-        runs=_runs(ctx),
-    )
-    ctx.progress(3, 3)
     layers = int(student.config.num_hidden_layers)
+    # Both are measured as the server runs them, from their folders (jobs/served.py).
+    with served(source) as parent, served(ctx.output_dir) as child:
+        comparison = compare(
+            parent,
+            child,
+            parent_bytes=(weights_bytes(source), dir_size(source)),
+            child_bytes=(weights_bytes(ctx.output_dir), dir_size(ctx.output_dir)),
+            dataset=dataset,
+            records=records,
+            runs=_runs(ctx),
+        )
+    ctx.progress(3, 3)
     metrics = {
         **comparison_metrics(comparison),
         "student_layers": layers,
