@@ -69,18 +69,19 @@ def driver(tmp_path_factory: pytest.TempPathFactory, ray_cluster: RayCluster) ->
     registry = Registry(settings)
     registry.push(make_tiny_bert(root / "bert", classifier=True), "clf", task="text-classification")
     registry.push(make_onnx_file(root / "onnx" / "affine.onnx").parent, "affine", task="tensor")
-    registry.push(make_tiny_bert(root / "encoder", classifier=False), "enc", task="embeddings")
+    # Redeployed and autoscaled: an ONNX model, whose replicas start without torch.
+    registry.push(make_onnx_file(root / "scaled" / "affine.onnx").parent, "scaled", task="tensor")
     registry.push(make_hf_dir(root / "broken"), "broken", task="embeddings")  # cannot load
     write_tiny_llama_gguf(root / "tiny.gguf")
     registry.push(root / "tiny.gguf", "llm")
-    for name in ("clf", "affine", "enc", "llm"):
+    for name in ("clf", "affine", "llm", "scaled"):
         registry.set_deployment(name, 1, actor="test", num_cpus=CPUS)
     registry.set_deployment("clf", 1, actor="test", replicas=2)
     served = Driver(registry, settings)
     try:
         yield served
     finally:
-        for name in ("clf", "affine", "enc", "llm", "broken"):
+        for name in ("clf", "affine", "llm", "broken", "scaled"):
             served.run(served.host.unload(f"{name}:1"))
         served.close()
         registry.close()
@@ -204,17 +205,17 @@ async def _replica_view(host: RayHost, ref: str) -> Any:
 
 
 def test_a_changed_deployment_is_redeployed_autoscales_and_unloads(driver: Driver) -> None:
-    version = _version(driver, "enc")
+    version = _version(driver, "scaled")
     host = driver.host
     driver.run(host.load(version))
-    fixed = host._apps["enc:1"].name
-    assert driver.run(host.replicas("enc:1")) == 1
+    fixed = host._apps["scaled:1"].name
+    assert driver.run(host.replicas("scaled:1")) == 1
     driver.registry.set_deployment(
-        "enc", 1, actor="test", min_replicas=1, max_replicas=2, target_ongoing_requests=1
+        "scaled", 1, actor="test", min_replicas=1, max_replicas=2, target_ongoing_requests=1
     )
     # The registry epoch moved: RayHost redeploys with the new settings, then drops the old.
     deadline = time.monotonic() + 60
-    while host._apps["enc:1"].name == fixed:
+    while host._apps["scaled:1"].name == fixed:
         assert time.monotonic() < deadline, "the changed settings were not redeployed"
         time.sleep(0.2)
     while fixed in ray_apps._applications():  # deleted once the new one took over
@@ -224,14 +225,15 @@ def test_a_changed_deployment_is_redeployed_autoscales_and_unloads(driver: Drive
     async def load(stop: asyncio.Event) -> int:
         async def client() -> int:
             done = 0
+            x = np.ones((4, 4), dtype=np.float32)
             while not stop.is_set():
-                await host.predict(version, ["a b c"] * 4, RequestCost())
+                await host.predict_tensors(version, {"x": x}, RequestCost())
                 done += 1
             return done
 
         clients = [asyncio.ensure_future(client()) for _ in range(12)]
         deadline = time.monotonic() + 45
-        while await host.replicas("enc:1") < 2:
+        while await host.replicas("scaled:1") < 2:
             assert time.monotonic() < deadline, "autoscaling did not add a replica"
             await asyncio.sleep(0.5)
         stop.set()
@@ -242,10 +244,10 @@ def test_a_changed_deployment_is_redeployed_autoscales_and_unloads(driver: Drive
 
     assert driver.run(scenario()) > 0
     # Unloaded everywhere (a deployment record, as `maas models deploy --unload` writes).
-    driver.registry.set_deployment("enc", 1, actor="test", loaded=False)
+    driver.registry.set_deployment("scaled", 1, actor="test", loaded=False)
     deadline = time.monotonic() + 30
-    while "enc:1" in host._apps or any(
-        name.startswith("maas:enc:1:") for name in ray_apps._applications()
+    while "scaled:1" in host._apps or any(
+        name.startswith("maas:scaled:1:") for name in ray_apps._applications()
     ):
         assert time.monotonic() < deadline, "the unloaded version kept its application"
         time.sleep(0.2)
