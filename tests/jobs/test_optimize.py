@@ -92,7 +92,8 @@ def test_static_int8_is_calibrated_and_holds_the_accuracy_gate(
     assert out.params["method"] == "onnx-int8-static"
     rounds = out.params["fallback_rounds"]
     assert rounds and rounds[-1]["drop"] <= 0.01  # held-out split, before the test split
-    assert out.metrics["accuracy_delta"] >= -0.05 and out.metrics["size_ratio"] >= 2.5
+    # The gate holds on the test split too (the tiny model loses nothing here).
+    assert out.metrics["accuracy_delta"] >= -0.01 and out.metrics["size_ratio"] >= 2.5
 
 
 @pytest.mark.slow
