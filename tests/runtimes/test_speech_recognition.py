@@ -281,3 +281,16 @@ def test_a_float_wav_holding_nan_is_refused(tmp_path: Path) -> None:
     soundfile.write(path, np.array([0.0, np.nan, 0.1], dtype=np.float32), 16_000, subtype="FLOAT")
     with pytest.raises(AudioError, match="not finite"):
         decode(path.read_bytes(), max_seconds=60)
+
+
+def test_a_prompt_and_sampling_decode(
+    runtime: WhisperSpeechRecognitionRuntime, speech_wav: Path
+) -> None:
+    audio = decode(speech_wav.read_bytes(), max_seconds=60).samples
+    prompted, sampled = _run(
+        runtime,
+        [SpeechChunk(audio, prompt="earlier words"), SpeechChunk(audio, temperature=0.8)],
+    )
+    assert isinstance(prompted, Transcribed) and prompted.text
+    assert "earlier words" not in prompted.text  # the prompt conditions, it is not echoed
+    assert isinstance(sampled, Transcribed) and sampled.text
