@@ -13,9 +13,10 @@
                        the source version and its parent, sha256 + size of every file above
     manifest.sig       Ed25519 signature of manifest.json's bytes (base64)
 
-Before signing, the job checks that the runner, with nothing but those files, gives the
-server's answers: the same texts go through the runner and through the runtime the
-server would load for the bundled graph (``runtimes/onnx_text.py``), and it fails unless
+After signing, the job checks that the runner, with nothing but those files, gives the
+server's answers: the same texts go, one at a time, through the runner and through the
+runtime the server would load for the bundled graph (``runtimes/onnx_text.py``), and it
+fails unless
 the top labels agree and probabilities are within 1e-4 (embeddings: cosine > 0.9999).
 Tokenizer ids are compared with transformers' first, so a tokenizer that ``tokenizers``
 alone cannot reproduce is refused rather than bundled.
@@ -296,8 +297,8 @@ def _served_predictions(model_dir: Path, info: VersionInfo, texts: list[str]) ->
 
         async def predict() -> list[Any]:
             await runtime.load()
-            try:
-                return list(await runtime.predict(texts))
+            try:  # one text per call, as the runner runs them by default
+                return [(await runtime.predict([text]))[0] for text in texts]
             finally:
                 await runtime.unload()
 

@@ -89,8 +89,8 @@ def prepare_graph(
         )
     if info.task not in EDGE_TASKS:
         raise InvalidRequestError(
-            f"{info.ref} is a {info.task} model; edge bundles hold text classifiers and "
-            "embedding models",
+            f"{info.ref} is a model of task {info.task}; edge bundles hold text classifiers "
+            "and embedding models",
             param="model",
         )
     work.mkdir(parents=True, exist_ok=True)
