@@ -133,6 +133,17 @@ def test_audio_longer_than_the_limit_is_refused(speech_wav: Path) -> None:
         decode(speech_wav.read_bytes(), max_seconds=1)
 
 
+def test_opus_streams_in_blocks_and_any_rate_is_resampled_for_it(tmp_path: Path) -> None:
+    wave = (np.sin(np.arange(22_050 * 3) / 10) * 0.5).astype(np.float32)  # 3 s at 22.05 kHz
+    blocks = list(encode_blocks(wave, 22_050, "opus"))
+    assert len([b for b in blocks if b]) > 2  # sent as it was encoded, not at the end
+    path = tmp_path / "out.opus"
+    path.write_bytes(b"".join(blocks))
+    data, rate = soundfile.read(path, dtype="float32")
+    assert rate == 48_000
+    assert abs(data.shape[0] / rate - 3.0) < 0.1
+
+
 def test_a_wav_written_by_encode_blocks_reads_back(tmp_path: Path) -> None:
     wave = (np.sin(np.arange(24_000) / 10) * 0.5).astype(np.float32)
     for fmt in ("wav", "flac", "mp3", "opus"):

@@ -34,8 +34,9 @@ MEDIA_TYPES = {
     "opus": "audio/ogg",
     "pcm": "audio/pcm",
 }
-# Samples per block when streaming WAV/PCM (0.5 s at 24 kHz).
+# Samples per block when streaming WAV/PCM/Opus (0.5 s at 24 kHz).
 STREAM_BLOCK = 12_000
+_OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
 
 
 class AudioError(ValueError):
@@ -159,11 +160,31 @@ def wav_header(frames: int, sample_rate: int) -> bytes:
     )
 
 
+def resample(samples: np.ndarray, rate: int, to: int) -> np.ndarray:
+    """Mono float32 samples at ``rate`` -> at ``to`` (FFmpeg's resampler, through PyAV)."""
+    if rate == to:
+        return samples
+    import av
+
+    frame = av.AudioFrame.from_ndarray(
+        np.ascontiguousarray(samples, dtype=np.float32).reshape(1, -1), format="flt", layout="mono"
+    )
+    frame.sample_rate = rate
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=to)
+    blocks = [out.to_ndarray().reshape(-1) for out in resampler.resample(frame)]
+    blocks += [out.to_ndarray().reshape(-1) for out in resampler.resample(None)]
+    joined: np.ndarray = np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
+    return joined
+
+
 def encode_blocks(samples: np.ndarray, sample_rate: int, fmt: str) -> Iterator[bytes]:
     """A waveform (``(n,)`` float32) as the bytes of ``fmt``, in blocks as they are encoded.
 
-    WAV and PCM come out block by block; the compressed formats are encoded by
-    libsndfile in one call (it writes their headers last) and then sent in blocks.
+    WAV, PCM and Opus come out block by block as they are encoded (an Ogg stream
+    only ever appends); FLAC and MP3 are encoded by libsndfile in one call, since it
+    rewrites their first bytes (FLAC's STREAMINFO, MP3's Xing frame) when it closes
+    them, and then sent in blocks. Opus carries 8, 12, 16, 24 or 48 kHz: other
+    rates are resampled to 48 kHz.
     """
     if fmt not in OUTPUT_FORMATS:
         raise AudioError(f"response_format must be one of {', '.join(OUTPUT_FORMATS)}")
@@ -176,15 +197,24 @@ def encode_blocks(samples: np.ndarray, sample_rate: int, fmt: str) -> Iterator[b
     import soundfile
 
     buffer = io.BytesIO()
-    container, subtype = {
-        "flac": ("FLAC", "PCM_16"),
-        "mp3": ("MP3", "MPEG_LAYER_III"),
-        "opus": ("OGG", "OPUS"),
-    }[fmt]
-    rate = sample_rate
-    if fmt == "opus" and rate not in (8000, 12000, 16000, 24000, 48000):
-        raise AudioError(f"opus cannot carry {rate} Hz audio; ask for wav, flac or mp3")
-    soundfile.write(buffer, samples, rate, format=container, subtype=subtype)
+    if fmt == "opus":
+        rate = sample_rate if sample_rate in _OPUS_RATES else 48_000
+        samples = resample(samples, sample_rate, rate)
+        sent = 0
+        with soundfile.SoundFile(
+            buffer, mode="w", samplerate=rate, channels=1, format="OGG", subtype="OPUS"
+        ) as sound:
+            for start in range(0, samples.shape[0], STREAM_BLOCK):
+                sound.write(samples[start : start + STREAM_BLOCK])
+                with buffer.getbuffer() as view:  # released at once: the buffer must grow
+                    written = view.nbytes
+                if written > sent:
+                    yield buffer.getvalue()[sent:written]
+                    sent = written
+        yield buffer.getvalue()[sent:]
+        return
+    container, subtype = {"flac": ("FLAC", "PCM_16"), "mp3": ("MP3", "MPEG_LAYER_III")}[fmt]
+    soundfile.write(buffer, samples, sample_rate, format=container, subtype=subtype)
     encoded = buffer.getvalue()
     for start in range(0, len(encoded), 64 * 1024):
         yield encoded[start : start + 64 * 1024]
