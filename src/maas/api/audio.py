@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import anyio.to_thread
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.datastructures import FormData, UploadFile
@@ -270,7 +271,7 @@ async def create_translation(
 @router.post("/speech", response_model=None)
 async def create_speech(
     body: SpeechRequest, ctx: CtxDep, dataplane: DataPlaneDep, settings: SettingsDep
-) -> StreamingResponse:
+) -> Response:
     """Text to speech; the audio streams back as it is encoded."""
     if len(body.input) > settings.max_speech_input_chars:
         raise PayloadTooLargeError(
@@ -282,8 +283,12 @@ async def create_speech(
     ctx.ensure_model(model_name(body.model))
     speech = await speak(dataplane, ctx, body.model, body.input, voice=body.voice, speed=body.speed)
     wave = speech.waveform
-    return StreamingResponse(
-        encode_blocks(wave.samples, wave.sample_rate, body.response_format),
-        media_type=MEDIA_TYPES[body.response_format],
-        headers={**answer_headers(ctx), "x-maas-sample-rate": str(wave.sample_rate)},
-    )
+    fmt = body.response_format
+    headers = {**answer_headers(ctx), "x-maas-sample-rate": str(wave.sample_rate)}
+    blocks = encode_blocks(wave.samples, wave.sample_rate, fmt)
+    if fmt in ("flac", "mp3"):
+        # Encoded in one call anyway (runtimes/audio.py): before the status line, on a
+        # worker thread, so that an encoder failure is an error answer, not a cut stream.
+        encoded = await anyio.to_thread.run_sync(lambda: b"".join(blocks))
+        return Response(encoded, media_type=MEDIA_TYPES[fmt], headers=headers)
+    return StreamingResponse(blocks, media_type=MEDIA_TYPES[fmt], headers=headers)
