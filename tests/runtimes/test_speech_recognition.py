@@ -144,6 +144,14 @@ def test_opus_streams_in_blocks_and_any_rate_is_resampled_for_it(tmp_path: Path)
     assert abs(data.shape[0] / rate - 3.0) < 0.1
 
 
+def test_mp3_of_a_rate_mpeg_lacks_is_resampled(tmp_path: Path) -> None:
+    wave = (np.sin(np.arange(20_000 * 2) / 10) * 0.5).astype(np.float32)  # 2 s at 20 kHz
+    path = tmp_path / "out.mp3"
+    path.write_bytes(b"".join(encode_blocks(wave, 20_000, "mp3")))
+    data, rate = soundfile.read(path, dtype="float32")
+    assert rate == 48_000 and abs(data.shape[0] / rate - 2.0) < 0.1
+
+
 def test_a_wav_written_by_encode_blocks_reads_back(tmp_path: Path) -> None:
     wave = (np.sin(np.arange(24_000) / 10) * 0.5).astype(np.float32)
     for fmt in ("wav", "flac", "mp3", "opus"):

@@ -37,6 +37,7 @@ MEDIA_TYPES = {
 # Samples per block when streaming WAV/PCM/Opus (0.5 s at 24 kHz).
 STREAM_BLOCK = 12_000
 _OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
+_MP3_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
 
 
 class AudioError(ValueError):
@@ -183,8 +184,8 @@ def encode_blocks(samples: np.ndarray, sample_rate: int, fmt: str) -> Iterator[b
     WAV, PCM and Opus come out block by block as they are encoded (an Ogg stream
     only ever appends); FLAC and MP3 are encoded by libsndfile in one call, since it
     rewrites their first bytes (FLAC's STREAMINFO, MP3's Xing frame) when it closes
-    them, and then sent in blocks. Opus carries 8, 12, 16, 24 or 48 kHz: other
-    rates are resampled to 48 kHz.
+    them, and then sent in blocks. Opus carries 8, 12, 16, 24 or 48 kHz, MP3 the
+    MPEG rates from 8 to 48 kHz: other rates are resampled to 48 kHz.
     """
     if fmt not in OUTPUT_FORMATS:
         raise AudioError(f"response_format must be one of {', '.join(OUTPUT_FORMATS)}")
@@ -214,7 +215,11 @@ def encode_blocks(samples: np.ndarray, sample_rate: int, fmt: str) -> Iterator[b
         yield buffer.getvalue()[sent:]
         return
     container, subtype = {"flac": ("FLAC", "PCM_16"), "mp3": ("MP3", "MPEG_LAYER_III")}[fmt]
-    soundfile.write(buffer, samples, sample_rate, format=container, subtype=subtype)
+    rate = sample_rate
+    if fmt == "mp3" and rate not in _MP3_RATES:
+        rate = 48_000
+        samples = resample(samples, sample_rate, rate)
+    soundfile.write(buffer, samples, rate, format=container, subtype=subtype)
     encoded = buffer.getvalue()
     for start in range(0, len(encoded), 64 * 1024):
         yield encoded[start : start + 64 * 1024]
