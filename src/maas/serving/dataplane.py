@@ -30,7 +30,6 @@ from maas.registry.store import Registry
 from maas.runtimes.base import TensorSpec
 from maas.runtimes.embeddings import Embedding
 from maas.security.pii import PiiPolicy, apply_input, apply_output, strictest
-from maas.serving.batching import RequestCost
 from maas.serving.context import RequestContext
 from maas.serving.feedback import RECORDED_TASKS, PredictionRecorder, new_prediction_id
 from maas.serving.generation import Chunk, GenerationRequest, Prepared
@@ -38,8 +37,7 @@ from maas.serving.hosts import ModelHost
 from maas.serving.metrics import ServingMetrics
 from maas.serving.monitoring import DriftMonitor
 from maas.serving.resolver import Resolver
-from maas.serving.routing import Router, mirrored, targets
-from maas.serving.shadow import ComparisonRecorder, ShadowMirror
+from maas.serving.traffic import Traffic
 
 # Task -> the name of its single input tensor on the V2 surface.
 _TEXT_INPUT = {"embeddings": "text", "text-classification": "text"}
@@ -122,10 +120,10 @@ class DataPlane:
         self.host = host
         self.metrics = metrics
         self._resolver = Resolver(registry, host, warm_timeout=warm_timeout)
-        self._router = Router(registry)
-        # Mirrors of requests a routing policy shadows: answers counted, compared, observed.
-        self._comparisons = ComparisonRecorder(registry.db)
-        self.shadow = ShadowMirror(metrics, record=self._observe_shadow, compared=self._comparisons)
+        # Routing policies and shadow mirrors: answers counted, compared, observed.
+        self.traffic = Traffic(
+            registry, host, metrics, resolve=self.resolve, observe=self._observe_shadow
+        )
 
     # ----------------------------------------------------------------- plumbing
 
@@ -180,87 +178,18 @@ class DataPlane:
         """Drop every cached resolution and routing policy (the registry changed); safe
         from any thread. Called on the "registry" change epoch (registry/epochs.py)."""
         self._resolver.forget()
-        self._router.forget()
+        self.traffic.forget()
 
     async def close(self) -> None:
-        await self.shadow.close()
-        await self._comparisons.close()
+        await self.traffic.close()
         await self._resolver.close()
 
     async def serving_version(
         self, ctx: RequestContext, ref: str
     ) -> tuple[VersionInfo, VersionInfo | None]:
-        """The version that answers ``ref`` for this request, and the shadow it is mirrored to.
-
-        ``model:3`` and ``model@alias`` name their version; so does a plain name with
-        ``x-maas-version`` (``ctx.pinned_version``). Any other plain name goes through
-        the model's routing policy, if it has one (``serving.routing``), placed by the
-        request id (``x-request-id``, else the prediction id) or, sticky, by the key.
-        """
-        parsed = ModelRef.parse(ref)
-        if parsed.version is not None or parsed.alias is not None:
-            return await self.resolve(parsed), None
-        if ctx.pinned_version is not None:
-            return await self.resolve(ModelRef(parsed.name, version=ctx.pinned_version)), None
-        policy = await self._router.policy(parsed.name)
-        if policy is None:
-            return await self.resolve(parsed), None
-        request_id = ctx.request_id or ctx.prediction_id
-        key = ctx.admitted.key
-        version: VersionInfo | None = None
-        for target in targets(policy, request_id, str(key.id) if key is not None else None):
-            try:
-                version = await self.resolve(target)
-                break
-            except NotFoundError:  # its alias or version went away since the policy was set
-                continue
-        if version is None:
-            version = await self.resolve(parsed)
-        shadow: VersionInfo | None = None
-        if policy.shadow is not None and mirrored(policy, request_id):
-            try:
-                shadow = await self.resolve(ModelRef(parsed.name, version=policy.shadow.version))
-            except NotFoundError:
-                shadow = None
-            if shadow is not None and (
-                shadow.task != version.task or shadow.version == version.version
-            ):
-                shadow = None  # never mirrored to itself (a rollout's candidate answered)
-        return version, shadow
-
-    def _mirror(
-        self,
-        shadow: VersionInfo | None,
-        items: Sequence[Any],
-        answered: list[Any],
-        served: VersionInfo,
-    ) -> None:
-        """Queue a copy of an answered request for the shadow version (never awaited)."""
-        if shadow is None:
-            return
-        copied = list(items)
-
-        async def run() -> list[Any]:
-            # Not the caller's cost: mirrors are metered as shadow traffic only.
-            results: list[Any] = await self.host.predict(shadow, copied, RequestCost())
-            return results
-
-        self.shadow.offer(shadow, copied, answered, run, served)
-
-    def _mirror_tensors(
-        self,
-        shadow: VersionInfo | None,
-        inputs: dict[str, np.ndarray],
-        answered: dict[str, np.ndarray],
-    ) -> None:
-        """``_mirror`` for a tensor model: one request of named tensors."""
-        if shadow is None:
-            return
-
-        async def run() -> list[dict[str, np.ndarray]]:
-            return [await self.host.predict_tensors(shadow, inputs, RequestCost())]
-
-        self.shadow.offer(shadow, [inputs], [answered], run)
+        """The version that answers ``ref`` for this request, and the shadow it is mirrored
+        to (``serving.traffic``)."""
+        return await self.traffic.place(ctx, ref)
 
     def _observe_shadow(
         self, version: VersionInfo, items: Sequence[Any], results: Sequence[Any]
@@ -318,7 +247,7 @@ class DataPlane:
             results: list[Embedding] = await self.host.predict(version, list(items), tracking.cost)
             if self.monitor is not None:
                 self.monitor.observe(version, items, results)
-            self._mirror(shadow, items, results, version)
+            self.traffic.mirror(shadow, version, items, results)
             vectors = [r.vector for r in results]
             if dimensions is not None:
                 vectors = self._shorten(version, vectors, dimensions)
@@ -368,7 +297,7 @@ class DataPlane:
                 outputs = await self.host.predict_tensors(version, inputs, tracking.cost)
                 if self.monitor is not None:
                     self.monitor.observe_tensors(version, inputs, outputs)
-                self._mirror_tensors(shadow, inputs, outputs)
+                self.traffic.mirror_tensors(shadow, version, inputs, outputs)
             elif version.task in _TEXT_INPUT:
                 texts = [
                     _utf8(item, _TEXT_INPUT[version.task], i)
@@ -392,7 +321,7 @@ class DataPlane:
     ) -> dict[str, np.ndarray]:
         tracking.items = len(items)
         results = await self.host.predict(version, items, tracking.cost)
-        self._mirror(shadow, items, results, version)
+        self.traffic.mirror(shadow, version, items, results)
         tracking.prompt_tokens = sum(getattr(r, "tokens", 0) for r in results)
         if self.monitor is not None:
             self.monitor.observe(version, items, results)

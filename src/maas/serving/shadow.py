@@ -61,9 +61,11 @@ class ComparisonRecorder:
     """Writes each compared mirror (agreeing and compared items) to the registry in
     batches, off the event loop: the agreement a rollout judges, from every instance."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Callable[[], Database]) -> None:
+        # The database is looked up when a batch is written, not before: a data plane made
+        # over a registry that never mirrors never touches it.
         self._writer: BatchWriter[Comparison] = BatchWriter(
-            lambda batch: write_comparisons(db, batch), name="shadow comparisons writer"
+            lambda batch: write_comparisons(db(), batch), name="shadow comparisons writer"
         )
 
     def __call__(
