@@ -465,3 +465,48 @@ def test_the_edge_job_runs_through_the_jobs_api_and_records_the_bundle_size(
         )
         assert refused.status_code == 400
         assert "unknown edge target 'tflite'" in refused.json()["error"]["message"]
+
+
+def test_the_edge_signing_commands_create_show_and_rotate_the_key(tmp_path: Path) -> None:
+    made = _maas(tmp_path, "keys", "edge-signing", "create")
+    assert made.exit_code == 0, made.output
+    assert made.stdout.startswith("-----BEGIN PUBLIC KEY-----")
+    again = _maas(tmp_path, "keys", "edge-signing", "create")
+    assert again.exit_code == 1 and "`maas keys edge-signing rotate` replaces it" in again.output
+    first = json.loads(_maas(tmp_path, "keys", "edge-signing", "show", "--json").stdout)
+    assert first["public_key_pem"] == made.stdout and first["retired"] == []
+    rotated = _maas(tmp_path, "keys", "edge-signing", "rotate")
+    assert rotated.exit_code == 0, rotated.output
+    assert rotated.stdout != made.stdout
+    second = json.loads(_maas(tmp_path, "keys", "edge-signing", "show", "--json").stdout)
+    assert second["public_key_pem"] == rotated.stdout
+    assert second["retired"] == [first["key_id"]]
+
+
+def test_a_model_of_another_task_is_refused_naming_its_task(tmp_path: Path) -> None:
+    from tests.helpers import make_onnx_file
+
+    registry = Registry(Settings(home=tmp_path / "home"))
+    try:
+        info = registry.push(make_onnx_file(tmp_path / "affine" / "model.onnx").parent, "affine")
+    finally:
+        registry.close()
+    with pytest.raises(InvalidRequestError, match="affine:1 is a model of task tensor; edge"):
+        prepare_graph(
+            tmp_path / "affine", info, "onnx", tmp_path / "work", tolerance=1e-3, log=print
+        )
+    with pytest.raises(InvalidRequestError, match="unknown edge target 'tflite'"):
+        prepare_graph(
+            tmp_path / "affine", info, "tflite", tmp_path / "work", tolerance=1, log=print
+        )
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_export_edge_against_a_server_says_where_the_bundle_is(live: LiveServer) -> None:
+    env = {"MAAS_URL": live.url, "MAAS_API_KEY": live.key, "MAAS_HOME": str(live.home)}
+    result = CliRunner().invoke(app, ["export-edge", "enc:1", "--target", "onnx"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "the bundle is on the server: " in result.stderr
+    path = Path(result.stderr.split("the bundle is on the server: ")[1].split(" (job")[0])
+    assert path.name == "bundle.zip" and path.is_file()  # the server's disk is this disk here

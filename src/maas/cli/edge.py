@@ -75,7 +75,12 @@ def export_edge(
         report = backend.report(info.id) or {}
     bundle = Path(str(report.get("bundle", "")))
     if settings.url or not bundle.is_file():
-        err.print(f"the bundle is on the server: {bundle} (job {info.id})")
+        err.print(
+            f"the bundle is on the server: {bundle} (job {info.id})",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
         if as_json:
             print_json(report)
         return
@@ -86,7 +91,7 @@ def export_edge(
     if as_json:
         print_json({**report, "bundle": str(target_path)})
         return
-    out.print(str(target_path))
+    out.print(str(target_path), markup=False, highlight=False, soft_wrap=True)
     err.print(
         f"{report.get('bundle_bytes', 0):,} bytes, signed by key {report.get('key_id')}; "
         f"sha256 {report.get('bundle_sha256')}",
