@@ -19,6 +19,7 @@ from maas.api.app import create_app
 from maas.api.audit import AuditMiddleware, audit_log_of
 from maas.api.audit import router as audit_router
 from maas.cli.main import app as cli_app
+from maas.client import MaasClient
 from maas.config import Settings
 from maas.security.audit import AuditLog
 
@@ -289,8 +290,10 @@ def test_cli_reads_and_verifies_through_the_server_with_url(
     # The CLI's HTTP client, pointed at the in-process app instead of a socket.
     monkeypatch.setattr(
         cli_audit,
-        "_http_client",
-        lambda s: TestClient(client.app, base_url=s.url, headers=bearer(s.api_key)),
+        "open_client",
+        lambda s: MaasClient(
+            s.url, http=TestClient(client.app, base_url=s.url, headers=bearer(s.api_key))
+        ),
     )
     runner = CliRunner()
     base = ["--url", "http://testserver", "--api-key", admin_key, "audit"]

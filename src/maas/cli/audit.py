@@ -5,13 +5,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-import httpx
 import typer
 from pydantic import TypeAdapter
 
+from maas.cli.backend import open_client
 from maas.cli.common import cli_errors, fail, settings_from
 from maas.cli.output import out, print_json, table
-from maas.client.sync import raise_for_error
 from maas.config import Settings
 from maas.registry.store import Registry
 from maas.security.audit import AuditEntry, AuditLog, VerifyReport
@@ -21,30 +20,10 @@ app = typer.Typer(help="Read and verify the audit log of management actions.", n
 _ENTRIES = TypeAdapter(list[AuditEntry])
 
 
-def _http_client(settings: Settings) -> httpx.Client:
-    assert settings.url is not None
-    headers = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
-    # verify walks the whole chain server-side: allow it time on a long log.
-    return httpx.Client(base_url=settings.url.rstrip("/"), headers=headers, timeout=300)
-
-
-def _remote_get(settings: Settings, path: str, params: dict[str, Any] | None = None) -> Any:
-    http = _http_client(settings)
-    try:
-        response = http.get(path, params=params)
-    finally:
-        http.close()
-    raise_for_error(response)
-    return response.json()
-
-
 def fetch_entries(settings: Settings, **filters: Any) -> list[AuditEntry]:
     if settings.url:
-        params = {k: v.isoformat() if isinstance(v, datetime) else v for k, v in filters.items()}
-        data = _remote_get(
-            settings, "/admin/v1/audit", {k: v for k, v in params.items() if v is not None}
-        )
-        return _ENTRIES.validate_python(data)
+        with open_client(settings) as client:
+            return _ENTRIES.validate_python(client.list_audit(**filters))
     registry = Registry(settings)
     try:
         return AuditLog(registry.db).list(**filters)
@@ -54,7 +33,8 @@ def fetch_entries(settings: Settings, **filters: Any) -> list[AuditEntry]:
 
 def fetch_report(settings: Settings) -> VerifyReport:
     if settings.url:
-        return VerifyReport.model_validate(_remote_get(settings, "/admin/v1/audit/verify"))
+        with open_client(settings) as client:
+            return VerifyReport.model_validate(client.verify_audit())
     registry = Registry(settings)
     try:
         return AuditLog(registry.db).verify()

@@ -204,7 +204,16 @@ class LocalBackend:
         return run_now(runner, found, self.actor).model_dump(mode="json")
 
 
+def open_client(settings: Settings) -> MaasClient:
+    """The SDK client of remote mode (``--url``): every HTTP call the CLI makes goes through it."""
+    if not settings.url:
+        raise ValueError("remote mode needs a server URL (--url or MAAS_URL)")
+    # `audit verify` walks the whole chain and `feedback export` writes a dataset, both
+    # server-side: the CLI waits longer than the SDK's default for one answer.
+    return MaasClient(settings.url, settings.api_key, timeout=300.0)
+
+
 def open_backend(settings: Settings) -> Backend:
     if settings.url:
-        return MaasClient(settings.url, settings.api_key)
+        return open_client(settings)
     return LocalBackend(settings)

@@ -1,7 +1,7 @@
 """``maas feedback export|show``: labelled feedback to a dataset, and a model's live figures.
 
 Local mode works on ``MAAS_HOME`` directly; with ``MAAS_URL`` (``--url``) the
-commands call the server's management API, as every command group does.
+commands call the server's management API through the SDK, as every command group does.
 """
 
 from __future__ import annotations
@@ -9,29 +9,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-import httpx
 import typer
 
+from maas.cli.backend import open_client
 from maas.cli.common import JsonOpt, cli_errors, settings_from
 from maas.cli.output import out, print_json, table
-from maas.client.sync import raise_for_error
-from maas.config import Settings
 
 app = typer.Typer(help="Feedback on predictions: export it as a dataset, show live accuracy.")
-
-
-def _remote(settings: Settings) -> httpx.Client:
-    assert settings.url is not None
-    key = settings.api_key
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    return httpx.Client(base_url=settings.url.rstrip("/"), headers=headers, timeout=300.0)
-
-
-def _call(settings: Settings, method: str, path: str, **kwargs: Any) -> Any:
-    with _remote(settings) as http:
-        response = http.request(method, path, **kwargs)
-        raise_for_error(response)
-        return response.json()
 
 
 @app.command("export")
@@ -61,14 +45,12 @@ def export(
     """
     settings = settings_from(ctx)
     if settings.url:
-        body = {
-            "dataset": out_dataset,
-            "versions": version or None,
-            "since": since.isoformat() if since else None,
-            "description": description,
-        }
-        result = _call(settings, "POST", f"/admin/v1/models/{model}/feedback/export", json=body)
-        rows, dataset = result["rows"], result["dataset"]
+        with open_client(settings) as client:
+            result = client.export_feedback(
+                model, out_dataset, versions=version, since=since, description=description
+            )
+        rows = result["rows"]
+        dataset: dict[str, Any] = dict(result["dataset"])
     else:
         import getpass
 
@@ -111,8 +93,8 @@ def show(
     """
     settings = settings_from(ctx)
     if settings.url:
-        report = _call(settings, "GET", f"/admin/v1/models/{model}/monitoring")
-        versions = report["versions"]
+        with open_client(settings) as client:
+            versions = client.monitoring(model)["versions"]
     else:
         from maas.registry.feedback import feedback_stats, versions_with_feedback
         from maas.registry.store import Registry

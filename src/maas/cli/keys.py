@@ -1,22 +1,99 @@
-"""``maas keys ...``: manage API keys in the local registry."""
+"""``maas keys ...``: manage API keys: in the local registry, or a server's with ``--url``.
+
+Remote mode goes through the SDK (the server pushes a revocation to its workers at once);
+``rotate-master`` and the edge signing key work on the registry's machine only.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import typer
 
 from maas import crypto
+from maas.cli.backend import open_client
 from maas.cli.common import cli_errors, fail, settings_from
 from maas.cli.output import out, print_json, table
+from maas.client import MaasClient
+from maas.client.views import KeyPolicyDict
 from maas.config import decode_master_key
 from maas.registry.artifacts import open_store
 from maas.registry.store import Registry
 from maas.security.keys import KeyInfo, KeyPolicy, KeyStore
 
-app = typer.Typer(help="Manage API keys (local registry).", no_args_is_help=True)
+app = typer.Typer(
+    help="Manage API keys (local registry, or a server with --url).", no_args_is_help=True
+)
+
+
+class _LocalKeys:
+    """The key operations the commands use, on the local registry."""
+
+    def __init__(self, store: KeyStore) -> None:
+        self.store = store
+
+    def create(self, name: str, options: dict[str, Any]) -> tuple[KeyInfo, str]:
+        return self.store.create(name, None, KeyPolicy(**options))
+
+    def update(self, key_id: int, options: dict[str, Any]) -> KeyInfo:
+        return self.store.update(key_id, options)
+
+    def rotate(self, key_id: int) -> tuple[KeyInfo, str]:
+        return self.store.rotate(key_id)
+
+    def list(self) -> list[KeyInfo]:
+        return self.store.list()
+
+    def get(self, key_id: int) -> KeyInfo:
+        return self.store.get(key_id)
+
+    def revoke(self, key_id: int) -> KeyInfo:
+        return self.store.revoke(key_id)
+
+
+class _RemoteKeys:
+    """The same operations on a server's keys, through the SDK."""
+
+    def __init__(self, client: MaasClient) -> None:
+        self.client = client
+
+    def create(self, name: str, options: dict[str, Any]) -> tuple[KeyInfo, str]:
+        created = self.client.create_key(name, cast(KeyPolicyDict, options))
+        return KeyInfo.model_validate(created["info"]), created["key"]
+
+    def update(self, key_id: int, options: dict[str, Any]) -> KeyInfo:
+        return KeyInfo.model_validate(self.client.update_key(key_id, cast(KeyPolicyDict, options)))
+
+    def rotate(self, key_id: int) -> tuple[KeyInfo, str]:
+        created = self.client.rotate_key(key_id)
+        return KeyInfo.model_validate(created["info"]), created["key"]
+
+    def list(self) -> list[KeyInfo]:
+        return [KeyInfo.model_validate(k) for k in self.client.list_keys()]
+
+    def get(self, key_id: int) -> KeyInfo:
+        return KeyInfo.model_validate(self.client.get_key(key_id))
+
+    def revoke(self, key_id: int) -> KeyInfo:
+        return KeyInfo.model_validate(self.client.revoke_key(key_id))
+
+
+@contextmanager
+def _keys(ctx: typer.Context) -> Iterator[_LocalKeys | _RemoteKeys]:
+    settings = settings_from(ctx)
+    if settings.url:
+        with open_client(settings) as client:
+            yield _RemoteKeys(client)
+        return
+    registry = Registry(settings)
+    try:
+        yield _LocalKeys(KeyStore(registry.db))
+    finally:
+        registry.close()
 
 
 def _policy_options(
@@ -84,11 +161,8 @@ def create(
     options = _policy_options(
         scope, model, owner, expires, rpm, tpm, monthly_tokens, monthly_requests, pii
     )
-    registry = Registry(settings_from(ctx))
-    try:
-        info, plaintext = KeyStore(registry.db).create(name, None, KeyPolicy(**options))
-    finally:
-        registry.close()
+    with _keys(ctx) as keys:
+        info, plaintext = keys.create(name, options)
     out.print(plaintext)
     typer.echo(
         f"created key {info.id} ({info.name}, scopes: {', '.join(info.scopes)}); "
@@ -122,11 +196,8 @@ def update(
     options = _policy_options(
         scope, model, owner, expires, rpm, tpm, monthly_tokens, monthly_requests, pii
     )
-    registry = Registry(settings_from(ctx))
-    try:
-        info = KeyStore(registry.db).update(key_id, options)
-    finally:
-        registry.close()
+    with _keys(ctx) as keys:
+        info = keys.update(key_id, options)
     out.print(f"updated key {info.id} ({info.name})")
 
 
@@ -139,11 +210,8 @@ def rotate(ctx: typer.Context, key_id: int) -> None:
     Examples:
       maas keys rotate 2
     """
-    registry = Registry(settings_from(ctx))
-    try:
-        info, plaintext = KeyStore(registry.db).rotate(key_id)
-    finally:
-        registry.close()
+    with _keys(ctx) as keys:
+        info, plaintext = keys.rotate(key_id)
     out.print(plaintext)
     typer.echo(f"key {key_id} rotated: new key {info.id}; the old one is revoked", err=True)
 
@@ -175,11 +243,8 @@ def list_keys(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json"
       maas keys list
       maas keys list --json
     """
-    registry = Registry(settings_from(ctx))
-    try:
-        keys = KeyStore(registry.db).list()
-    finally:
-        registry.close()
+    with _keys(ctx) as store:
+        keys = store.list()
     if as_json:
         print_json(keys)
         return
@@ -217,11 +282,8 @@ def show(
     Examples:
       maas keys show 2
     """
-    registry = Registry(settings_from(ctx))
-    try:
-        info = KeyStore(registry.db).get(key_id)
-    finally:
-        registry.close()
+    with _keys(ctx) as keys:
+        info = keys.get(key_id)
     if as_json:
         print_json(info)
         return
@@ -260,11 +322,8 @@ def revoke(ctx: typer.Context, key_id: int) -> None:
     Examples:
       maas keys revoke 2
     """
-    registry = Registry(settings_from(ctx))
-    try:
-        info = KeyStore(registry.db).revoke(key_id)
-    finally:
-        registry.close()
+    with _keys(ctx) as keys:
+        info = keys.revoke(key_id)
     out.print(f"revoked key {info.id} ({info.name})")
 
 

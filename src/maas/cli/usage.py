@@ -1,4 +1,4 @@
-"""``maas usage``: usage totals from the local registry."""
+"""``maas usage``: usage totals from the local registry, or a server's with ``--url``."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
+from maas.cli.backend import open_client
 from maas.cli.common import cli_errors, settings_from
 from maas.cli.output import out, table
 from maas.registry.store import Registry
@@ -40,13 +41,19 @@ def usage(
       maas usage --group-by key --from 2026-01-01
       maas usage --model minilm --group-by route --json
     """
-    registry = Registry(settings_from(ctx))
-    try:
-        rows = aggregate(
-            registry.db, key_id=key, model=model, since=since, until=until, group_by=group_by
-        )
-    finally:
-        registry.close()
+    settings = settings_from(ctx)
+    if settings.url:  # the server counts the requests it has just served too
+        with open_client(settings) as client:
+            report = client.usage(key=key, model=model, since=since, until=until, group_by=group_by)
+        rows = report["data"]
+    else:
+        registry = Registry(settings)
+        try:
+            rows = aggregate(
+                registry.db, key_id=key, model=model, since=since, until=until, group_by=group_by
+            )
+        finally:
+            registry.close()
     if as_json:
         out.print_json(data={"group_by": group_by, "data": rows})
         return
