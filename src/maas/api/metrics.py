@@ -36,6 +36,10 @@ WORKER_FAMILIES = frozenset(
         "maas_live_accuracy",
         "maas_feedback_labelled",
         "maas_feedback_score_mean",
+        # Shadow mirrors run in the worker's data plane too (serving/traffic.py).
+        "maas_shadow_requests",
+        "maas_shadow_seconds",
+        "maas_shadow_agreement",
     }
 )
 
