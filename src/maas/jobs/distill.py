@@ -13,7 +13,6 @@ from maas.errors import InvalidRequestError
 from maas.jobs.base import JobContext, JobOutput
 from maas.jobs.dataset_files import Dataset, inputs, targets
 from maas.jobs.fit import TextExamples
-from maas.jobs.metrics import dir_size
 from maas.jobs.predictors import config_labels, label_mapping
 from maas.jobs.reports import Section, Table
 from maas.jobs.training import build_text_classifier
@@ -21,13 +20,11 @@ from maas.jobs.training import build_text_classifier
 if TYPE_CHECKING:
     import torch
 from maas.jobs.comparison import (
-    compare,
     comparison_metrics,
     comparison_output,
     eval_records,
-    weights_bytes,
 )
-from maas.jobs.optimize import _check, _load_hf_classifier, _model_ref, _runs, served
+from maas.jobs.optimize import _check, _load_hf_classifier, _model_ref, compare_served
 from maas.jobs.prune import _finetune, encoder_layers
 
 _LAYER_KEY = re.compile(r"(^|\.)encoder\.layer\.(\d+)\.")
@@ -142,16 +139,7 @@ def distill(ctx: JobContext) -> JobOutput:
     dataset, records = eval_records(ctx)
     layers = int(student.config.num_hidden_layers)
     # Both are measured as the server runs them, from their folders (jobs/served.py).
-    with served(source) as parent, served(ctx.output_dir) as child:
-        comparison = compare(
-            parent,
-            child,
-            parent_bytes=(weights_bytes(source), dir_size(source)),
-            child_bytes=(weights_bytes(ctx.output_dir), dir_size(ctx.output_dir)),
-            dataset=dataset,
-            records=records,
-            runs=_runs(ctx),
-        )
+    comparison = compare_served(ctx, source, dataset, records)
     ctx.progress(3, 3)
     metrics = {
         **comparison_metrics(comparison),

@@ -118,6 +118,23 @@ def _runs(ctx: JobContext) -> int:
     return int(ctx.spec.get("latency_runs", 10))
 
 
+def compare_served(
+    ctx: JobContext, source: Path, dataset: Dataset | None, records: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The parent version's folder against the job's output, both run as the server runs
+    them (``jobs/served.py``): sizes, latencies, accuracy and agreement."""
+    with served(source) as parent, served(ctx.output_dir) as child:
+        return compare(
+            parent,
+            child,
+            parent_bytes=(weights_bytes(source), dir_size(source)),
+            child_bytes=(weights_bytes(ctx.output_dir), dir_size(ctx.output_dir)),
+            dataset=dataset,
+            records=records,
+            runs=_runs(ctx),
+        )
+
+
 def served(model_dir: Path) -> ServedPredictor:
     """A text classifier directory as the server runs it, on this process's torch thread
     count for both formats, so parent and child latencies compare like for like."""
@@ -146,16 +163,7 @@ def export(ctx: JobContext) -> JobOutput:
     )
     _check(ctx, 2, 3, "comparing with the parent")
     del model  # the parent is measured as the server runs it, from its directory
-    with served(source) as parent, served(ctx.output_dir) as child:
-        comparison = compare(
-            parent,
-            child,
-            parent_bytes=(weights_bytes(source), dir_size(source)),
-            child_bytes=(weights_bytes(ctx.output_dir), dir_size(ctx.output_dir)),
-            dataset=dataset,
-            records=records,
-            runs=_runs(ctx),
-        )
+    comparison = compare_served(ctx, source, dataset, records)
     ctx.progress(3, 3)
     metrics = {**comparison_metrics(comparison), "parity_max_abs_diff": diff}
     params = {"opset": opset, "tolerance": tolerance, "exporter": "torch.onnx dynamo"}
@@ -244,16 +252,7 @@ def _quantize_onnx(ctx: JobContext, *, static: bool) -> JobOutput:
             per_channel=per_channel,
         )
     shutil.rmtree(ctx.workdir / "fp32", ignore_errors=True)
-    with served(source) as parent, served(ctx.output_dir) as child:
-        comparison = compare(
-            parent,
-            child,
-            parent_bytes=(weights_bytes(source), dir_size(source)),
-            child_bytes=(weights_bytes(ctx.output_dir), dir_size(ctx.output_dir)),
-            dataset=dataset,
-            records=records,
-            runs=_runs(ctx),
-        )
+    comparison = compare_served(ctx, source, dataset, records)
     ctx.progress(3, 3)
     return comparison_output(
         ctx,

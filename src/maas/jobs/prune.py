@@ -14,19 +14,16 @@ from maas.errors import InvalidRequestError, MaasError
 from maas.jobs.base import JobContext, JobOutput
 from maas.jobs.dataset_files import Dataset, has_split, inputs, read_dataset, read_split, targets
 from maas.jobs.fit import TextExamples, TrainSettings, fit
-from maas.jobs.metrics import dir_size
 from maas.jobs.predictors import HFTextPredictor, config_labels, label_mapping
 from maas.jobs.reports import Section, Table
 
 if TYPE_CHECKING:
     pass
 from maas.jobs.comparison import (
-    compare,
     comparison_metrics,
     comparison_output,
     eval_records,
     sample_texts,
-    weights_bytes,
 )
 from maas.jobs.onnx_export import (
     DEFAULT_OPSET,
@@ -36,7 +33,7 @@ from maas.jobs.onnx_export import (
     require_parity,
     write_onnx_companions,
 )
-from maas.jobs.optimize import _check, _load_hf_classifier, _model_ref, _runs, served
+from maas.jobs.optimize import _check, _load_hf_classifier, _model_ref, compare_served
 
 
 def encoder_layers(model: Any) -> list[Any]:
@@ -228,16 +225,7 @@ def prune(ctx: JobContext) -> JobOutput:
         write_onnx_companions(ctx.output_dir, tokenizer=tokenizer, config=model.config)
         require_parity(logits_parity(model, tokenizer, ctx.output_dir, sample_texts(records)), ctx)
     # Both measured as the server runs them, from their directories (jobs/served.py).
-    with served(source) as parent, served(ctx.output_dir) as child:
-        comparison = compare(
-            parent,
-            child,
-            parent_bytes=(weights_bytes(source), dir_size(source)),
-            child_bytes=(weights_bytes(ctx.output_dir), dir_size(ctx.output_dir)),
-            dataset=dataset,
-            records=records,
-            runs=_runs(ctx),
-        )
+    comparison = compare_served(ctx, source, dataset, records)
     ctx.progress(4, 4)
     metrics = {
         **comparison_metrics(comparison),
