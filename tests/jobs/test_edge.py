@@ -363,10 +363,14 @@ def test_a_program_loads_a_bundle_with_load_and_gets_what_run_py_prints(
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_a_bundle_quantized_at_export_is_int8_signed_and_says_how(
-    bundles: dict[str, Path], edge_venv: Path, registry_pem: Path
+    bundles: dict[str, Path], edge_venv: Path, registry_pem: Path, edge_home: Path
 ) -> None:
     bundle = bundles["classifier-quantized-at-export"]
     manifest = json.loads((bundle / "manifest.json").read_text())
+    reports = [json.loads(p.read_text()) for p in edge_home.glob("jobs/*/report.json")]
+    (report,) = [r for r in reports if (r["source"], r["target"]) == ("clf:1", "onnx-int8")]
+    assert report["int8_vs_fp32"]["top_label_agreement"] >= 0.5  # measured and reported
+    assert 0 <= report["int8_vs_fp32"]["max_probability_diff"] < 1
     assert is_int8(bundle / "model.onnx")
     assert manifest["quantization"]["applied"] == "at export"
     assert manifest["quantization"]["per_channel"] is True

@@ -100,6 +100,10 @@ def run(ctx: JobContext) -> JobOutput:
     step(3, "checking the runner against the server's runtime")
     agreement = check_against_server(staging, source, info, ctx.workdir / "served")
     ctx.log(f"runner vs server: {json.dumps(agreement)}")
+    drift = None
+    if graph.fp32 is not None:
+        drift = quantization_drift(graph.fp32, staging / GRAPH_FILE, source, info, ctx.workdir)
+        ctx.log(f"int8 vs fp32: {json.dumps(drift)}")
     bundle = ctx.workdir / BUNDLE_ZIP
     zip_bundle(staging, bundle)
     ctx.progress(4, 4)
@@ -119,6 +123,7 @@ def run(ctx: JobContext) -> JobOutput:
         "quantization": graph.quantization,
         "export_parity_max_abs_diff": graph.parity_max_abs_diff,
         "runner_vs_server": agreement,
+        "int8_vs_fp32": drift,
         "files": manifest["files"],
     }
     metric = f"edge_{target.replace('-', '_')}_bundle_bytes"
@@ -290,6 +295,35 @@ def check_against_server(
     return {"texts": float(len(texts)), "max_probability_diff": diff}
 
 
+def quantization_drift(
+    fp32: Path, int8: Path, source: Path, info: VersionInfo, work: Path
+) -> dict[str, float]:
+    """How far quantizing at export moved the answers: the server runtime on each graph,
+    over the sample texts (top-label agreement and the largest probability difference,
+    or the lowest cosine for embeddings)."""
+    answers = []
+    for name, graph in (("fp32", fp32), ("int8", int8)):
+        folder = work / f"drift-{name}"
+        shutil.rmtree(folder, ignore_errors=True)
+        write_onnx_companions(folder, source=source)
+        copy_graph(graph, folder / GRAPH_FILE)
+        answers.append(_served_predictions(folder, info, list(SAMPLE_TEXTS)))
+        shutil.rmtree(folder, ignore_errors=True)
+    before, after = answers
+    if info.task == "embeddings":
+        a = np.stack([r.vector for r in before]).astype(np.float64)
+        b = np.stack([r.vector for r in after]).astype(np.float64)
+        cosine = (a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+        return {"min_cosine": float(cosine.min()), "mean_cosine": float(cosine.mean())}
+    same = [x.labels[0][0] == y.labels[0][0] for x, y in zip(before, after, strict=True)]
+    diff = max(
+        abs(p - dict(y.labels)[label])
+        for x, y in zip(before, after, strict=True)
+        for label, p in x.labels
+    )
+    return {"top_label_agreement": sum(same) / len(same), "max_probability_diff": diff}
+
+
 def _served_predictions(model_dir: Path, info: VersionInfo, texts: list[str]) -> list[Any]:
     version = info.model_copy(update={"format": "onnx"})
     with ThreadPoolExecutor(1, thread_name_prefix="maas-edge") as pool:
@@ -403,11 +437,14 @@ def _report_html(info: VersionInfo, target: str, report: dict[str, Any]) -> str:
         f"signed by key {report['key_id']}; sha256 {report['bundle_sha256']}."
     )
     agreement = ", ".join(f"{k} {v:.6g}" for k, v in report["runner_vs_server"].items())
+    drift = report["int8_vs_fp32"]
+    moved = ", ".join(f"{k} {v:.6g}" for k, v in drift.items()) if drift else "not quantized here"
     return render_report(
         f"Edge bundle ({target}) of {info.ref}",
         [
             Section("Bundle", [Paragraph(summary)]),
             Section("Runner against the server", [Paragraph(agreement)]),
+            Section("int8 against fp32 (sample texts)", [Paragraph(moved)]),
             Section("Files", [Table(["file", "bytes", "sha256 (first 16)"], rows)]),
         ],
     )

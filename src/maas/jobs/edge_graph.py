@@ -59,6 +59,7 @@ class PreparedGraph:
     quantization: dict[str, Any] | None  # None: fp32
     exported: bool  # made from a Hugging Face version by this job
     parity_max_abs_diff: float | None  # export check against torch (None: not exported)
+    fp32: Path | None = None  # the fp32 graph this job quantized (None: not quantized here)
 
 
 def is_int8(graph: Path) -> bool:
@@ -137,7 +138,7 @@ def prepare_graph(
         "activations": "dynamic (quantized on the fly)",
         "applied": "at export",
     }
-    return PreparedGraph(quantized, recipe, fmt == "hf", diff)
+    return PreparedGraph(quantized, recipe, fmt == "hf", diff, fp32=fp32)
 
 
 def quantize_dynamic_int8(graph: Path, out: Path) -> None:
