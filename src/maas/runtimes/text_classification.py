@@ -53,6 +53,11 @@ class HFTextClassificationRuntime(Runtime):
         self._max_length = sequence_limit(config.max_position_embeddings, self._tokenizer, 512)
         self._classify(["warm up"])
 
+    @property
+    def labels(self) -> list[str]:
+        """Label names in the model's index order (the order of ``probabilities``)."""
+        return list(self._labels)
+
     async def unload(self) -> None:
         self._model = None
         self._tokenizer = None
