@@ -28,6 +28,9 @@ MODULE_KINDS = {
     "prune.py": ("prune",),
     "distill.py": ("distill",),
     "selftest.py": ("selftest",),
+    "pipeline.py": ("pipeline",),
+    "edge.py": ("edge",),
+    "training.py": ("train", "prune", "distill"),
     "worker.py": ("train", "quantize", "export", "prune", "distill", "selftest"),
 }
 
