@@ -164,6 +164,36 @@ def test_concurrent_short_requests_share_batches(
     assert batches - batches_before < 8  # some requests were answered in one batch
 
 
+def _denoising_steps(live: LiveServer) -> float:
+    text = httpx.get(
+        f"{live.url}/metrics", headers={"Authorization": f"Bearer {live.key}"}, timeout=10
+    ).text
+    match = re.search(r'^maas_denoising_steps_total{model="diffusion"} (\S+)$', text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+def _abandon_a_long_image(live: LiveServer, client: openai.OpenAI) -> float:
+    """Steps the model ran for a 60-step request whose client left after a second."""
+    before = _denoising_steps(live)
+    body = {"model": "diffusion", "prompt": "a cat", "size": "128x128", "steps": 60, "seed": 1}
+    with pytest.raises(httpx.ReadTimeout):  # about 0.2-0.3 s a step here: it would take 12 s+
+        httpx.post(
+            f"{live.url}/v1/images/generations",
+            json=body,
+            headers={"Authorization": f"Bearer {live.key}"},
+            timeout=1.0,
+        )
+    # One pipeline call at a time: this image starts once the abandoned one has stopped.
+    client.images.generate(model="diffusion", prompt="a dog", extra_body={"steps": 1})
+    return _denoising_steps(live) - before - 1
+
+
+def test_an_image_whose_client_leaves_stops_denoising(
+    live: LiveServer, client: openai.OpenAI
+) -> None:
+    assert _abandon_a_long_image(live, client) < 60
+
+
 # openai 3.x marks audio.translations deprecated (OpenAI's newer models do not translate);
 # the route is still OpenAI's and maas serves it.
 @pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")
@@ -265,7 +295,7 @@ def test_with_two_workers_the_engine_process_serves_the_media_models(
     tmp_path_factory: pytest.TempPathFactory, recordings: dict[str, Path]
 ) -> None:
     """Items and answers cross the engine wire (msgpack) between the workers and the engine,
-    and the images-per-minute window is counted there."""
+    the images-per-minute window is counted there, and a cancelled image stops there."""
     home = tmp_path_factory.mktemp("media-workers")
     registry = Registry(Settings(home=home))
     try:
@@ -291,3 +321,7 @@ def test_with_two_workers_the_engine_process_serves_the_media_models(
         # The images-per-minute window lives in the engine, shared by both workers.
         with pytest.raises(openai.RateLimitError, match="1 images per minute"):
             client.images.generate(model="diffusion", prompt="a cat", extra_body={"steps": 1})
+    # Cancelling reaches the engine process too (a server without the images limit).
+    for live in start_server(home, {"MAAS_WORKERS": "2"}):
+        client = openai.OpenAI(base_url=f"{live.url}/v1", api_key=live.key, max_retries=0)
+        assert _abandon_a_long_image(live, client) < 60

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from maas.errors import InvalidRequestError
+from maas.errors import InvalidRequestError, UnavailableError
 from maas.registry.formats import detect_format
 from maas.runtimes.base import RuntimeContext
 from maas.runtimes.text_to_image import DiffusersTextToImageRuntime, GeneratedImage, ImagePrompt
@@ -81,3 +81,37 @@ def test_bad_items_fail_alone(runtime: DiffusersTextToImageRuntime) -> None:
     assert isinstance(empty, InvalidRequestError) and "prompt" in empty.message
     assert isinstance(odd, InvalidRequestError) and "multiples" in odd.message
     assert isinstance(good, GeneratedImage)
+
+
+def test_a_cancelled_request_stops_after_the_current_step(
+    runtime: DiffusersTextToImageRuntime,
+) -> None:
+    steps_seen: list[int] = []
+
+    def on_step(done: int, steps: int) -> None:
+        steps_seen.append(done)
+        if done == 2:  # the client goes away while step 2 runs
+            runtime.cancel("gone")
+
+    runtime.on_step = on_step
+    try:
+        (answer,) = _run(runtime, [ImagePrompt("a cat", seed=1, steps=40, request="gone")])
+    finally:
+        runtime.on_step = None
+    assert isinstance(answer, UnavailableError) and "cancelled" in answer.message
+    assert steps_seen == [1, 2]  # 38 steps never ran
+
+
+def test_cancelled_items_are_not_started_and_others_are_served(
+    runtime: DiffusersTextToImageRuntime,
+) -> None:
+    runtime.cancel("left")
+    left, stayed = _run(
+        runtime,
+        [
+            ImagePrompt("a cat", seed=1, steps=1, request="left"),
+            ImagePrompt("a cat", seed=1, steps=1, request="stayed"),
+        ],
+    )
+    assert isinstance(left, UnavailableError)
+    assert isinstance(stayed, GeneratedImage)

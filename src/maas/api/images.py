@@ -8,12 +8,15 @@ seed gives the same PNG bytes; image ``i`` of ``n`` uses ``seed + i``),
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import re
 import time
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
 from maas.api.bodies import JsonBodyRoute
@@ -30,6 +33,39 @@ router = APIRouter(
     dependencies=[Depends(require_key)],
     route_class=JsonBodyRoute,
 )
+
+CLIENT_CLOSED = 499
+T = TypeVar("T")
+
+
+async def _disconnected(request: Request) -> None:
+    """Return once the client has closed the connection (its body was read already)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def until_disconnected(request: Request, work: Coroutine[Any, Any, T]) -> T | None:
+    """``work``'s result, or None when the client went away first: ``work`` is cancelled.
+
+    Image generation runs for seconds to minutes on a CPU, and a client that gave up
+    (a timeout, a closed tab) would otherwise keep the model busy for nobody.
+    """
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:  # this request itself was cancelled (a time limit, shutdown)
+        watcher.cancel()
+        task.cancel()
+        raise
+    watcher.cancel()
+    if not task.done():  # the client went away first
+        task.cancel()  # its own handler tells the model host (serving/images.py)
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return None
+    return task.result()
+
 
 _SIZE = re.compile(r"^([1-9][0-9]{0,4})x([1-9][0-9]{0,4})$")
 
@@ -58,7 +94,7 @@ async def create_images(
     ctx: CtxDep,
     dataplane: DataPlaneDep,
     settings: SettingsDep,
-) -> JSONResponse:
+) -> Response:
     """Images from a text prompt, as base64 PNG."""
     if not body.prompt.strip():
         raise InvalidRequestError("prompt must not be empty", param="prompt")
@@ -70,21 +106,26 @@ async def create_images(
         await get_admission(request).limiter.acquire_units(
             key.id, "images", settings.images_per_minute, body.n
         )
-    result = await generate_images(
-        dataplane,
-        ctx,
-        body.model,
-        ImageRequest(
-            body.prompt,
-            n=body.n,
-            width=width,
-            height=height,
-            steps=body.steps,
-            guidance=body.guidance_scale,
-            seed=body.seed,
-            negative_prompt=body.negative_prompt,
+    result = await until_disconnected(
+        request,
+        generate_images(
+            dataplane,
+            ctx,
+            body.model,
+            ImageRequest(
+                body.prompt,
+                n=body.n,
+                width=width,
+                height=height,
+                steps=body.steps,
+                guidance=body.guidance_scale,
+                seed=body.seed,
+                negative_prompt=body.negative_prompt,
+            ),
         ),
     )
+    if result is None:  # nobody is there to answer; 499 (nginx's) is what usage records
+        return Response(status_code=CLIENT_CLOSED)
     data: list[dict[str, Any]] = [
         {"b64_json": base64.b64encode(image.png).decode(), "seed": image.seed}
         for image in result.images

@@ -10,12 +10,20 @@ shares the batch.
 One pipeline per loaded version. Denoising steps run under a lock: a pipeline
 keeps its scheduler's state (timesteps, step index) on itself, so two calls on
 one pipeline at once would corrupt each other.
+
+Cancellation: ``cancel(request)`` (the serving layer calls it when the client
+went away) marks a request. Its items that have not started are answered with
+an error at once; a pipeline call whose every image belongs to marked requests
+stops after the step it is in (diffusers' ``interrupt``). A call that also
+holds images of other requests runs on for them. Marks are forgotten after
+``CANCEL_MEMORY_SECONDS``.
 """
 
 from __future__ import annotations
 
 import io
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,10 +32,11 @@ from typing import Any
 
 import numpy as np
 
-from maas.errors import InvalidRequestError
+from maas.errors import InvalidRequestError, UnavailableError
 from maas.runtimes.base import Runtime, TensorSpec, intra_op_threads, module_bytes
 
 MAX_STEPS = 150
+CANCEL_MEMORY_SECONDS = 300.0
 DEFAULT_STEPS = 25
 DEFAULT_GUIDANCE = 7.5
 
@@ -41,6 +50,7 @@ class ImagePrompt:
     steps: int = DEFAULT_STEPS
     guidance: float = DEFAULT_GUIDANCE
     negative_prompt: str | None = None
+    request: str = ""  # the request it belongs to, for ``cancel`` ("" = not cancellable)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +74,26 @@ class DiffusersTextToImageRuntime(Runtime):
         self._lock = threading.Lock()
         # Called after every denoising step with (steps done, steps in the call): progress.
         self.on_step: Callable[[int, int], None] | None = None
+        self._cancelled: dict[str, float] = {}  # request -> time.monotonic() of its cancel
+        self._cancel_lock = threading.Lock()
+
+    def cancel(self, request: str) -> None:
+        """The client of ``request`` went away: make none of its images that can be avoided.
+
+        Safe from any thread; cheap (the event loop calls it).
+        """
+        if not request:
+            return
+        now = time.monotonic()
+        with self._cancel_lock:
+            self._cancelled = {
+                r: at for r, at in self._cancelled.items() if now - at < CANCEL_MEMORY_SECONDS
+            }
+            self._cancelled[request] = now
+
+    def _is_cancelled(self, request: str) -> bool:
+        with self._cancel_lock:
+            return bool(request) and request in self._cancelled
 
     @property
     def native_size(self) -> tuple[int, int]:
@@ -114,6 +144,9 @@ class DiffusersTextToImageRuntime(Runtime):
             if problem is not None:
                 results[i] = problem
                 continue
+            if self._is_cancelled(item.request):
+                results[i] = _cancelled()
+                continue
             width, height = self._size(item)
             key = (width, height, item.steps, float(item.guidance), item.negative_prompt)
             groups[key].append(i)
@@ -153,15 +186,20 @@ class DiffusersTextToImageRuntime(Runtime):
         steps: int,
         guidance: float,
         negative: str | None,
-    ) -> list[GeneratedImage]:
+    ) -> list[GeneratedImage | BaseException]:
         import torch
         from PIL import Image
 
         generators = [torch.Generator().manual_seed(p.seed) for p in prompts]
+        interrupted = False
 
-        def progress(_pipe: Any, step: int, _timestep: Any, kwargs: dict[str, Any]) -> Any:
+        def progress(pipe: Any, step: int, _timestep: Any, kwargs: dict[str, Any]) -> Any:
+            nonlocal interrupted
             if self.on_step is not None:
                 self.on_step(step + 1, steps)
+            if all(self._is_cancelled(p.request) for p in prompts):
+                pipe._interrupt = True  # the remaining steps are skipped
+                interrupted = True
             return kwargs
 
         kwargs: dict[str, Any] = {}
@@ -179,8 +217,10 @@ class DiffusersTextToImageRuntime(Runtime):
                 callback_on_step_end=progress,
                 **kwargs,
             )
+        if interrupted:
+            return [_cancelled() for _ in prompts]
         pixels = np.asarray(out.images)  # (batch, height, width, 3) float in [0, 1]
-        images = []
+        images: list[GeneratedImage | BaseException] = []
         for prompt, rgb in zip(prompts, pixels, strict=True):
             buffer = io.BytesIO()
             as_bytes = (np.clip(rgb, 0.0, 1.0) * 255).round().astype(np.uint8)
@@ -202,3 +242,7 @@ class DiffusersTextToImageRuntime(Runtime):
             module_bytes(getattr(pipeline, name, None))
             for name in ("unet", "vae", "text_encoder", "text_encoder_2", "transformer")
         )
+
+
+def _cancelled() -> UnavailableError:
+    return UnavailableError("the request was cancelled: its client went away")

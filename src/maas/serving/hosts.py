@@ -33,6 +33,7 @@ from maas.registry.schemas import VersionInfo
 from maas.registry.store import Registry
 from maas.runtimes.base import TensorSpec
 from maas.runtimes.explain import ExplainableRuntime, Explanation
+from maas.runtimes.text_to_image import DiffusersTextToImageRuntime
 from maas.serving.batching import RequestCost
 from maas.serving.generation import GenerationEvent, GenerationRequest, Prepared
 from maas.serving.manager import LoadedModel, ModelManager
@@ -118,6 +119,10 @@ class ModelHost(ABC):
 
     @abstractmethod
     async def status(self) -> HostStatus: ...
+
+    async def cancel(self, version: VersionInfo, request: str) -> None:  # noqa: B027
+        """The client of ``request`` (its prediction id) went away: stop its work where the
+        runtime can (image generation, ``runtimes/text_to_image.py``). Default: nothing."""
 
     async def warm(self, version: VersionInfo) -> None:
         """Load the version if it is not loaded, leaving its pin as it is (a
@@ -205,6 +210,13 @@ class LocalHost(ModelHost):
             async with aclosing(engine.generate(prompt_ids, params, request.n)) as chunks:
                 async for chunk in chunks:
                     yield chunk
+
+    async def cancel(self, version: VersionInfo, request: str) -> None:
+        # ``get``, not ``get_loaded``: a client that left while its model was still
+        # loading cancels once the load is done, before its items reach the runtime.
+        model = await self.manager.get(version)
+        if isinstance(model.runtime, DiffusersTextToImageRuntime):
+            model.runtime.cancel(request)
 
     async def load(self, version: VersionInfo, *, pinned: bool = False) -> LoadedView:
         model = await self.manager.get(version, pinned=pinned)

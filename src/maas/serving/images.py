@@ -5,13 +5,19 @@ Each of the ``n`` images is one batch item with its own seed (``seed``,
 of concurrent requests of the same size and steps are denoised together. The
 prompt is a text input: the caller's and the model's PII policy screens it.
 
+A cancelled call (the route cancels it when the client disconnects) tells the
+model host, which stops the work it can (``runtimes/text_to_image.py``).
+
 Usage units: ``RequestContext.images``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from dataclasses import dataclass
+
+import anyio
 
 from maas.errors import InvalidRequestError
 from maas.registry.schemas import VersionInfo
@@ -21,6 +27,7 @@ from maas.serving.dataplane import DataPlane
 
 IMAGE_TASK = "text-to-image"
 SEED_LIMIT = 2**63  # torch.Generator.manual_seed takes a 64-bit integer
+CANCEL_TIMEOUT_SECONDS = 5.0  # telling the engine a request was cancelled
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,10 +69,21 @@ async def generate_images(
                 steps=request.steps,
                 guidance=request.guidance,
                 negative_prompt=request.negative_prompt,
+                request=tracking.prediction_id,
             )
             for i in range(request.n)
         ]
         tracking.items = len(items)
-        images: list[GeneratedImage] = await dataplane.host.predict(version, items, tracking.cost)
+        try:
+            images: list[GeneratedImage] = await dataplane.host.predict(
+                version, items, tracking.cost
+            )
+        except asyncio.CancelledError:
+            # The caller went away: its queued images are dropped by the batcher (here)
+            # or answered at once by the runtime (in an engine process), and a batch of
+            # only its images stops after the current step.
+            with anyio.move_on_after(CANCEL_TIMEOUT_SECONDS, shield=True):
+                await dataplane.host.cancel(version, tracking.prediction_id)
+            raise
         tracking.images = len(images)
         return Images(version, images)

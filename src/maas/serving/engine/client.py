@@ -157,6 +157,9 @@ class RemoteHost(ModelHost):
     async def labels(self, version: VersionInfo) -> list[str]:
         return list(await self._call("labels", version))
 
+    async def cancel(self, version: VersionInfo, request: str) -> None:
+        await self._call("cancel_items", version, request)
+
     async def signature(self, version: VersionInfo) -> tuple[list[TensorSpec], list[TensorSpec]]:
         inputs, outputs = await self._call("signature", version)
         return list(inputs), list(outputs)

@@ -84,6 +84,7 @@ class EngineServer:
             "predict": self._predict,
             "predict_tensors": self._predict_tensors,
             "labels": host.labels,
+            "cancel_items": host.cancel,
             "signature": host.signature,
             "explain": self._explain,
             "load": self._load,
