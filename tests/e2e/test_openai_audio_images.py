@@ -192,6 +192,12 @@ def test_an_image_whose_client_leaves_stops_denoising(
     live: LiveServer, client: openai.OpenAI
 ) -> None:
     assert _abandon_a_long_image(live, client) < 60
+    usage = httpx.get(
+        f"{live.url}/admin/v1/usage?group_by=status&model=diffusion",
+        headers={"Authorization": f"Bearer {live.key}"},
+        timeout=10,
+    ).json()["data"]
+    assert 499 in {row["status"] for row in usage}  # metered as the client that left
 
 
 # openai 3.x marks audio.translations deprecated (OpenAI's newer models do not translate);
