@@ -52,7 +52,7 @@ def list_jobs(
 @endpoint
 def cancel_job(job_id: str) -> Call[JobDict]:
     """Cancel; answers once the job has ended (or, past the grace, ``cancel_requested``)."""
-    return Call("DELETE", _job_path(job_id), timeout=None)
+    return Call("DELETE", _job_path(job_id))
 
 
 @endpoint

@@ -108,7 +108,8 @@ class _EventStream:
         elif line.startswith("data:"):
             data = json.loads(line.partition(":")[2])
             if self.event_type == "end":
-                return data if isinstance(data, dict) else {"data": data}
+                final: dict[str, Any] = data  # the streamed object's final state
+                return final
             self.handler(data)
         elif not line:
             self.event_type = "message"
