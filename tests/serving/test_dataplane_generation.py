@@ -363,3 +363,15 @@ def test_a_request_has_messages_or_a_prompt() -> None:
         GenerationRequest(messages=(Message("user", "x"),), prompt="x")
     with pytest.raises(ValueError, match="n must"):
         GenerationRequest(prompt="x", n=0)
+
+
+def test_a_request_whose_caller_went_away_is_counted_as_cancelled() -> None:
+    plane = _plane(ScriptedHost(TWO))
+    with pytest.raises(asyncio.CancelledError), plane.track(RequestContext.local(), "x", "m"):
+        raise asyncio.CancelledError
+    with pytest.raises(RuntimeError), plane.track(RequestContext.local(), "x", "m"):
+        raise RuntimeError("a bug")
+    sample = plane.metrics.registry.get_sample_value
+    labels = {"model": "m", "version": "", "route": "x"}
+    assert sample("maas_requests_total", {**labels, "status": "cancelled"}) == 1
+    assert sample("maas_requests_total", {**labels, "status": "internal_error"}) == 1

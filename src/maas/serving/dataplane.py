@@ -13,6 +13,7 @@ named output tensors.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Sequence
 from contextlib import aclosing, contextmanager
@@ -147,6 +148,9 @@ class DataPlane:
             yield record
         except MaasError as exc:
             record.status = exc.code
+            raise
+        except asyncio.CancelledError:  # the caller went away (a closed connection)
+            record.status = "cancelled"
             raise
         except BaseException:
             record.status = "internal_error"
