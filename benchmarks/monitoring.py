@@ -179,7 +179,7 @@ def shadow(seconds: float, repeats: int, fraction: float) -> None:
             mirrored = [
                 line
                 for line in server.metrics_text().splitlines()
-                if "shadow" in line and not line.startswith("#")
+                if line.startswith("maas_shadow_requests_total{")
             ]
             print("\n".join(mirrored))
             print(f"load average after: {load()}")
