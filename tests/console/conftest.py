@@ -10,6 +10,7 @@ test unless the test declares it expected (``watch.allow``).
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -56,9 +57,25 @@ def console_server(
         registry.create_model("hostile", "tensor", description=XSS)
         registry.push(bert, "sentiment", task="text-classification")
         registry.push(smollm2_gguf, "smollm2")
+        registry.push(_words_dataset(tmp_path_factory.mktemp("words")), "words", task="dataset")
     finally:
         registry.close()
     yield from start_server(home, {"MAAS_KV_CACHE_TOKENS": "2048"})
+
+
+def _words_dataset(root: Path) -> Path:
+    """A tiny text dataset in the tiny BERT's ten-word vocabulary: "good" is pos, "bad" neg."""
+    rows = [
+        {"text": f"a {word} {noun}", "label": "pos" if word == "good" else "neg"}
+        for word in ("good", "bad")
+        for noun in ("film", "day")
+    ]
+    splits = {"train": rows * 6, "validation": rows, "test": rows}
+    meta = {"kind": "text", "label_names": ["neg", "pos"], "slice_columns": []}
+    (root / "dataset.json").write_text(json.dumps(meta))
+    for split, records in splits.items():
+        (root / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return root
 
 
 @dataclass

@@ -245,8 +245,9 @@ def test_a_job_started_from_the_form_reaches_100_percent_and_its_report_opens(
     page = console.page
     console.sign_in(console.server.key)
     console.goto("/console/jobs")
-    page.select_option("#job-kind", "selftest")
-    page.fill("#job-spec", json.dumps({"model": "affine:1", "sleep": 0.5}))
+    page.select_option("#job-kind", "train")
+    spec = {"base": "sentiment:1", "dataset": "words", "epochs": 2, "batch_size": 8}
+    page.fill("#job-spec", json.dumps(spec))
     with page.expect_navigation():
         page.click("#start-job button[type=submit]")
     page.locator("#job-status", has_text="succeeded").wait_for(timeout=60_000)
@@ -256,7 +257,7 @@ def test_a_job_started_from_the_form_reaches_100_percent_and_its_report_opens(
         page.click("#report-link")
     report = opened.value
     report.wait_for_load_state()
-    assert "selftest" in report.locator("h1").inner_text()
+    assert "Training report" in report.locator("h1").inner_text()
     report.close()
 
 
