@@ -517,6 +517,13 @@ async def jobs_page(request: Request) -> Response:
         return to_sign_in()
     jobs = await signed.api.get("/admin/v1/jobs", {"limit": 50})
     datasets = await signed.api.get("/admin/v1/datasets")
+    preview = None
+    name = request.query_params.get("preview")
+    if name:  # the first rows of one split, through the API's own preview route
+        split = request.query_params.get("split", "train")
+        preview = await signed.api.get(
+            f"/admin/v1/datasets/{quote(name, safe='')}/preview", {"split": split, "limit": 20}
+        )
     return render(
         request,
         "jobs.html",
@@ -526,6 +533,8 @@ async def jobs_page(request: Request) -> Response:
         error=jobs.error,
         kinds=JOB_KINDS_SHOWN,
         examples=JOB_EXAMPLES,
+        preview=preview.data if preview is not None and preview.ok else None,
+        preview_error=preview.error if preview is not None and not preview.ok else None,
     )
 
 

@@ -40,6 +40,7 @@ from maas.jobs.datasets import (
     get_dataset,
     import_dataset,
     list_datasets,
+    preview_dataset,
 )
 from maas.jobs.gates import PromotionResult, lineage, promote
 from maas.jobs.runner import JobInfo, JobRunner
@@ -335,6 +336,20 @@ async def get_dataset_info(
     """A dataset's newest version (or ``?version=3`` / ``?version=<alias>``)."""
     ref = version_ref(name, version) if version else name
     return await run_sync(get_dataset, registry, ref)
+
+
+@router.get("/datasets/{name}/preview")
+async def get_dataset_preview(
+    name: str,
+    registry: RegistryDep,
+    version: str | None = None,
+    split: str = "train",
+    limit: Annotated[int, Query(ge=1, le=500)] = 20,
+) -> dict[str, Any]:
+    """The first ``limit`` records of a split (``train``, ``validation``, ``test``) of the
+    dataset's newest version (or ``?version=``), as stored after preparation."""
+    ref = version_ref(name, version) if version else name
+    return await run_sync(preview_dataset, registry, ref, split, limit)
 
 
 # ------------------------------------------------------ promotion, lineage

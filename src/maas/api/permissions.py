@@ -97,6 +97,7 @@ ROUTE_SCOPES: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/admin/v1/datasets"): READ,
     ("POST", "/admin/v1/datasets"): DEPLOY,
     ("GET", "/admin/v1/datasets/{name}"): READ,
+    ("GET", "/admin/v1/datasets/{name}/preview"): READ,
     ("POST", _V + "/promote"): DEPLOY,
     ("GET", _V + "/lineage"): READ,
     # management: monitoring and feedback

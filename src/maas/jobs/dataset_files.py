@@ -81,6 +81,31 @@ def read_split(dataset: Dataset, split: str) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def first_records(dataset: Dataset, split: str, limit: int) -> list[dict[str, Any]]:
+    """The first ``limit`` records of a split, read no further (a preview of a large file)."""
+    path = split_path(dataset.root, split)
+    if not path.is_file():
+        raise InvalidRequestError(
+            f"the dataset has no {split!r} split (it has: "
+            f"{', '.join(sorted(p.stem for p in dataset.root.glob('*.jsonl')))})",
+            param="split",
+        )
+    records: list[dict[str, Any]] = []
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            if len(records) >= limit:
+                break
+            if line.strip():
+                records.append(json.loads(line))
+    return records
+
+
+def split_size(dataset: Dataset, split: str) -> int:
+    """Records in a split, counted (datasets made by maas also state it in dataset.json)."""
+    with split_path(dataset.root, split).open("rb") as f:
+        return sum(1 for line in f if line.strip())
+
+
 def has_split(dataset: Dataset, split: str) -> bool:
     return split_path(dataset.root, split).is_file()
 

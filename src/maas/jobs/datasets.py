@@ -32,7 +32,13 @@ from sqlalchemy import select
 from maas.errors import ConflictError, InvalidRequestError, NotFoundError
 
 # BUILTIN_SOURCES and DatasetOptions are re-exported: maas.api.jobs imports them from here.
-from maas.jobs.dataset_files import write_meta, write_split
+from maas.jobs.dataset_files import (
+    first_records,
+    read_dataset,
+    split_size,
+    write_meta,
+    write_split,
+)
 from maas.jobs.dataset_prep import BUILTIN_SOURCES as BUILTIN_SOURCES
 from maas.jobs.dataset_prep import SPLITS, read_source, sample, split_indices
 from maas.jobs.dataset_prep import DatasetOptions as DatasetOptions
@@ -108,6 +114,20 @@ def list_datasets(registry: Registry) -> list[DatasetInfo]:
 
 def get_dataset(registry: Registry, ref: str) -> DatasetInfo:
     return dataset_info(registry.get_version(ModelRef.parse(ref)))
+
+
+def preview_dataset(registry: Registry, ref: str, split: str, limit: int) -> dict[str, Any]:
+    """The first ``limit`` records of one split of a dataset version, as stored."""
+    info = get_dataset(registry, ref)
+    dataset = read_dataset(registry.materialize(f"{info.name}:{info.version}"))
+    rows = first_records(dataset, split, limit)
+    return {
+        "dataset": f"{info.name}:{info.version}",
+        "split": split,
+        "columns": info.columns or sorted({k for row in rows for k in row}),
+        "rows": rows,
+        "total": info.splits.get(split) or split_size(dataset, split),
+    }
 
 
 # ----------------------------------------------------------------- import
