@@ -30,7 +30,9 @@ smollm2_gguf = e2e.smollm2_gguf  # the e2e tests' fixture, shared here
 XSS = "<img src=x onerror=alert(1)>"
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: Playwright's sync API keeps an event loop running on the main
+# thread while it is open, and every later test that calls asyncio.run() would fail.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
     if not CHROMIUM.exists() and shutil.which("chromium") is None:
