@@ -29,8 +29,17 @@ from tests.helpers import (
     make_tiny_image_classifier,
     make_tiny_llm,
 )
+from tests.media_models import make_diffusion_dir, make_vits_dir, make_whisper_dir
 
-pytestmark = pytest.mark.slow  # builds, exports and loads eight tiny models (about 10 s)
+pytestmark = pytest.mark.slow  # builds, exports and loads eleven tiny models
+
+# Served on their own OpenAI routes (completions, audio, images), not as V2 tensors.
+NO_TENSOR_INTERFACE = {
+    "text-generation",
+    "automatic-speech-recognition",
+    "text-to-speech",
+    "text-to-image",
+}
 
 
 def _export(module: Any, graph: Path, output: str) -> None:
@@ -110,6 +119,9 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str],
         ("image-classification", "hf"): make_tiny_image_classifier(root / "vit"),
         ("text-generation", "hf"): make_tiny_llm(root / "llm"),
         ("text-generation", "gguf"): _tiny_gguf(root / "gguf" / "tiny.Q8_0.gguf"),
+        ("automatic-speech-recognition", "hf"): make_whisper_dir(root / "whisper"),
+        ("text-to-speech", "hf"): make_vits_dir(root / "vits"),
+        ("text-to-image", "diffusers"): make_diffusion_dir(root / "diffusion"),
     }
 
 
@@ -173,8 +185,8 @@ def test_metadata_inputs_sent_back_are_accepted_and_name_the_outputs(
     artifacts: dict[tuple[str, str], Path],
 ) -> None:
     for name, task in _served(registry, artifacts).items():
-        if task == "text-generation":
-            continue  # no tensor interface: see the next test
+        if task in NO_TENSOR_INTERFACE:
+            continue  # see the next tests
         meta = client.get(f"/v2/models/{name}/versions/1", headers=auth)
         assert meta.status_code == 200, (name, meta.text)
         advertised = meta.json()

@@ -157,7 +157,8 @@ async def _events(runner: JobRunner, job_id: str, after: int) -> AsyncIterator[b
                 yield f"id: {index}\ndata: {json.dumps(event)}\n\n".encode()
                 last_sent = time.monotonic()
         if info.finished:
-            yield f"event: end\ndata: {info.model_dump_json()}\n\n".encode()
+            # json.dumps escapes non-ASCII (U+2028 too, a line break to line-based readers).
+            yield f"event: end\ndata: {json.dumps(info.model_dump(mode='json'))}\n\n".encode()
             return
         if time.monotonic() - last_sent > SSE_KEEPALIVE_SECONDS:
             yield b": keep-alive\n\n"
