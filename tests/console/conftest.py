@@ -24,6 +24,7 @@ from maas.registry.store import Registry
 from tests.e2e import conftest as e2e
 from tests.e2e.conftest import LiveServer, start_server
 from tests.helpers import make_onnx_file, make_tiny_bert
+from tests.media_models import make_diffusion_dir, make_vits_dir, make_whisper_dir
 
 CHROMIUM = Path("/usr/bin/chromium")
 smollm2_gguf = e2e.smollm2_gguf  # the e2e tests' fixture, shared here
@@ -60,6 +61,10 @@ def console_server(
         registry.push(bert, "sentiment", task="text-classification")
         registry.push(smollm2_gguf, "smollm2")
         registry.push(_words_dataset(tmp_path_factory.mktemp("words")), "words", task="dataset")
+        media = tmp_path_factory.mktemp("media")
+        registry.push(make_whisper_dir(media / "whisper"), "whisper")
+        registry.push(make_vits_dir(media / "vits"), "vits")
+        registry.push(make_diffusion_dir(media / "diffusion"), "diffusion")
     finally:
         registry.close()
     yield from start_server(home, {"MAAS_KV_CACHE_TOKENS": "2048"})

@@ -239,6 +239,34 @@ def test_the_playground_streams_chat_classifies_and_sends_v2_tensors(console: Co
     console.shot("playground")
 
 
+def test_the_playground_transcribes_speaks_and_draws(console: Console, tmp_path: Path) -> None:
+    import numpy as np
+    import soundfile
+
+    wav = tmp_path / "tone.wav"
+    seconds = np.arange(16_000 * 2) / 16_000
+    soundfile.write(wav, (0.3 * np.sin(2 * np.pi * 440 * seconds)).astype(np.float32), 16_000)
+    page = console.page
+    console.sign_in(console.server.key)
+    console.goto("/console/playground")
+    page.set_input_files("#transcribe-file", str(wav))
+    page.click("#transcribe-form button[type=submit]")
+    result = page.locator("#transcribe-result")
+    result.filter(has_not_text="…").wait_for(timeout=120_000)
+    assert "error" not in result.inner_text().lower()
+    page.fill("#speech-input", "hello there")
+    page.click("#speech-form button[type=submit]")
+    page.locator("#speech-status", has_text="KB of WAV").wait_for(timeout=120_000)
+    assert page.locator("#speech-audio").get_attribute("src", timeout=1000).startswith("blob:")
+    page.fill("#image-prompt", "a red square")
+    page.fill("#image-steps", "2")
+    page.click("#image-form button[type=submit]")
+    page.locator("#image-status", has_text="seed 0").wait_for(timeout=120_000)
+    source = page.locator("#image-result").get_attribute("src") or ""
+    assert source.startswith("data:image/png;base64,")
+    console.shot("playground-media")
+
+
 def test_a_job_started_from_the_form_reaches_100_percent_and_its_report_opens(
     console: Console,
 ) -> None:

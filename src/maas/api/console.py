@@ -45,7 +45,16 @@ from maas.security.scopes import SCOPES, effective_scopes
 
 __all__ = ["ConsoleProxy", "router"]  # app.py mounts both
 
-TASKS = ("embeddings", "text-classification", "text-generation", "image-classification", "tensor")
+TASKS = (
+    "embeddings",
+    "text-classification",
+    "text-generation",
+    "image-classification",
+    "tensor",
+    "automatic-speech-recognition",
+    "text-to-speech",
+    "text-to-image",
+)
 JOB_KINDS_SHOWN = ("train", "evaluate", "quantize", "prune", "distill", "export", "selftest")
 # A starting spec per kind for the form (docs/jobs.md has every key); the server validates.
 JOB_EXAMPLES: dict[str, dict[str, Any]] = {

@@ -32,7 +32,8 @@ FORWARDED = ("/admin/v1/", "/v1/", "/v2/", "/v2", "/metrics")
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-    "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+    "media-src blob:; connect-src 'self'; form-action 'self'; base-uri 'none'; "
+    "frame-ancestors 'none'"
 )
 _PAGE_HEADERS = frozenset({b"content-security-policy", b"cache-control", b"referrer-policy"})
 _STRIPPED = frozenset({b"cookie", b"authorization", sess.CSRF_HEADER.encode()})

@@ -163,6 +163,15 @@
     } else if (form.matches("form[data-v2]")) {
       event.preventDefault();
       v2(form);
+    } else if (form.matches("form[data-transcribe]")) {
+      event.preventDefault();
+      transcribe(form);
+    } else if (form.matches("form[data-speech]")) {
+      event.preventDefault();
+      speech(form);
+    } else if (form.matches("form[data-image]")) {
+      event.preventDefault();
+      image(form);
     }
   });
   document.addEventListener("click", (event) => {
@@ -353,6 +362,78 @@
     const model = encodeURIComponent(form.elements.model.value);
     const reply = await api("POST", `/console/api/v2/models/${model}/infer`, body);
     out.textContent = reply.ok ? JSON.stringify(reply.data, null, 2) : errorText(reply.status, reply.data);
+  }
+
+  // ------------------------------------------------------------ speech and images
+  async function readBody(response) {
+    const kind = response.headers.get("content-type") || "";
+    return kind.startsWith("application/json") ? response.json() : response.text();
+  }
+
+  async function transcribe(form) {
+    const out = document.getElementById("transcribe-result");
+    const data = new FormData();
+    data.append("model", form.elements.model.value);
+    data.append("file", form.elements.file.files[0]);
+    data.append("response_format", "json");
+    out.textContent = "…";
+    const route = form.elements.task.value === "translations" ? "translations" : "transcriptions";
+    const response = await fetch(`/console/api/v1/audio/${route}`, {
+      method: "POST",
+      credentials: "same-origin",
+      headers: { "X-CSRF-Token": csrf },
+      body: data, // multipart, as OpenAI's clients send it
+    });
+    signedOut(response.status);
+    const body = await readBody(response);
+    out.textContent = response.ok ? body.text : errorText(response.status, body);
+  }
+
+  async function speech(form) {
+    const status = document.getElementById("speech-status");
+    const audio = document.getElementById("speech-audio");
+    status.textContent = "…";
+    const response = await fetch("/console/api/v1/audio/speech", {
+      method: "POST",
+      credentials: "same-origin",
+      headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf },
+      body: JSON.stringify({
+        model: form.elements.model.value,
+        input: form.elements.input.value,
+        speed: Number(form.elements.speed.value),
+        response_format: "wav",
+      }),
+    });
+    signedOut(response.status);
+    if (!response.ok) {
+      status.textContent = errorText(response.status, await readBody(response));
+      return;
+    }
+    const blob = await response.blob();
+    if (audio.src) URL.revokeObjectURL(audio.src);
+    audio.src = URL.createObjectURL(blob);
+    audio.hidden = false;
+    status.textContent = `${(blob.size / 1024).toFixed(1)} KB of WAV`;
+  }
+
+  async function image(form) {
+    const status = document.getElementById("image-status");
+    const img = document.getElementById("image-result");
+    status.textContent = "…";
+    const reply = await api("POST", "/console/api/v1/images/generations", {
+      model: form.elements.model.value,
+      prompt: form.elements.prompt.value,
+      seed: Number(form.elements.seed.value),
+      steps: Number(form.elements.steps.value),
+      response_format: "b64_json",
+    });
+    if (!reply.ok) {
+      status.textContent = errorText(reply.status, reply.data);
+      return;
+    }
+    img.src = `data:image/png;base64,${reply.data.data[0].b64_json}`;
+    img.hidden = false;
+    status.textContent = `seed ${form.elements.seed.value}`;
   }
 
   // ------------------------------------------------------------ charts
