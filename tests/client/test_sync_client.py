@@ -88,6 +88,9 @@ def test_datasets_upload_list_and_show(client: MaasClient, reviews_csv: Path) ->
     assert sum(added["splits"].values()) == 60
     assert "reviews" in [d["name"] for d in client.list_datasets()]
     assert client.get_dataset("reviews:1")["digest"] == added["digest"]
+    preview = client.preview_dataset("reviews:1", split="test", limit=3)
+    assert preview["dataset"] == "reviews:1" and len(preview["rows"]) == 3
+    assert preview["total"] == added["splits"]["test"]
     with pytest.raises(InvalidRequestError, match="pack it first"):
         client.add_dataset(reviews_csv.parent, "folder")
     with pytest.raises(InvalidRequestError, match="unknown source"):

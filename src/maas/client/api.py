@@ -66,6 +66,7 @@ class ManagementApi:
     add_dataset = jobs.add_dataset
     list_datasets = jobs.list_datasets
     get_dataset = jobs.get_dataset
+    preview_dataset = jobs.preview_dataset
     promote = jobs.promote
     # keys, usage, audit
     create_key = security.create_key

@@ -158,6 +158,16 @@ def get_dataset(ref: str) -> Call[DatasetDict]:
     return Call("GET", path, params=query(version=selector))
 
 
+@endpoint
+def preview_dataset(ref: str, split: str = "train", limit: int = 20) -> Call[dict[str, Any]]:
+    """The first ``limit`` records of a split of a dataset version, as stored: ``dataset``,
+    ``split``, ``columns``, ``rows``, ``total``."""
+    parsed = ModelRef.parse(ref)
+    selector = parsed.version if parsed.version is not None else parsed.alias
+    path = f"{ADMIN}/datasets/{segment(parsed.name)}/preview"
+    return Call("GET", path, params=query(version=selector, split=split, limit=limit))
+
+
 # ---------------------------------------------------------------- promotion
 
 
