@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -301,13 +302,25 @@ def test_load_pin_and_unload_a_version_from_the_serving_page(console: Console) -
     assert row.locator("td").nth(4).inner_text() == "no"
     with page.expect_navigation():
         row.locator("button", has_text="Pin").click()
-    row = page.locator("#loaded-models tbody tr", has_text="affine:1")
-    assert row.locator("td").nth(4).inner_text() == "yes"
+    # The pin is a deployment record that the server's reconciler applies (within its
+    # 0.25 s poll, a pass of its own): the page may render before that pass has run.
+    row = _row_once(page, "affine:1", lambda r: r.locator("td").nth(4).inner_text() == "yes")
     console.shot("serving-pinned")
     with page.expect_navigation():
         row.locator("button", has_text="Unpin").click()
+    row = _row_once(page, "affine:1", lambda r: r.locator("td").nth(4).inner_text() == "no")
     with page.expect_navigation():
-        page.locator("#loaded-models tbody tr", has_text="affine:1").locator(
-            "button", has_text="Unload"
-        ).click()
-    assert page.locator("#loaded-models tbody tr", has_text="affine:1").count() == 0
+        row.locator("button", has_text="Unload").click()
+    _row_once(page, "affine:1", lambda r: r.count() == 0)
+
+
+def _row_once(page: Any, ref: str, done: Any, timeout: float = 20.0) -> Any:
+    """The serving page's row of ``ref`` once ``done(row)`` holds, reloading meanwhile."""
+    deadline = time.monotonic() + timeout
+    while True:
+        row = page.locator("#loaded-models tbody tr", has_text=ref)
+        if done(row):
+            return row
+        assert time.monotonic() < deadline, f"{ref}: the serving page never showed the change"
+        time.sleep(0.25)
+        page.reload()
